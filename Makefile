@@ -1,0 +1,50 @@
+# Atalaia: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.atalaia-installed
+export ATALAIA_HOME ?= $(CURDIR)/.atalaia
+
+.PHONY: setup demo test lint format schemas models kafka-start kafka-stop postgres clean
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	./scripts/setup.sh
+
+setup: $(STAMP)  ## venv + packages
+
+models: setup  ## convert/check the models (cached)
+	$(BIN)/atalaia models prepare
+
+demo: setup  ## the whole slice on embedded defaults (local Kafka, SQLite)
+	./scripts/system-deps.sh demo
+	$(BIN)/atalaia demo
+
+test: setup  ## unit + integration tests against real Kafka, PostgreSQL and models
+	./scripts/test.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+schemas: setup  ## regenerate docs/events/*.schema.json
+	$(BIN)/atalaia schema export docs/events
+
+kafka-start: setup
+	./scripts/system-deps.sh demo
+	$(BIN)/atalaia kafka start
+
+kafka-stop: setup
+	$(BIN)/atalaia kafka stop
+
+postgres:
+	./scripts/system-deps.sh test
+	./scripts/postgres.sh start
+
+clean:  ## remove the venv and local state (not the download caches)
+	-$(BIN)/atalaia kafka stop
+	rm -rf $(VENV) .atalaia

@@ -1,0 +1,3 @@
+"""The ``atalaia`` command line."""
+
+from __future__ import annotations

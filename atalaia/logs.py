@@ -1,0 +1,68 @@
+"""Structured logging: one JSON object per line when stderr is not a TTY, readable text when it is."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+_SECRET_WORDS = ("password", "token", "secret", "authorization")
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    extras = {}
+    for key, value in record.__dict__.items():
+        if key in _STANDARD or key.startswith("_"):
+            continue
+        # Secrets never reach a log line, whatever a caller passes.
+        extras[key] = "<hidden>" if any(w in key.lower() for w in _SECRET_WORDS) else value
+    return extras
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line with its ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        payload.update(_extras(record))
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable line with ``key=value`` extras, for terminals."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{line} {extras}" if extras else line
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
+    """Install the Atalaia formatter on the root logger (idempotent)."""
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_atalaia", False):
+            root.removeHandler(old)
+    handler._atalaia = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Client libraries are chatty at INFO; their warnings still come through.
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx", "urllib3", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,3 @@
+"""Pure metric functions: no I/O, no Kafka, testable on plain values."""
+
+from __future__ import annotations

@@ -1,0 +1,64 @@
+"""Operational metrics of one inference event: latency, tokens and cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from atalaia.events import InferenceEvent, MetricEvent
+
+OPERATIONAL_METRICS = ("latency_ms", "prompt_tokens", "completion_tokens", "total_tokens", "cost", "cache_hit")
+
+
+@dataclass(frozen=True)
+class Price:
+    """Price in USD per 1,000 tokens."""
+
+    prompt_per_1k: float
+    completion_per_1k: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Cost of one request.
+
+        >>> Price(0.5, 1.5).cost(1000, 2000)
+        3.5
+        """
+        return (prompt_tokens * self.prompt_per_1k + completion_tokens * self.completion_per_1k) / 1000.0
+
+
+def operational_values(event: InferenceEvent) -> dict[str, float]:
+    """Latency, token and cost scores of an event, keyed by metric name.
+
+    >>> from atalaia.events import ChatMessage
+    >>> ev = InferenceEvent(service="s", model_version="m", messages=[ChatMessage(role="user", content="q")],
+    ...     response="a", latency_ms=120.0, prompt_tokens=10, completion_tokens=5, cost=0.002)
+    >>> operational_values(ev)["total_tokens"]
+    15.0
+    """
+    return {
+        "latency_ms": float(event.latency_ms),
+        "prompt_tokens": float(event.prompt_tokens),
+        "completion_tokens": float(event.completion_tokens),
+        "total_tokens": float(event.prompt_tokens + event.completion_tokens),
+        "cost": float(event.cost),
+        "cache_hit": 1.0 if event.cache_hit else 0.0,
+    }
+
+
+def metric_events(event: InferenceEvent, values: dict[str, float | None], errors: dict[str, str] | None = None) -> list[MetricEvent]:
+    """Wrap computed values (and per-metric errors) as metric events with deterministic ids."""
+    errors = errors or {}
+    out = []
+    for name in list(values) + [n for n in errors if n not in values]:
+        out.append(
+            MetricEvent(
+                event_id=MetricEvent.id_for(event.event_id, name),
+                source_event_id=event.event_id,
+                source_ts=event.ts,
+                service=event.service,
+                model_version=event.model_version,
+                name=name,
+                value=values.get(name),
+                error=errors.get(name),
+            )
+        )
+    return out

@@ -1,0 +1,172 @@
+"""Settings shared by every Atalaia service, read from ``ATALAIA_*`` environment variables.
+
+Every value has a default that works on a laptop. A bad value fails at start-up with the name of
+the environment variable and how to fix it (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ATALAIA_"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    """All configuration of Atalaia.
+
+    Examples
+    --------
+    >>> s = Settings(home="/tmp/atalaia-doc")
+    >>> s.database_url
+    'sqlite:////tmp/atalaia-doc/atalaia.db'
+    >>> s.topic("inference")
+    'atalaia.inference'
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    home: Path = Field(Path("./.atalaia"), description="Working directory for data, models, spool, logs.")
+    cache_dir: Path = Field(
+        Path("~/.cache/atalaia"),
+        description="Machine-wide cache for downloads reused across checkouts (Kafka jars, model wheels).",
+    )
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port.")
+    kafka_controller_port: int = Field(9093, description="KRaft controller port of the local broker.")
+    topic_namespace: str = Field(
+        "atalaia", description="Prefix of every topic name; change it to run isolated pipelines on one broker."
+    )
+    topic_partitions: Annotated[int, Field(ge=1, le=256)] = Field(
+        4, description="Partitions of every topic created by Atalaia (explicit, never broker default)."
+    )
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under ATALAIA_HOME.")
+    admin_token: str = Field("", description="Bearer token for admin routes; empty disables them (401).")
+
+    generator_model: str = Field(
+        "smollm2-135m-instruct", description="Name of the served generator under ATALAIA_HOME/models/."
+    )
+    model_version: str = Field("smollm2-135m-instruct@base", description="Version label sent with every event.")
+    max_new_tokens_limit: Annotated[int, Field(ge=1, le=8192)] = Field(
+        512, description="Largest max_tokens a chat request may ask for."
+    )
+    torch_threads: Annotated[int, Field(ge=0)] = Field(0, description="torch intra-op threads; 0 leaves torch's default.")
+
+    inference_host: str = Field("127.0.0.1", description="Bind address of the inference service.")
+    inference_port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="Port of the inference service.")
+    worker_web_port: Annotated[int, Field(ge=1, le=65535)] = Field(6066, description="Port of the faust worker's web server.")
+    monitor_port: Annotated[int, Field(ge=1, le=65535)] = Field(8001, description="Port of the monitor's HTTP API.")
+    service_name: str = Field("regulations-assistant", description="Service name sent with inference events.")
+
+    worker_id: str = Field("atalaia-worker", description="Faust application id (consumer group) of the metric workers.")
+    monitor_group: str = Field("atalaia-monitor", description="Consumer group of the monitor.")
+    rules_file: Path | None = Field(None, description="YAML file of alert rules; empty uses the built-in default rules.")
+    price_per_1k_prompt_tokens: Annotated[float, Field(ge=0)] = Field(
+        0.0005, description="Default price (USD) per 1,000 prompt tokens, for models without a price entry."
+    )
+    price_per_1k_completion_tokens: Annotated[float, Field(ge=0)] = Field(
+        0.0015, description="Default price (USD) per 1,000 completion tokens."
+    )
+
+    producer_linger_ms: Annotated[int, Field(ge=0, le=60000)] = Field(20, description="Producer batching delay.")
+    spool_dir: Path | None = Field(None, description="Where undeliverable events are spooled; default ATALAIA_HOME/spool.")
+    models_dir: Path | None = Field(None, description="Folder of prepared models; default ATALAIA_HOME/models.")
+
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_json: bool | None = Field(None, description="JSON log lines; default: JSON unless stderr is a TTY.")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("topic_namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not value or not set(value) <= allowed:
+            raise ValueError("use letters, digits, '.', '_' or '-' only")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value and not (value.startswith("sqlite") or value.startswith("postgresql")):
+            raise ValueError("use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            raise ValueError("name the driver: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("use DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        self.cache_dir = self.cache_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'atalaia.db'}"
+        if self.spool_dir is None:
+            self.spool_dir = self.home / "spool"
+        self.models_dir = (self.models_dir or self.home / "models").expanduser().resolve()
+        return self
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical topic (``inference`` → ``atalaia.inference``)."""
+        return f"{self.topic_namespace}.{name}"
+
+    @property
+    def generator_path(self) -> Path:
+        """Folder of the served generator model (safetensors)."""
+        assert self.models_dir is not None  # set by _resolve_paths
+        return self.models_dir / self.generator_model
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """Bootstrap servers as a list, for kafka-python."""
+        return [s.strip() for s in self.kafka_bootstrap.split(",")]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, raising :class:`ConfigError` with the variable and fix.
+
+    >>> load_settings(home="/tmp/x", topic_partitions=0)
+    Traceback (most recent call last):
+    ...
+    atalaia.settings.ConfigError: ATALAIA_TOPIC_PARTITIONS=0 is invalid: Input should be greater than or equal to 1. Fix: set ATALAIA_TOPIC_PARTITIONS to a valid value (see docs/configuration.md).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+            value = err.get("input")
+            shown = f"={value}" if value is not None and not isinstance(value, dict) else ""
+            if "TOKEN" in key:
+                shown = "=<hidden>"
+            problems.append(
+                f"{key}{shown} is invalid: {err['msg']}. Fix: set {key} to a valid value (see docs/configuration.md)."
+            )
+        raise ConfigError("\n".join(problems)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()

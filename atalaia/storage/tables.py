@@ -1,0 +1,137 @@
+"""The relational schema, identical on SQLite and PostgreSQL.
+
+Changing a table here needs a new Alembic revision in ``migrations/versions``; a test compares the
+migrated database with these definitions.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# Explicit constraint names keep migrations portable (SQLite needs names to alter constraints).
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+UUID_LEN = 36
+
+inference_events = Table(
+    "inference_events",
+    metadata,
+    Column("event_id", String(UUID_LEN), primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("service", String(200), nullable=False),
+    Column("model_version", String(200), nullable=False),
+    Column("messages", JSON, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("cost", Float, nullable=False),
+    Column("cache_hit", Boolean, nullable=False),
+    Column("reference", Text, nullable=True),
+    Column("request_id", String(200), nullable=True),
+    Column("metadata", JSON, nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+    Index(None, "model_version", "ts"),
+    Index(None, "ts"),
+)
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("event_id", String(UUID_LEN), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("value", Float, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("service", String(200), nullable=False),
+    Column("model_version", String(200), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("event_id", "name"),
+    Index(None, "name", "ts"),
+    Index(None, "model_version", "name", "ts"),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("event_id", String(UUID_LEN), primary_key=True),
+    Column("inference_event_id", String(UUID_LEN), nullable=False, index=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("rating", Integer, nullable=True),
+    Column("corrected_answer", Text, nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("metadata", JSON, nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    # One row per lifecycle transition; alert_id ties the transitions of one alert together.
+    Column("event_id", String(UUID_LEN), primary_key=True),
+    Column("alert_id", String(UUID_LEN), nullable=False, index=True),
+    Column("fingerprint", String(64), nullable=False, index=True),
+    Column("rule", String(200), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("annotations", JSON, nullable=False),
+    Column("value", Float, nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("action", String(64), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Index(None, "rule", "ts"),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", String(200), primary_key=True),
+    Column("parent", String(200), nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("artefact_path", Text, nullable=True),
+    Column("quantization", String(32), nullable=True),
+    Column("dataset_hash", String(64), nullable=True),
+    Column("metrics", JSON, nullable=False),
+    Column("size_bytes", BigInteger, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("activated_at", DateTime(timezone=True), nullable=True),
+)
+
+retrain_runs = Table(
+    "retrain_runs",
+    metadata,
+    Column("run_id", String(UUID_LEN), primary_key=True),
+    Column("status", String(32), nullable=False),
+    Column("trigger", String(200), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("steps", JSON, nullable=False),
+    Column("dataset_hash", String(64), nullable=True),
+    Column("candidate_version", String(200), nullable=True),
+    Column("metrics", JSON, nullable=False),
+    Column("error", Text, nullable=True),
+)

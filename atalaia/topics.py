@@ -1,0 +1,86 @@
+"""Topic names and their creation with explicit partition counts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from atalaia.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Logical topic names; the full name is ``{ATALAIA_TOPIC_NAMESPACE}.{name}``.
+TOPICS: tuple[str, ...] = ("inference", "feedback", "metrics", "alerts", "models", "deadletter")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: full name and partition count."""
+
+    name: str
+    partitions: int
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every Atalaia topic with its partition count.
+
+    ``models`` has a single partition: deploy/rollback commands must stay totally ordered.
+
+    >>> from atalaia.settings import Settings
+    >>> [(t.name, t.partitions) for t in topic_specs(Settings(topic_partitions=4))][-2:]
+    [('atalaia.models', 1), ('atalaia.deadletter', 4)]
+    """
+    return [
+        TopicSpec(settings.topic(name), 1 if name == "models" else settings.topic_partitions) for name in TOPICS
+    ]
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create missing topics; return the names created. Existing topics are left as they are.
+
+    A partition count that differs from the configured one is logged, not changed: shrinking is
+    impossible in Kafka and growing reshuffles keys, which is the operator's decision.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout
+    admin = None
+    last: Exception | None = None
+    while admin is None:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="atalaia-admin")
+        except Exception as exc:  # noqa: BLE001 - any connection failure is retried until the deadline
+            last = exc
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"cannot reach Kafka at {settings.kafka_bootstrap} ({last}); "
+                    "start it with `atalaia kafka start` or set ATALAIA_KAFKA_BOOTSTRAP"
+                ) from exc
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        wanted = topic_specs(settings)
+        missing = [NewTopic(t.name, t.partitions, 1) for t in wanted if t.name not in existing]
+        created: list[str] = []
+        if missing:
+            try:
+                admin.create_topics(missing)
+                created = [t.name for t in missing]
+            except TopicAlreadyExistsError:
+                pass  # another process created them concurrently; that is fine
+        described = admin.describe_topics([t.name for t in wanted])
+        for desc in described:
+            spec = next(t for t in wanted if t.name == desc["topic"])
+            count = len(desc.get("partitions") or [])
+            if count and count != spec.partitions:
+                log.warning(
+                    "topic partition count differs",
+                    extra={"topic": spec.name, "actual": count, "configured": spec.partitions},
+                )
+        if created:
+            log.info("topics created", extra={"topics": created})
+        return created
+    finally:
+        admin.close()

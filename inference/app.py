@@ -1,0 +1,249 @@
+"""The FastAPI application: OpenAI-compatible chat completions that emit one event per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent
+from atalaia.metrics.operational import Price
+from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
+from atalaia.settings import Settings
+from inference.schemas import ChatCompletionRequest, FeedbackRequest
+from inference.telemetry import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 128
+
+
+class ChatModel(Protocol):
+    """What the service needs from a generator (:class:`atalaia.models.generator.Generator`)."""
+
+    @property
+    def context_length(self) -> int: ...
+
+    def chat(self, messages: list[dict[str, str]], max_tokens: int = ..., temperature: float = ..., top_p: float = ..., stop: list[str] | None = ...) -> ChatResult: ...
+
+    def chat_stream(self, messages: list[dict[str, str]], max_tokens: int = ..., temperature: float = ..., top_p: float = ..., stop: list[str] | None = ...) -> ChatStream: ...
+
+
+class EventSink(Protocol):
+    """What the service needs from the producer SDK (:class:`producers.sdk.EventProducer`)."""
+
+    def emit(self, event: Any, topic: str | None = None) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def spool_depth(self) -> int: ...
+
+
+class APIError(Exception):
+    """An OpenAI-style error response."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+
+def _error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def completion_id(event_id: uuid.UUID) -> str:
+    """The public completion id, from which feedback finds the event.
+
+    >>> completion_id(uuid.UUID(int=1))
+    'chatcmpl-00000000-0000-0000-0000-000000000001'
+    """
+    return f"chatcmpl-{event_id}"
+
+
+def create_app(settings: Settings, generator: ChatModel, producer: EventSink | None) -> FastAPI:
+    """Build the service around a loaded generator and an event producer (None: emit nothing)."""
+    app = FastAPI(title="Atalaia inference", version="0.1.0")
+    metrics = ServiceMetrics()
+    price = Price(settings.price_per_1k_prompt_tokens, settings.price_per_1k_completion_tokens)
+    model_names = {settings.generator_model, settings.model_version}
+    metrics.active_model.labels(settings.model_version).set(1)
+    app.state.settings, app.state.generator, app.state.producer, app.state.metrics = settings, generator, producer, metrics
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(_error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in err["loc"] if p != "body"]
+        param = ".".join(loc) or None
+        if err.get("type") == "json_invalid":
+            message = "request body is not valid JSON"
+        else:
+            message = f"{param}: {err['msg']}" if param else str(err["msg"])
+        return JSONResponse(_error_body(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(_error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(_error_body("internal error; see the service log", "server_error"), status_code=500)
+
+    def emit_inference(req: ChatCompletionRequest, result: ChatResult, latency_ms: float, event_id: uuid.UUID) -> None:
+        metrics.latency.labels(settings.model_version).observe(latency_ms / 1000.0)
+        metrics.tokens.labels(settings.model_version, "prompt").inc(result.prompt_tokens)
+        metrics.tokens.labels(settings.model_version, "completion").inc(result.completion_tokens)
+        metrics.requests.labels(settings.model_version, "ok").inc()
+        if producer is None:
+            return
+        meta = dict(req.metadata or {})
+        reference = meta.pop("reference", None)
+        event = InferenceEvent(
+            event_id=event_id,
+            service=settings.service_name,
+            model_version=settings.model_version,
+            messages=[ChatMessage(role=m.role, content=m.content) for m in req.messages],
+            response=result.text,
+            latency_ms=latency_ms,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cost=price.cost(result.prompt_tokens, result.completion_tokens),
+            reference=reference if isinstance(reference, str) else None,
+            request_id=req.user,
+            metadata={**meta, "max_tokens": _max_tokens(req), "temperature": req.temperature, "finish_reason": result.finish_reason},
+        )
+        producer.emit(event)
+
+    def _max_tokens(req: ChatCompletionRequest) -> int:
+        value = req.max_completion_tokens or req.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_new_tokens_limit)
+        if value > settings.max_new_tokens_limit:
+            raise APIError(400, f"max_tokens must be at most {settings.max_new_tokens_limit}", "max_tokens")
+        return value
+
+    def _check_model(req: ChatCompletionRequest) -> None:
+        if req.model not in model_names:
+            raise APIError(404, f"The model '{req.model}' does not exist; GET /v1/models lists the served models", "model", "model_not_found")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest) -> Any:
+        _check_model(req)
+        max_tokens = _max_tokens(req)
+        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        event_id = uuid.uuid4()
+        created = int(time.time())
+        started = time.perf_counter()
+        try:
+            if req.stream:
+                stream = await run_in_threadpool(generator.chat_stream, messages, max_tokens, req.temperature, req.top_p, stop)
+            else:
+                result = await run_in_threadpool(generator.chat, messages, max_tokens, req.temperature, req.top_p, stop)
+        except PromptTooLongError as exc:
+            metrics.requests.labels(settings.model_version, "rejected").inc()
+            raise APIError(400, str(exc), "messages", "context_length_exceeded") from None
+        except ValueError as exc:
+            metrics.requests.labels(settings.model_version, "rejected").inc()
+            raise APIError(400, str(exc)) from None
+
+        if not req.stream:
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            emit_inference(req, result, latency_ms, event_id)
+            body = {
+                "id": completion_id(event_id),
+                "object": "chat.completion",
+                "created": created,
+                "model": settings.model_version,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": result.finish_reason}],
+                "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens, "total_tokens": result.total_tokens},
+            }
+            return JSONResponse(body, headers={"x-atalaia-event-id": str(event_id)})
+
+        def sse() -> Iterator[str]:
+            def chunk(delta: dict[str, str], finish: str | None) -> str:
+                payload = {
+                    "id": completion_id(event_id),
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": settings.model_version,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+                return f"data: {json.dumps(payload)}\n\n"
+
+            with stream:
+                yield chunk({"role": "assistant"}, None)
+                for piece in stream:
+                    if piece:
+                        yield chunk({"content": piece}, None)
+                final = stream.result
+            if final is not None:
+                yield chunk({}, final.finish_reason)
+                emit_inference(req, final, (time.perf_counter() - started) * 1000.0, event_id)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": settings.model_version, "object": "model", "created": 0, "owned_by": "atalaia"}],
+        }
+
+    @app.post("/v1/feedback", status_code=202)
+    async def feedback(req: FeedbackRequest) -> dict[str, Any]:
+        raw_id = req.completion_id.removeprefix("chatcmpl-")
+        try:
+            inference_id = uuid.UUID(raw_id)
+        except ValueError:
+            raise APIError(400, "completion_id must be the id of a chat completion (chatcmpl-<uuid>)", "completion_id") from None
+        if req.rating is None and not req.corrected_answer and not req.comment:
+            raise APIError(400, "give at least one of rating, corrected_answer or comment")
+        event = FeedbackEvent(
+            inference_event_id=inference_id,
+            rating=req.rating,
+            corrected_answer=req.corrected_answer,
+            comment=req.comment,
+            metadata=req.metadata,
+        )
+        if producer is not None:
+            producer.emit(event)
+        return {"id": str(event.event_id), "object": "feedback", "status": "accepted"}
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        kafka_ok = producer.connected if producer is not None else None
+        spool = producer.spool_depth if producer is not None else 0
+        body = {
+            "status": "ok",
+            "model": {"version": settings.model_version, "loaded": generator is not None, "context_length": generator.context_length},
+            "kafka": {"connected": kafka_ok, "bootstrap": settings.kafka_bootstrap, "spool_depth": spool},
+        }
+        # Degraded Kafka does not make the service unhealthy: events are spooled, answers go on.
+        return JSONResponse(body, status_code=200)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        if producer is not None:
+            metrics.spool_depth.set(producer.spool_depth)
+            stats = getattr(producer, "stats", None)
+            if stats is not None:
+                metrics.events_lost.set(stats.lost)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

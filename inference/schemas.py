@@ -1,0 +1,42 @@
+"""Request and response bodies of the OpenAI-compatible API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    """One chat message as the OpenAI API sends it."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+
+
+class ChatCompletionRequest(BaseModel):
+    """Body of ``POST /v1/chat/completions``; unknown OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class FeedbackRequest(BaseModel):
+    """Body of ``POST /v1/feedback``: a judgement of an earlier completion."""
+
+    model_config = ConfigDict(extra="forbid")
+    completion_id: str = Field(min_length=1, description="the `id` of the chat completion (chatcmpl-<event id>)")
+    rating: int | None = Field(None, ge=-1, le=1)
+    corrected_answer: str | None = Field(None, max_length=20_000)
+    comment: str | None = Field(None, max_length=5_000)
+    metadata: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,3 @@
+"""Monitors: rules over the metric stream, alert lifecycle, routing."""
+
+from __future__ import annotations

@@ -1,0 +1,149 @@
+"""The monitor service: consumes ``metrics``, evaluates rules, stores and publishes alert transitions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from atalaia.events import AlertEvent, EventError, MetricEvent, parse_event, utcnow
+from atalaia.settings import Settings
+from atalaia.storage import repository
+from atalaia.storage import tables as t
+from atalaia.storage.db import get_engine
+from atalaia.deadletter import dead_letter_for
+from monitors.evaluator import RuleEvaluator
+from monitors.rules import Rule, load_rules
+
+log = logging.getLogger(__name__)
+
+EVALUATE_EVERY_S = 1.0
+SEEN_IDS = 200_000
+
+
+class _SeenIds:
+    """Bounded memory of recent metric ids: the worker may republish a metric after a crash."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, key: str) -> bool:
+        if key in self._ids:
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
+class MonitorService:
+    """Runs a :class:`RuleEvaluator` on the live metric stream."""
+
+    def __init__(self, settings: Settings, rules: list[Rule] | None = None, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.rules = rules if rules is not None else load_rules(settings.rules_file)
+        self.engine = engine or get_engine(settings.database_url)
+        self.evaluator = RuleEvaluator(self.rules)
+        self._seen = _SeenIds(SEEN_IDS)
+        self._stop = threading.Event()
+        self.transitions = 0
+
+    def restore_open_alerts(self) -> int:
+        """Re-open alerts whose latest transition is pending or firing; return how many."""
+        restored = 0
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.alerts).order_by(t.alerts.c.ts)).mappings().all()
+        latest: dict[str, Any] = {}
+        for row in rows:
+            latest[row["fingerprint"]] = row
+        for row in latest.values():
+            if row["state"] in ("pending", "firing"):
+                labels = {k: v for k, v in row["labels"].items() if k in ("model_version", "service")}
+                self.evaluator.restore(row["rule"], labels, uuid.UUID(row["alert_id"]), row["state"], row["started_at"])
+                restored += 1
+        return restored
+
+    def stop(self) -> None:
+        """Ask the loop to finish after the current poll."""
+        self._stop.set()
+
+    def _retry(self, what: str, fn: Any) -> Any:
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - storage/broker outages are retried, never skipped
+                if self._stop.is_set():
+                    raise
+                log.warning("retrying", extra={"what": what, "retry_in_s": delay, "error": f"{type(exc).__name__}: {exc}"})
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _emit(self, producer: Any, transitions: list[AlertEvent]) -> None:
+        alerts_topic = self.settings.topic("alerts")
+        for alert in transitions:
+            def store(alert: AlertEvent = alert) -> int:
+                with self.engine.begin() as conn:
+                    return repository.store_alert(conn, alert)
+
+            self._retry("store alert", store)
+            self._retry(
+                "publish alert",
+                lambda alert=alert: producer.send(alerts_topic, key=alert.fingerprint.encode(), value=alert.to_json()).get(timeout=30),
+            )
+            self.transitions += 1
+            log.warning(
+                "alert transition",
+                extra={"rule": alert.rule, "state": alert.state, "value": alert.value, "threshold": alert.threshold, "labels": alert.labels},
+            )
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; offsets are committed after transitions are stored and sent."""
+        from kafka import KafkaConsumer, KafkaProducer
+
+        restored = self.restore_open_alerts()
+        consumer = KafkaConsumer(
+            self.settings.topic("metrics"),
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.monitor_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            client_id="atalaia-monitor",
+        )
+        producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, acks="all", linger_ms=5, client_id="atalaia-monitor")
+        log.info("monitor started", extra={"rules": [r.name for r in self.rules], "restored_alerts": restored})
+        last_eval = 0.0
+        try:
+            while not self._stop.is_set():
+                polled = consumer.poll(timeout_ms=500, max_records=5000)
+                dead = []
+                for tp, records in polled.items():
+                    for rec in records:
+                        try:
+                            metric = parse_event(rec.value, MetricEvent)
+                        except EventError as exc:
+                            dead.append(dead_letter_for(rec.value, exc.reason, tp.topic, tp.partition, rec.offset, exc.field, "atalaia-monitor"))
+                            continue
+                        if self._seen.add(str(metric.event_id)):
+                            self.evaluator.observe(metric)
+                for record in dead:
+                    self._retry(
+                        "publish dead letter",
+                        lambda r=record: producer.send(self.settings.topic("deadletter"), key=r.key, value=r.to_json()).get(timeout=30),
+                    )
+                if polled or time.monotonic() - last_eval >= EVALUATE_EVERY_S:
+                    last_eval = time.monotonic()
+                    self._emit(producer, self.evaluator.evaluate(utcnow()))
+                if polled:
+                    self._retry("commit offsets", consumer.commit)
+        finally:
+            consumer.close()
+            producer.close(timeout=10)

