@@ -50,6 +50,27 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+NOISY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "httpx", "urllib3", "alembic.runtime.migration")
+
+
+def logging_dict_config(level: str = "INFO", json_lines: bool | None = None) -> dict[str, Any]:
+    """The same set-up as :func:`configure_logging`, as a ``logging.config.dictConfig`` mapping.
+
+    For frameworks that insist on configuring logging themselves (faust's worker).
+    """
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
+    quiet = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level)))
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"atalaia": {"()": JsonFormatter if json_lines else TextFormatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "atalaia", "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {name: {"level": quiet} for name in NOISY_LOGGERS},
+    }
+
+
 def configure_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
     """Install the Atalaia formatter on the root logger (idempotent)."""
     if json_lines is None:
@@ -64,5 +85,5 @@ def configure_logging(level: str = "INFO", json_lines: bool | None = None) -> No
     root.addHandler(handler)
     root.setLevel(level)
     # Client libraries are chatty at INFO; their warnings still come through.
-    for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx", "urllib3", "alembic.runtime.migration"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

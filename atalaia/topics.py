@@ -72,7 +72,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 pass  # another process created them concurrently; that is fine
         described = admin.describe_topics([t.name for t in wanted])
         for desc in described:
-            spec = next(t for t in wanted if t.name == desc["topic"])
+            spec = next(t for t in wanted if t.name == desc.get("name", desc.get("topic")))
             count = len(desc.get("partitions") or [])
             if count and count != spec.partitions:
                 log.warning(

@@ -151,10 +151,18 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+def run_worker(settings: Settings) -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
+    from atalaia.logs import logging_dict_config
+
     app = create_app(settings)
-    worker = Worker(app, loglevel=loglevel, web_host="127.0.0.1", web_port=settings.worker_web_port, web_bind="127.0.0.1")
+    # faust resets logging when it starts: hand it ours, and no spinner (logs are often files).
+    worker = Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_dict_config(settings.log_level, settings.log_json),
+        quiet=True,
+    )
     worker.execute_from_commandline()

@@ -28,9 +28,10 @@ def insert_ignoring_duplicates(conn: Connection, table: Table, rows: Sequence[di
         stmt = sqlite.insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - only the two supported databases
         raise NotImplementedError(f"unsupported database dialect {dialect!r}")
-    result = conn.execute(stmt, list(rows))
-    # executemany rowcount is the sum over rows on both drivers; -1 means the driver can't tell.
-    return max(result.rowcount, 0)
+    # executemany rowcounts are unreliable across drivers; RETURNING yields exactly the new rows.
+    key = next(iter(table.primary_key.columns))
+    result = conn.execute(stmt.returning(key), list(rows))
+    return len(result.all())
 
 
 def inference_row(event: InferenceEvent, ingested_at: datetime | None = None) -> dict[str, Any]:
