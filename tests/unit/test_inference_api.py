@@ -1,0 +1,158 @@
+"""The HTTP contract of the inference service, with a fake generator and a recording producer."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from atalaia.events import FeedbackEvent, InferenceEvent
+from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
+from atalaia.settings import Settings
+from inference.app import create_app
+
+
+class FakeGenerator:
+    context_length = 64
+
+    def _check(self, messages: list[dict[str, str]], max_tokens: int) -> int:
+        prompt = sum(len(m["content"].split()) for m in messages) + 4
+        if prompt + max_tokens > self.context_length:
+            raise PromptTooLongError(prompt, max_tokens, self.context_length)
+        return prompt
+
+    def chat(self, messages, max_tokens=128, temperature=0.0, top_p=1.0, stop=None) -> ChatResult:  # type: ignore[no-untyped-def]
+        prompt = self._check(messages, max_tokens)
+        return ChatResult("Thirty days.", prompt, 3, "stop")
+
+    def chat_stream(self, messages, max_tokens=128, temperature=0.0, top_p=1.0, stop=None) -> ChatStream:  # type: ignore[no-untyped-def]
+        prompt = self._check(messages, max_tokens)
+        stream = ChatStream(iter(()))
+
+        def pieces() -> Iterator[str]:
+            yield from ("Thirty", " days.")
+            stream.result = ChatResult("Thirty days.", prompt, 3, "stop")
+
+        stream._pieces = pieces()
+        return stream
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.connected = True
+        self.spool_depth = 0
+
+    def emit(self, event: object, topic: str | None = None) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+def client_and_events(tmp_path: Path) -> tuple[TestClient, RecordingProducer, Settings]:
+    settings = Settings(home=tmp_path, max_new_tokens_limit=32)
+    producer = RecordingProducer()
+    return TestClient(create_app(settings, FakeGenerator(), producer)), producer, settings
+
+
+def _body(settings: Settings, **extra: object) -> dict:
+    return {"model": settings.model_version, "messages": [{"role": "user", "content": "How many vacation days?"}]} | extra
+
+
+def test_completion_emits_one_event(client_and_events) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings = client_and_events
+    r = client.post("/v1/chat/completions", json=_body(settings, max_tokens=8, metadata={"reference": "30 days", "team": "hr"}))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == "Thirty days."
+    (event,) = producer.events
+    assert isinstance(event, InferenceEvent)
+    assert body["id"] == f"chatcmpl-{event.event_id}" == f"chatcmpl-{r.headers['x-atalaia-event-id']}"
+    assert event.reference == "30 days" and event.metadata["team"] == "hr"
+    assert event.prompt_tokens == body["usage"]["prompt_tokens"] and event.cost > 0 and event.latency_ms >= 0
+
+
+def test_streaming_is_openai_sse(client_and_events) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings = client_and_events
+    with client.stream("POST", "/v1/chat/completions", json=_body(settings, stream=True)) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == "Thirty days." and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert len(producer.events) == 1
+
+
+def test_openai_client_talks_to_it(client_and_events) -> None:  # type: ignore[no-untyped-def]
+    openai = pytest.importorskip("openai")
+    client, _, settings = client_and_events
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+    assert [m.id for m in api.models.list()] == [settings.model_version]
+    reply = api.chat.completions.create(model=settings.model_version, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert reply.choices[0].message.content == "Thirty days."
+    with pytest.raises(openai.NotFoundError):
+        api.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ("{not json", 400, "not valid JSON"),
+        ({"model": "x"}, 400, "messages"),
+        ({"messages": []}, 400, "model"),
+        ("EMPTY_MESSAGES", 400, "messages"),
+        ("UNKNOWN_MODEL", 404, "does not exist"),
+        ("NEGATIVE", 400, "max_tokens"),
+        ("HUGE", 400, "at most 32"),
+        ("TOO_LONG", 400, "context length"),
+        ("BAD_ROLE", 400, "role"),
+        ([1, 2, 3], 400, ""),
+    ],
+)
+def test_bad_requests_get_openai_errors(client_and_events, payload, status: int, needle: str) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings = client_and_events
+    good = _body(settings)
+    payloads = {
+        "EMPTY_MESSAGES": good | {"messages": []},
+        "UNKNOWN_MODEL": good | {"model": "gpt-9"},
+        "NEGATIVE": good | {"max_tokens": -5},
+        "HUGE": good | {"max_tokens": 10**9},
+        "TOO_LONG": good | {"messages": [{"role": "user", "content": "word " * 60}], "max_tokens": 8},
+        "BAD_ROLE": good | {"messages": [{"role": "wizard", "content": "x"}]},
+    }
+    payload = payloads.get(payload, payload) if isinstance(payload, str) else payload
+    if isinstance(payload, str):
+        r = client.post("/v1/chat/completions", content=payload, headers={"content-type": "application/json"})
+    else:
+        r = client.post("/v1/chat/completions", json=payload)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert needle in error["message"] and error["type"] == "invalid_request_error"
+    assert producer.events == []
+
+
+def test_feedback(client_and_events) -> None:  # type: ignore[no-untyped-def]
+    client, producer, _ = client_and_events
+    target = uuid.uuid4()
+    r = client.post("/v1/feedback", json={"completion_id": f"chatcmpl-{target}", "rating": -1, "corrected_answer": "30 days"})
+    assert r.status_code == 202
+    (event,) = producer.events
+    assert isinstance(event, FeedbackEvent) and event.inference_event_id == target and event.corrected_answer == "30 days"
+    assert client.post("/v1/feedback", json={"completion_id": "nope", "rating": 1}).status_code == 400
+    assert client.post("/v1/feedback", json={"completion_id": f"chatcmpl-{target}"}).status_code == 400
+    assert client.post("/v1/feedback", json={"completion_id": f"chatcmpl-{target}", "rating": 7}).status_code == 400
+
+
+def test_health_and_prometheus(client_and_events) -> None:  # type: ignore[no-untyped-def]
+    client, _, settings = client_and_events
+    health = client.get("/healthz").json()
+    assert health["model"]["version"] == settings.model_version and health["kafka"]["connected"] is True
+    client.post("/v1/chat/completions", json=_body(settings))
+    text = client.get("/metrics").text
+    assert 'atalaia_requests_total{model_version="smollm2-135m-instruct@base",status="ok"} 1.0' in text
+    assert "atalaia_request_latency_seconds_bucket" in text and "atalaia_spool_depth 0.0" in text
+    assert client.get("/nope").status_code == 404
