@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
@@ -59,7 +59,9 @@ class _Event(BaseModel):
     @classmethod
     def _known_version(cls, value: int) -> int:
         if value not in SUPPORTED_SCHEMA_VERSIONS:
-            raise ValueError(f"unsupported schema_version {value}; this build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
+            raise ValueError(
+                f"unsupported schema_version {value}; this build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)}"
+            )
         return value
 
     @field_validator("ts")
@@ -200,7 +202,6 @@ EVENT_TYPES: dict[str, type[_Event]] = {
     "rollback": ModelEvent,
     "deadletter": DeadLetterEvent,
 }
-_adapter: TypeAdapter[Any] = TypeAdapter(Event)
 
 
 def _first_error(exc: ValidationError, kind: str) -> EventError:
@@ -251,7 +252,9 @@ def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
             raise EventError(f"invalid {kind} event: field '{envelope_field}': Field required", envelope_field)
     cls = EVENT_TYPES[kind]
     if expected is not None and cls is not expected:
-        raise EventError(f"expected a {expected.model_fields['type'].default or expected.__name__} event, got {kind!r}", "type")
+        raise EventError(
+            f"expected a {expected.model_fields['type'].default or expected.__name__} event, got {kind!r}", "type"
+        )
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

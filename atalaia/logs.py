@@ -65,7 +65,9 @@ def logging_dict_config(level: str = "INFO", json_lines: bool | None = None) -> 
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"atalaia": {"()": JsonFormatter if json_lines else TextFormatter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "atalaia", "stream": "ext://sys.stderr"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "atalaia", "stream": "ext://sys.stderr"}
+        },
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {name: {"level": quiet} for name in NOISY_LOGGERS},
     }

@@ -57,17 +57,23 @@ class Settings(BaseSettings):
     max_new_tokens_limit: Annotated[int, Field(ge=1, le=8192)] = Field(
         512, description="Largest max_tokens a chat request may ask for."
     )
-    torch_threads: Annotated[int, Field(ge=0)] = Field(0, description="torch intra-op threads; 0 leaves torch's default.")
+    torch_threads: Annotated[int, Field(ge=0)] = Field(
+        0, description="torch intra-op threads; 0 leaves torch's default."
+    )
 
     inference_host: str = Field("127.0.0.1", description="Bind address of the inference service.")
     inference_port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="Port of the inference service.")
-    worker_web_port: Annotated[int, Field(ge=1, le=65535)] = Field(6066, description="Port of the faust worker's web server.")
+    worker_web_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        6066, description="Port of the faust worker's web server."
+    )
     monitor_port: Annotated[int, Field(ge=1, le=65535)] = Field(8001, description="Port of the monitor's HTTP API.")
     service_name: str = Field("regulations-assistant", description="Service name sent with inference events.")
 
     worker_id: str = Field("atalaia-worker", description="Faust application id (consumer group) of the metric workers.")
     monitor_group: str = Field("atalaia-monitor", description="Consumer group of the monitor.")
-    rules_file: Path | None = Field(None, description="YAML file of alert rules; empty uses the built-in default rules.")
+    rules_file: Path | None = Field(
+        None, description="YAML file of alert rules; empty uses the built-in default rules."
+    )
     price_per_1k_prompt_tokens: Annotated[float, Field(ge=0)] = Field(
         0.0005, description="Default price (USD) per 1,000 prompt tokens, for models without a price entry."
     )
@@ -76,7 +82,9 @@ class Settings(BaseSettings):
     )
 
     producer_linger_ms: Annotated[int, Field(ge=0, le=60000)] = Field(20, description="Producer batching delay.")
-    spool_dir: Path | None = Field(None, description="Where undeliverable events are spooled; default ATALAIA_HOME/spool.")
+    spool_dir: Path | None = Field(
+        None, description="Where undeliverable events are spooled; default ATALAIA_HOME/spool."
+    )
     models_dir: Path | None = Field(None, description="Folder of prepared models; default ATALAIA_HOME/models.")
 
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
@@ -143,12 +151,14 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment, raising :class:`ConfigError` with the variable and fix.
+    r"""Read settings from the environment, raising :class:`ConfigError` with the variable and fix.
 
-    >>> load_settings(home="/tmp/x", topic_partitions=0)
-    Traceback (most recent call last):
-    ...
-    atalaia.settings.ConfigError: ATALAIA_TOPIC_PARTITIONS=0 is invalid: Input should be greater than or equal to 1. Fix: set ATALAIA_TOPIC_PARTITIONS to a valid value (see docs/configuration.md).
+    >>> try:
+    ...     load_settings(home="/tmp/x", topic_partitions=0)
+    ... except ConfigError as exc:
+    ...     print(str(exc).replace(". Fix:", ".\nFix:"))
+    ATALAIA_TOPIC_PARTITIONS=0 is invalid: Input should be greater than or equal to 1.
+    Fix: set ATALAIA_TOPIC_PARTITIONS to a valid value (see docs/configuration.md).
     """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]

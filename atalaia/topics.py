@@ -31,9 +31,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     >>> [(t.name, t.partitions) for t in topic_specs(Settings(topic_partitions=4))][-2:]
     [('atalaia.models', 1), ('atalaia.deadletter', 4)]
     """
-    return [
-        TopicSpec(settings.topic(name), 1 if name == "models" else settings.topic_partitions) for name in TOPICS
-    ]
+    return [TopicSpec(settings.topic(name), 1 if name == "models" else settings.topic_partitions) for name in TOPICS]
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -51,7 +49,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     while admin is None:
         try:
             admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="atalaia-admin")
-        except Exception as exc:  # noqa: BLE001 - any connection failure is retried until the deadline
+        except Exception as exc:
             last = exc
             if time.monotonic() > deadline:
                 raise RuntimeError(

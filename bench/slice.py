@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import median, pct, summary  # noqa: E402
+from bench.common import median, pct, summary
 
 
 def bench_emission(settings, requests: int, max_tokens: int) -> None:  # type: ignore[no-untyped-def]
@@ -33,8 +33,8 @@ def bench_emission(settings, requests: int, max_tokens: int) -> None:  # type: i
 
     from atalaia.events import ChatMessage, InferenceEvent
     from atalaia.models.generator import Generator
-    from inference.app import create_app
     from atalaia.topics import ensure_topics
+    from inference.app import create_app
     from producers.sdk import EventProducer
 
     ensure_topics(settings)
@@ -42,8 +42,11 @@ def bench_emission(settings, requests: int, max_tokens: int) -> None:  # type: i
     producer = EventProducer(settings, client_id="bench-emit")
     with_events = TestClient(create_app(settings, generator, producer))
     without = TestClient(create_app(settings, generator, None))
-    body = {"model": settings.model_version, "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": "How many vacation days do I get?"}]}
+    body = {
+        "model": settings.model_version,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "How many vacation days do I get?"}],
+    }
     for client in (with_events, without):  # warm-up
         client.post("/v1/chat/completions", json=body)
     lat: dict[str, list[float]] = {"with emission": [], "without emission": []}
@@ -60,8 +63,16 @@ def bench_emission(settings, requests: int, max_tokens: int) -> None:  # type: i
     ratio = median(lat["with emission"]) / median(lat["without emission"])
     print(f"median ratio with/without: {ratio:.3f}")
 
-    ev = InferenceEvent(service="bench", model_version="m", messages=[ChatMessage(role="user", content="q" * 200)],
-                        response="a" * 400, latency_ms=1, prompt_tokens=1, completion_tokens=1, cost=0)
+    ev = InferenceEvent(
+        service="bench",
+        model_version="m",
+        messages=[ChatMessage(role="user", content="q" * 200)],
+        response="a" * 400,
+        latency_ms=1,
+        prompt_tokens=1,
+        completion_tokens=1,
+        cost=0,
+    )
     emit_us = []
     for _ in range(5000):
         fresh = ev.model_copy(update={"event_id": uuid.uuid4()})
@@ -87,14 +98,26 @@ def bench_freshness(settings, rate: float, seconds: float) -> None:  # type: ign
     ensure_topics(settings)
     log = Path(settings.home) / "bench-worker.log"
     with log.open("wb") as fh:
-        worker = subprocess.Popen([sys.executable, "-m", "atalaia.cli.main", "worker"], env=settings_env(settings),
-                                  stdout=fh, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "atalaia.cli.main", "worker"],
+            env=settings_env(settings),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     engine = get_engine(settings.database_url)
     producer = EventProducer(settings, client_id="bench-fresh")
     try:
         # Wait for the worker to join its group: one probe event must come back.
-        probe = InferenceEvent(service="bench", model_version="probe", messages=[ChatMessage(role="user", content="q")],
-                               response="a", latency_ms=1, prompt_tokens=1, completion_tokens=1, cost=0)
+        probe = InferenceEvent(
+            service="bench",
+            model_version="probe",
+            messages=[ChatMessage(role="user", content="q")],
+            response="a",
+            latency_ms=1,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost=0,
+        )
         producer.emit(probe)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -112,26 +135,39 @@ def bench_freshness(settings, rate: float, seconds: float) -> None:  # type: ign
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            ev = InferenceEvent(service="bench", model_version="bench@1", messages=[ChatMessage(role="user", content=f"q{i}")],
-                                response="a", latency_ms=100 + i % 50, prompt_tokens=10, completion_tokens=5, cost=0.001)
+            ev = InferenceEvent(
+                service="bench",
+                model_version="bench@1",
+                messages=[ChatMessage(role="user", content=f"q{i}")],
+                response="a",
+                latency_ms=100 + i % 50,
+                prompt_tokens=10,
+                completion_tokens=5,
+                cost=0.001,
+            )
             producer.emit(ev)
             ids.append(str(ev.event_id))
         producer.flush()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             with engine.connect() as conn:
-                rows = conn.execute(select(t.inference_events.c.event_id, t.inference_events.c.ts)
-                                    .where(t.inference_events.c.model_version == "bench@1")).all()
+                rows = conn.execute(
+                    select(t.inference_events.c.event_id, t.inference_events.c.ts).where(
+                        t.inference_events.c.model_version == "bench@1"
+                    )
+                ).all()
             if len(rows) >= n:
                 break
             time.sleep(0.5)
         with engine.connect() as conn:
             fresh = conn.execute(
-                select(t.metrics.c.created_at, t.metrics.c.ts)
-                .where(t.metrics.c.model_version == "bench@1", t.metrics.c.name == "latency_ms")
+                select(t.metrics.c.created_at, t.metrics.c.ts).where(
+                    t.metrics.c.model_version == "bench@1", t.metrics.c.name == "latency_ms"
+                )
             ).all()
         lag_ms = [((c.replace(tzinfo=None) - s.replace(tzinfo=None)).total_seconds()) * 1000 for c, s in fresh]
-        print(f"\n## event -> metrics row freshness at {rate:g} events/s for {seconds:g} s (ms), {settings.database_url.split(':')[0]}")
+        backend = settings.database_url.split(":")[0]
+        print(f"\n## event -> metrics row freshness at {rate:g} events/s for {seconds:g} s (ms), {backend}")
         print(f"{'freshness':18s} {summary(lag_ms)}")
         print(f"stored {len(rows)}/{n} events; p95/p50 ratio {pct(lag_ms, 95) / pct(lag_ms, 50):.2f}")
     finally:
@@ -156,9 +192,16 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     home = Path(tempfile.mkdtemp(prefix="atalaia-bench-"))
     base = Settings()
-    settings = Settings(home=home, topic_namespace=f"bench-{tag}", worker_id=f"bench-{tag}", models_dir=base.models_dir,
-                        kafka_bootstrap=base.kafka_bootstrap, database_url=args.database_url or f"sqlite:///{home / 'bench.db'}",
-                        topic_partitions=2, worker_web_port=int(os.environ.get("BENCH_WORKER_PORT", "16066")))
+    settings = Settings(
+        home=home,
+        topic_namespace=f"bench-{tag}",
+        worker_id=f"bench-{tag}",
+        models_dir=base.models_dir,
+        kafka_bootstrap=base.kafka_bootstrap,
+        database_url=args.database_url or f"sqlite:///{home / 'bench.db'}",
+        topic_partitions=2,
+        worker_web_port=int(os.environ.get("BENCH_WORKER_PORT", "16066")),
+    )
     print(f"# Atalaia slice benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores)")
     bench_emission(settings, args.requests, args.max_tokens)
     bench_freshness(settings, args.rate, args.seconds)

@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 import faust
 from faust.types import EventT
 
+from atalaia.deadletter import dead_letter_for
 from atalaia.events import EventError, FeedbackEvent, InferenceEvent, MetricEvent, parse_event
 from atalaia.metrics.operational import metric_events, operational_values
 from atalaia.settings import Settings
 from atalaia.storage import repository
 from atalaia.storage.db import get_engine, redact_url
-from atalaia.deadletter import dead_letter_for
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,15 @@ MAX_BACKOFF_S = 30.0
 E = TypeVar("E", InferenceEvent, FeedbackEvent)
 
 
-def split_valid(
-    events: Sequence[EventT], expected: type[E], consumer: str
-) -> tuple[list[E], list[Any]]:
+def split_valid(events: Sequence[EventT], expected: type[E], consumer: str) -> tuple[list[E], list[Any]]:
     """Parse a batch: valid events of the expected type, and dead-letter records for the rest."""
     valid: list[E] = []
     dead = []
     for ev in events:
         msg = ev.message
         raw = ev.value if isinstance(ev.value, bytes) else msg.value
+        if not isinstance(raw, bytes | str):
+            raw = b""  # a tombstone (null value): dead-lettered as "not valid JSON"
         try:
             valid.append(parse_event(raw, expected))
         except EventError as exc:
@@ -107,24 +107,31 @@ def create_app(settings: Settings) -> faust.App:
     deadletter_topic = app.topic(settings.topic("deadletter"), value_serializer="raw")
     log.info(
         "worker configured",
-        extra={"app_id": settings.worker_id, "database": redact_url(settings.database_url), "kafka": settings.kafka_bootstrap},
+        extra={
+            "app_id": settings.worker_id,
+            "database": redact_url(settings.database_url),
+            "kafka": settings.kafka_bootstrap,
+        },
     )
 
     async def send_dead(dead: Sequence[Any]) -> None:
         for record in dead:
-            log.warning("dead-lettered", extra={"reason": record.reason, "topic": record.source_topic, "offset": record.source_offset})
+            log.warning(
+                "dead-lettered",
+                extra={"reason": record.reason, "topic": record.source_topic, "offset": record.source_offset},
+            )
             await deadletter_topic.send(key=record.key, value=record.to_json())
 
     @app.agent(inference_topic, name="score-inference")
     async def score(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
             valid, dead = split_valid(batch, InferenceEvent, consumer_name)
             await send_dead(dead)
             if not valid:
                 continue
             metrics = score_inference(valid)
 
-            def write() -> tuple[int, int]:
+            def write(valid: list[InferenceEvent] = valid, metrics: list[MetricEvent] = metrics) -> tuple[int, int]:
                 with engine.begin() as conn:
                     return repository.store_inference_batch(conn, valid, metrics)
 
@@ -136,17 +143,17 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(feedback_topic, name="store-feedback")
     async def store_feedback(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
             valid, dead = split_valid(batch, FeedbackEvent, consumer_name)
             await send_dead(dead)
             if not valid:
                 continue
 
-            def write() -> int:
+            def write_feedback(valid: list[FeedbackEvent] = valid) -> int:
                 with engine.begin() as conn:
                     return repository.store_feedback_batch(conn, valid)
 
-            await retry_forever("feedback batch", write, app)
+            await retry_forever("feedback batch", write_feedback, app)
 
     return app
 

@@ -34,9 +34,23 @@ class ChatModel(Protocol):
     @property
     def context_length(self) -> int: ...
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int = ..., temperature: float = ..., top_p: float = ..., stop: list[str] | None = ...) -> ChatResult: ...
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        stop: list[str] | None = ...,
+    ) -> ChatResult: ...
 
-    def chat_stream(self, messages: list[dict[str, str]], max_tokens: int = ..., temperature: float = ..., top_p: float = ..., stop: list[str] | None = ...) -> ChatStream: ...
+    def chat_stream(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        stop: list[str] | None = ...,
+    ) -> ChatStream: ...
 
 
 class EventSink(Protocol):
@@ -54,7 +68,14 @@ class EventSink(Protocol):
 class APIError(Exception):
     """An OpenAI-style error response."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -79,7 +100,12 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
     price = Price(settings.price_per_1k_prompt_tokens, settings.price_per_1k_completion_tokens)
     model_names = {settings.generator_model, settings.model_version}
     metrics.active_model.labels(settings.model_version).set(1)
-    app.state.settings, app.state.generator, app.state.producer, app.state.metrics = settings, generator, producer, metrics
+    app.state.settings, app.state.generator, app.state.producer, app.state.metrics = (
+        settings,
+        generator,
+        producer,
+        metrics,
+    )
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -126,7 +152,12 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
             cost=price.cost(result.prompt_tokens, result.completion_tokens),
             reference=reference if isinstance(reference, str) else None,
             request_id=req.user,
-            metadata={**meta, "max_tokens": _max_tokens(req), "temperature": req.temperature, "finish_reason": result.finish_reason},
+            metadata={
+                **meta,
+                "max_tokens": _max_tokens(req),
+                "temperature": req.temperature,
+                "finish_reason": result.finish_reason,
+            },
         )
         producer.emit(event)
 
@@ -138,7 +169,12 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
 
     def _check_model(req: ChatCompletionRequest) -> None:
         if req.model not in model_names:
-            raise APIError(404, f"The model '{req.model}' does not exist; GET /v1/models lists the served models", "model", "model_not_found")
+            raise APIError(
+                404,
+                f"The model '{req.model}' does not exist; GET /v1/models lists the served models",
+                "model",
+                "model_not_found",
+            )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest) -> Any:
@@ -151,7 +187,9 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
         started = time.perf_counter()
         try:
             if req.stream:
-                stream = await run_in_threadpool(generator.chat_stream, messages, max_tokens, req.temperature, req.top_p, stop)
+                stream = await run_in_threadpool(
+                    generator.chat_stream, messages, max_tokens, req.temperature, req.top_p, stop
+                )
             else:
                 result = await run_in_threadpool(generator.chat, messages, max_tokens, req.temperature, req.top_p, stop)
         except PromptTooLongError as exc:
@@ -169,8 +207,18 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
                 "object": "chat.completion",
                 "created": created,
                 "model": settings.model_version,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": result.finish_reason}],
-                "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens, "total_tokens": result.total_tokens},
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": result.text},
+                        "finish_reason": result.finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "total_tokens": result.total_tokens,
+                },
             }
             return JSONResponse(body, headers={"x-atalaia-event-id": str(event_id)})
 
@@ -211,7 +259,9 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
         try:
             inference_id = uuid.UUID(raw_id)
         except ValueError:
-            raise APIError(400, "completion_id must be the id of a chat completion (chatcmpl-<uuid>)", "completion_id") from None
+            raise APIError(
+                400, "completion_id must be the id of a chat completion (chatcmpl-<uuid>)", "completion_id"
+            ) from None
         if req.rating is None and not req.corrected_answer and not req.comment:
             raise APIError(400, "give at least one of rating, corrected_answer or comment")
         event = FeedbackEvent(
@@ -231,7 +281,11 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
         spool = producer.spool_depth if producer is not None else 0
         body = {
             "status": "ok",
-            "model": {"version": settings.model_version, "loaded": generator is not None, "context_length": generator.context_length},
+            "model": {
+                "version": settings.model_version,
+                "loaded": generator is not None,
+                "context_length": generator.context_length,
+            },
             "kafka": {"connected": kafka_ok, "bootstrap": settings.kafka_bootstrap, "spool_depth": spool},
         }
         # Degraded Kafka does not make the service unhealthy: events are spooled, answers go on.

@@ -20,9 +20,18 @@ def serve(settings: Settings) -> None:
     generator = Generator.load(settings.generator_path, threads=settings.torch_threads)
     producer = EventProducer(settings, client_id=f"inference-{settings.inference_port}")
     app = create_app(settings, generator, producer)
-    log.info("inference service starting", extra={"host": settings.inference_host, "port": settings.inference_port, "model_version": settings.model_version})
+    log.info(
+        "inference service starting",
+        extra={
+            "host": settings.inference_host,
+            "port": settings.inference_port,
+            "model_version": settings.model_version,
+        },
+    )
     try:
-        uvicorn.run(app, host=settings.inference_host, port=settings.inference_port, log_level="warning", access_log=False)
+        uvicorn.run(
+            app, host=settings.inference_host, port=settings.inference_port, log_level="warning", access_log=False
+        )
     finally:
         producer.close(timeout=30)
         log.info("inference service stopped", extra={"spooled_left": producer.spool_depth})

@@ -11,7 +11,10 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "atalaia_requests", "Chat completion requests by outcome", ["model_version", "status"], registry=self.registry
+            "atalaia_requests",
+            "Chat completion requests by outcome",
+            ["model_version", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "atalaia_request_latency_seconds",
@@ -21,7 +24,13 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.tokens = Counter("atalaia_tokens", "Tokens processed", ["model_version", "kind"], registry=self.registry)
-        self.cache_hits = Counter("atalaia_cache_hits", "Responses served from the cache", ["kind"], registry=self.registry)
+        self.cache_hits = Counter(
+            "atalaia_cache_hits", "Responses served from the cache", ["kind"], registry=self.registry
+        )
         self.spool_depth = Gauge("atalaia_spool_depth", "Events waiting on disk for Kafka", registry=self.registry)
-        self.events_lost = Gauge("atalaia_events_lost", "Events lost because the spool was unwritable", registry=self.registry)
-        self.active_model = Gauge("atalaia_active_model", "1 for the model version being served", ["model_version"], registry=self.registry)
+        self.events_lost = Gauge(
+            "atalaia_events_lost", "Events lost because the spool was unwritable", registry=self.registry
+        )
+        self.active_model = Gauge(
+            "atalaia_active_model", "1 for the model version being served", ["model_version"], registry=self.registry
+        )

@@ -143,7 +143,9 @@ class RuleEvaluator:
                     out.append(self._transition(rule, series.labels, fp, current, now, value))
             elif current is not None:
                 current.state = "resolved"
-                out.append(self._transition(rule, series.labels, fp, current, now, None if math.isnan(value) else value))
+                out.append(
+                    self._transition(rule, series.labels, fp, current, now, None if math.isnan(value) else value)
+                )
                 del self._open[key]
             if not series.samples and key not in self._open:
                 del self._series[key]

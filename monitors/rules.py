@@ -75,10 +75,11 @@ class Rule(BaseModel):
 def parse_rules(data: Any, source: str = "<rules>") -> list[Rule]:
     """Validate parsed YAML (``{"rules": [...]}``) into rules, or raise :class:`RuleError`.
 
-    >>> parse_rules({"rules": [{"name": "x", "metric": "cost", "threshold": "high"}]})
-    Traceback (most recent call last):
-    ...
-    monitors.rules.RuleError: <rules>: rule 'x' (#1), key 'threshold': Input should be a valid number, unable to parse string as a number
+    >>> try:
+    ...     parse_rules({"rules": [{"name": "x", "metric": "cost", "threshold": "high"}]})
+    ... except RuleError as exc:
+    ...     print(exc)
+    <rules>: rule 'x' (#1), key 'threshold': Input should be a valid number, unable to parse string as a number
     """
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise RuleError(f"{source}: expected a mapping with a 'rules' list")

@@ -11,12 +11,12 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from atalaia.deadletter import dead_letter_for
 from atalaia.events import AlertEvent, EventError, MetricEvent, parse_event, utcnow
 from atalaia.settings import Settings
 from atalaia.storage import repository
 from atalaia.storage import tables as t
 from atalaia.storage.db import get_engine
-from atalaia.deadletter import dead_letter_for
 from monitors.evaluator import RuleEvaluator
 from monitors.rules import Rule, load_rules
 
@@ -78,16 +78,19 @@ class MonitorService:
         while True:
             try:
                 return fn()
-            except Exception as exc:  # noqa: BLE001 - storage/broker outages are retried, never skipped
+            except Exception as exc:
                 if self._stop.is_set():
                     raise
-                log.warning("retrying", extra={"what": what, "retry_in_s": delay, "error": f"{type(exc).__name__}: {exc}"})
+                log.warning(
+                    "retrying", extra={"what": what, "retry_in_s": delay, "error": f"{type(exc).__name__}: {exc}"}
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
     def _emit(self, producer: Any, transitions: list[AlertEvent]) -> None:
         alerts_topic = self.settings.topic("alerts")
         for alert in transitions:
+
             def store(alert: AlertEvent = alert) -> int:
                 with self.engine.begin() as conn:
                     return repository.store_alert(conn, alert)
@@ -95,12 +98,20 @@ class MonitorService:
             self._retry("store alert", store)
             self._retry(
                 "publish alert",
-                lambda alert=alert: producer.send(alerts_topic, key=alert.fingerprint.encode(), value=alert.to_json()).get(timeout=30),
+                lambda alert=alert: producer.send(
+                    alerts_topic, key=alert.fingerprint.encode(), value=alert.to_json()
+                ).get(timeout=30),
             )
             self.transitions += 1
             log.warning(
                 "alert transition",
-                extra={"rule": alert.rule, "state": alert.state, "value": alert.value, "threshold": alert.threshold, "labels": alert.labels},
+                extra={
+                    "rule": alert.rule,
+                    "state": alert.state,
+                    "value": alert.value,
+                    "threshold": alert.threshold,
+                    "labels": alert.labels,
+                },
             )
 
     def run(self) -> None:
@@ -118,7 +129,9 @@ class MonitorService:
             heartbeat_interval_ms=1_000,
             client_id="atalaia-monitor",
         )
-        producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, acks="all", linger_ms=5, client_id="atalaia-monitor")
+        producer = KafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers, acks="all", linger_ms=5, client_id="atalaia-monitor"
+        )
         log.info("monitor started", extra={"rules": [r.name for r in self.rules], "restored_alerts": restored})
         last_eval = 0.0
         try:
@@ -130,14 +143,26 @@ class MonitorService:
                         try:
                             metric = parse_event(rec.value, MetricEvent)
                         except EventError as exc:
-                            dead.append(dead_letter_for(rec.value, exc.reason, tp.topic, tp.partition, rec.offset, exc.field, "atalaia-monitor"))
+                            dead.append(
+                                dead_letter_for(
+                                    rec.value,
+                                    exc.reason,
+                                    tp.topic,
+                                    tp.partition,
+                                    rec.offset,
+                                    exc.field,
+                                    "atalaia-monitor",
+                                )
+                            )
                             continue
                         if self._seen.add(str(metric.event_id)):
                             self.evaluator.observe(metric)
                 for record in dead:
                     self._retry(
                         "publish dead letter",
-                        lambda r=record: producer.send(self.settings.topic("deadletter"), key=r.key, value=r.to_json()).get(timeout=30),
+                        lambda r=record: producer.send(
+                            self.settings.topic("deadletter"), key=r.key, value=r.to_json()
+                        ).get(timeout=30),
                     )
                 if polled or time.monotonic() - last_eval >= EVALUATE_EVERY_S:
                     last_eval = time.monotonic()

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from atalaia.events import DeadLetterEvent, FeedbackEvent, InferenceEvent, MetricEvent, ModelEvent, AlertEvent
+from atalaia.events import AlertEvent, DeadLetterEvent, FeedbackEvent, InferenceEvent, MetricEvent, ModelEvent
 from atalaia.settings import Settings
 from producers.spool import Spool, SpooledMessage
 
@@ -66,7 +66,9 @@ class EventProducer:
         Start the sender thread now (tests pass False to inspect a stopped producer).
     """
 
-    def __init__(self, settings: Settings, client_id: str = "atalaia-sdk", queue_size: int = 10_000, start: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, client_id: str = "atalaia-sdk", queue_size: int = 10_000, start: bool = True
+    ) -> None:
         self.settings = settings
         self.client_id = client_id
         assert settings.spool_dir is not None
@@ -120,7 +122,7 @@ class EventProducer:
         if self._producer is not None:
             try:
                 self._producer.flush(timeout=max(deadline - time.monotonic(), 0.1))
-            except Exception:  # noqa: BLE001 - undelivered events reach the spool through the errback
+            except Exception:
                 log.debug("flush incomplete", exc_info=True)
         return self._queue.unfinished_tasks == 0
 
@@ -141,7 +143,7 @@ class EventProducer:
         if self._producer is not None:
             try:
                 self._producer.close(timeout=5)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("producer close failed", exc_info=True)
             self._producer = None
         with self._lock:
@@ -160,7 +162,10 @@ class EventProducer:
             self.stats.spooled += 1
         except OSError as exc:
             self.stats.lost += 1
-            log.error("event lost: spool unwritable", extra={"topic": message.topic, "spool": str(self.spool.path), "error": str(exc)})
+            log.error(
+                "event lost: spool unwritable",
+                extra={"topic": message.topic, "spool": str(self.spool.path), "error": str(exc)},
+            )
 
     def _connect(self) -> None:
         if self._producer is not None or time.monotonic() - self._last_connect < RECONNECT_EVERY_S:

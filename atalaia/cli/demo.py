@@ -66,13 +66,27 @@ def run_demo(settings: Settings, console: Console, out: Console, requests: int =
             alerts_before = conn.execute(select(func.count()).select_from(t.alerts)).scalar_one()
 
         console.print(f"5/6 traffic: {requests} simulated questions")
-        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             sent = progress.add_task("requests answered", total=requests)
             stored = progress.add_task("events stored", total=requests)
+
+            def on_answer(i: int) -> None:
+                progress.update(sent, completed=i + 1)
+                sup.check()  # restart a crashed service while traffic flows
+
             result = simulate(
-                base, requests, 0.0, settings.model_version, max_tokens,
-                on_response=lambda i, r: (progress.update(sent, completed=i + 1), sup.check()),
+                base,
+                requests,
+                0.0,
+                settings.model_version,
+                max_tokens,
+                on_response=lambda i, _r: on_answer(i),
             )
             deadline = time.monotonic() + 90
             n = 0
@@ -87,7 +101,9 @@ def run_demo(settings: Settings, console: Console, out: Console, requests: int =
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with engine.connect() as conn:
-                firing = conn.execute(select(func.count()).select_from(t.alerts).where(t.alerts.c.state == "firing")).scalar_one()
+                firing = conn.execute(
+                    select(func.count()).select_from(t.alerts).where(t.alerts.c.state == "firing")
+                ).scalar_one()
                 n_alerts = conn.execute(select(func.count()).select_from(t.alerts)).scalar_one() - alerts_before
             if firing and n_alerts:
                 break
@@ -109,16 +125,21 @@ def _summary(out: Console, engine, result, since: float) -> None:  # type: ignor
     since_dt = datetime.fromtimestamp(since, UTC)
     lat = sorted(result.latencies_ms)
     out.rule("[bold]What happened")
-    out.print(f"requests: {result.sent} sent, {result.ok} answered, {result.failed} failed; client latency p50 {lat[len(lat) // 2]:.0f} ms")
+    p50 = lat[len(lat) // 2] if lat else float("nan")
+    out.print(f"requests: {result.sent} sent, {result.ok} answered, {result.failed} failed; client p50 {p50:.0f} ms")
     with engine.connect() as conn:
-        n_events = conn.execute(select(func.count()).select_from(t.inference_events).where(t.inference_events.c.ts >= since_dt)).scalar_one()
+        n_events = conn.execute(
+            select(func.count()).select_from(t.inference_events).where(t.inference_events.c.ts >= since_dt)
+        ).scalar_one()
         rows = conn.execute(
             select(t.metrics.c.name, func.count(), func.avg(t.metrics.c.value), func.max(t.metrics.c.value))
             .where(t.metrics.c.ts >= since_dt)
             .group_by(t.metrics.c.name)
             .order_by(t.metrics.c.name)
         ).all()
-        alert_rows = conn.execute(select(t.alerts).where(t.alerts.c.ts >= since_dt).order_by(t.alerts.c.ts)).mappings().all()
+        alert_rows = (
+            conn.execute(select(t.alerts).where(t.alerts.c.ts >= since_dt).order_by(t.alerts.c.ts)).mappings().all()
+        )
     out.print(f"inference events stored: {n_events}")
     table = Table("metric", "rows", "mean", "max", title="metrics")
     for name, count, mean, mx in rows:
@@ -126,5 +147,11 @@ def _summary(out: Console, engine, result, since: float) -> None:  # type: ignor
     out.print(table)
     at = Table("time", "rule", "state", "value", "threshold", title="alert transitions")
     for a in alert_rows:
-        at.add_row(str(a["ts"])[11:19], a["rule"], a["state"], "-" if a["value"] is None else f"{a['value']:.0f}", f"{a['threshold']:.0f}")
+        at.add_row(
+            str(a["ts"])[11:19],
+            a["rule"],
+            a["state"],
+            "-" if a["value"] is None else f"{a['value']:.0f}",
+            f"{a['threshold']:.0f}",
+        )
     out.print(at if alert_rows else "no alert transitions (the traffic met every rule)")

@@ -19,10 +19,14 @@ from atalaia.settings import ConfigError, Settings, load_settings
 console = Console(stderr=True)
 out = Console()
 
-app = typer.Typer(help="Atalaia: event-driven LLMOps monitoring and retraining.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Atalaia: event-driven LLMOps monitoring and retraining.", no_args_is_help=True, add_completion=False
+)
 kafka_app = typer.Typer(help="Run a local Apache Kafka broker (KRaft) for development and tests.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
-models_app = typer.Typer(help="Prepare the models (generator and embeddings) under ATALAIA_HOME/models.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Prepare the models (generator and embeddings) under ATALAIA_HOME/models.", no_args_is_help=True
+)
 schema_app = typer.Typer(help="Event JSON Schemas.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(db_app, name="db")
@@ -60,7 +64,10 @@ def kafka_start(timeout: Annotated[float, typer.Option(help="Seconds to wait for
         created = ensure_topics(settings)
     except Exception as exc:  # noqa: BLE001 - show the message, not a traceback
         raise _fail(str(exc)) from None
-    console.print(f"Kafka running: pid {info.pid}, bootstrap {settings.kafka_bootstrap}" + (f"; created {len(created)} topics" if created else ""))
+    console.print(
+        f"Kafka running: pid {info.pid}, bootstrap {settings.kafka_bootstrap}"
+        + (f"; created {len(created)} topics" if created else "")
+    )
 
 
 @kafka_app.command("stop")
@@ -219,7 +226,14 @@ def simulate(
     base = url or f"http://{settings.inference_host}:{settings.inference_port}"
     with Progress(console=console) as progress:
         task = progress.add_task("requests", total=requests)
-        result = run(base, requests, rate, settings.model_version, max_tokens, on_response=lambda i, r: progress.update(task, completed=i + 1))
+        result = run(
+            base,
+            requests,
+            rate,
+            settings.model_version,
+            max_tokens,
+            on_response=lambda i, r: progress.update(task, completed=i + 1),
+        )
     console.print(f"sent {result.sent}, ok {result.ok}, failed {result.failed}")
     for err in result.errors[:5]:
         console.print(f"  [red]{err}[/red]")
@@ -248,7 +262,10 @@ def status() -> None:
             table.add_row(f"  {name}", str(n), "rows")
     except Exception as exc:  # noqa: BLE001
         table.add_row("database", "[red]unreachable[/red]", str(exc)[:80])
-    for name, port, path in (("inference", settings.inference_port, "/healthz"), ("worker", settings.worker_web_port, "/")):
+    for name, port, path in (
+        ("inference", settings.inference_port, "/healthz"),
+        ("worker", settings.worker_web_port, "/"),
+    ):
         try:
             r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
             table.add_row(name, "up" if r.status_code < 500 else f"HTTP {r.status_code}", f"127.0.0.1:{port}")
@@ -281,7 +298,15 @@ def alerts(
     table = Table("time", "rule", "state", "severity", "value", "threshold", "labels")
     for row in rows:
         value = "-" if row["value"] is None else f"{row['value']:.4g}"
-        table.add_row(str(row["ts"])[:19], row["rule"], row["state"], row["severity"], value, f"{row['threshold']:.4g}", ",".join(f"{k}={v}" for k, v in row["labels"].items()))
+        table.add_row(
+            str(row["ts"])[:19],
+            row["rule"],
+            row["state"],
+            row["severity"],
+            value,
+            f"{row['threshold']:.4g}",
+            ",".join(f"{k}={v}" for k, v in row["labels"].items()),
+        )
     out.print(table)
 
 

@@ -43,7 +43,9 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         fh = child.log_path.open("ab")
-        child.proc = subprocess.Popen(child.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        child.proc = subprocess.Popen(
+            child.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         fh.close()
         child.history.append(time.monotonic())
         log.info("service started", extra={"service": child.name, "pid": child.proc.pid, "log": str(child.log_path)})
@@ -65,7 +67,12 @@ class Supervisor:
                 child.next_start = now + delay
                 log.error(
                     "service exited; restarting",
-                    extra={"service": child.name, "code": child.proc.returncode, "retry_in_s": delay, "log": str(child.log_path)},
+                    extra={
+                        "service": child.name,
+                        "code": child.proc.returncode,
+                        "retry_in_s": delay,
+                        "log": str(child.log_path),
+                    },
                 )
             elif now >= child.next_start:
                 child.restarts += 1
@@ -76,6 +83,7 @@ class Supervisor:
 
     def run(self, until: float | None = None) -> None:
         """Supervise until SIGINT/SIGTERM (or ``until``, a monotonic deadline), then stop all."""
+
         def _handler(signum: int, _frame: object) -> None:
             self._stopping = True
 

@@ -455,40 +455,6 @@ def _run_mvn(mvn: str, args: list[str], cwd: Path) -> None:
         )
 
 
-def _fix_slf4j_binding(mvn: str, libs: Path, workdir: Path) -> None:
-    """Make Kafka's logging reach log4j2 when pom.xml lists the wrong SLF4J binding.
-
-    kafka_2.13 4.4.0 pins slf4j-api 1.7.36, which only finds a binding through
-    ``org.slf4j.impl.StaticLoggerBinder`` (``log4j-slf4j-impl``); ``log4j-slf4j2-impl`` binds
-    slf4j-api 2.x only, so with it the broker logs nothing at all (SLF4J falls back to NOP) and a
-    failed start leaves no reason behind. Both bindings on one classpath break class loading, so the
-    2.x one is replaced. This is a no-op once pom.xml lists ``log4j-slf4j-impl`` itself.
-    """
-    api = sorted(libs.glob("slf4j-api-*.jar"))
-    binding2 = sorted(libs.glob("log4j-slf4j2-impl-*.jar"))
-    binding1 = sorted(libs.glob("log4j-slf4j-impl-*.jar"))
-    if not (api and api[0].name.startswith("slf4j-api-1.") and binding2 and not binding1):
-        return
-    log4j_version = binding2[0].name.removeprefix("log4j-slf4j2-impl-").removesuffix(".jar")
-    log.warning(
-        "pom.xml lists log4j-slf4j2-impl but Kafka %s uses slf4j-api 1.x; fetching log4j-slf4j-impl %s instead "
-        "(change the pom to list org.apache.logging.log4j:log4j-slf4j-impl to silence this)",
-        KAFKA_VERSION,
-        log4j_version,
-    )
-    _run_mvn(
-        mvn,
-        [
-            "dependency:copy",
-            f"-Dartifact=org.apache.logging.log4j:log4j-slf4j-impl:{log4j_version}",
-            f"-DoutputDirectory={libs}",
-        ],
-        cwd=workdir,
-    )
-    for jar in binding2:
-        jar.unlink()
-
-
 def assemble_jars(settings: Settings, console: Console | None = None) -> Path:
     """Download the Kafka broker and its runtime dependencies into the machine-wide cache.
 
@@ -554,7 +520,6 @@ def assemble_jars(settings: Settings, console: Console | None = None) -> Path:
                     ],
                     cwd=workdir,
                 )
-                _fix_slf4j_binding(mvn, staging, workdir)
             jars = sorted(p.name for p in staging.glob("*.jar"))
             if not any(name.startswith(f"kafka_2.13-{KAFKA_VERSION}") for name in jars):
                 raise BrokerError(

@@ -44,7 +44,9 @@ def operational_values(event: InferenceEvent) -> dict[str, float]:
     }
 
 
-def metric_events(event: InferenceEvent, values: dict[str, float | None], errors: dict[str, str] | None = None) -> list[MetricEvent]:
+def metric_events(
+    event: InferenceEvent, values: dict[str, float | None], errors: dict[str, str] | None = None
+) -> list[MetricEvent]:
     """Wrap computed values (and per-metric errors) as metric events with deterministic ids."""
     errors = errors or {}
     out = []

@@ -22,6 +22,7 @@ def insert_ignoring_duplicates(conn: Connection, table: Table, rows: Sequence[di
     if not rows:
         return 0
     dialect = conn.dialect.name
+    stmt: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
         stmt = postgresql.insert(table).on_conflict_do_nothing()
     elif dialect == "sqlite":

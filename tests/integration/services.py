@@ -29,7 +29,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 @contextmanager
-def service(name: str, settings: Settings, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def service(
+    name: str, settings: Settings, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``atalaia <name>`` with ``settings`` until the block ends; its log is in ``home/logs``."""
     logs = Path(settings.home) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -37,7 +39,11 @@ def service(name: str, settings: Settings, extra_env: dict[str, str] | None = No
     env = settings_env(settings) | (extra_env or {})
     with log_path.open("ab") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "atalaia.cli.main", name], stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            [sys.executable, "-m", "atalaia.cli.main", name],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     try:
         yield proc

@@ -18,8 +18,13 @@ pytestmark = pytest.mark.integration
 
 def _read_all(settings: Settings, n: int, timeout: float = 30) -> list[tuple[int, FeedbackEvent]]:
     """(partition, event) pairs, in offset order within each partition."""
-    consumer = KafkaConsumer(settings.topic("feedback"), bootstrap_servers=settings.bootstrap_servers,
-                             auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        settings.topic("feedback"),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=1000,
+    )
     out = []
     deadline = time.monotonic() + timeout
     try:

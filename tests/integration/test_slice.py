@@ -48,8 +48,11 @@ def _count(engine, table, *where) -> int:  # type: ignore[no-untyped-def]
 
 def _consume(settings: Settings, topic: str, n: int, timeout: float) -> list[bytes]:
     consumer = KafkaConsumer(
-        settings.topic(topic), bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
-        group_id=f"probe-{uuid.uuid4().hex[:6]}", consumer_timeout_ms=1000,
+        settings.topic(topic),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=f"probe-{uuid.uuid4().hex[:6]}",
+        consumer_timeout_ms=1000,
     )
     out: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -78,25 +81,39 @@ def test_request_to_alert_on_real_kafka_and_postgres(isolated_settings: Settings
         ids = []
         with httpx.Client(base_url=base, timeout=120) as client:
             for q in ("What is the capital of France?", "Name a colour.", "Say hello.", "Count to three."):
-                r = client.post("/v1/chat/completions", json={
-                    "model": settings.model_version, "max_tokens": 8,
-                    "messages": [{"role": "user", "content": q}],
-                    "metadata": {"reference": "Paris"},
-                })
+                r = client.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": settings.model_version,
+                        "max_tokens": 8,
+                        "messages": [{"role": "user", "content": q}],
+                        "metadata": {"reference": "Paris"},
+                    },
+                )
                 assert r.status_code == 200, r.text
                 body = r.json()
                 assert body["choices"][0]["message"]["content"].strip()
                 assert body["usage"]["completion_tokens"] >= 1
                 ids.append(r.headers["x-atalaia-event-id"])
-            fb = client.post("/v1/feedback", json={"completion_id": body["id"], "rating": -1, "corrected_answer": "One, two, three."})
+            fb = client.post(
+                "/v1/feedback", json={"completion_id": body["id"], "rating": -1, "corrected_answer": "One, two, three."}
+            )
             assert fb.status_code == 202, fb.text
 
         # 2. The worker stored every event with all its operational metrics.
-        wait_until(lambda: _count(engine, t.inference_events) == 4, 90, "4 stored events\n" + log_text(settings, "worker")[-3000:])
+        wait_until(
+            lambda: _count(engine, t.inference_events) == 4,
+            90,
+            "4 stored events\n" + log_text(settings, "worker")[-3000:],
+        )
         wait_until(lambda: _count(engine, t.metrics) == 4 * len(OPERATIONAL_METRICS), 30, "metric rows")
         with engine.connect() as conn:
             stored = {r.event_id: r for r in conn.execute(select(t.inference_events))}
-            latency = dict(conn.execute(select(t.metrics.c.event_id, t.metrics.c.value).where(t.metrics.c.name == "latency_ms")).all())
+            latency = dict(
+                conn.execute(
+                    select(t.metrics.c.event_id, t.metrics.c.value).where(t.metrics.c.name == "latency_ms")
+                ).all()
+            )
         assert set(stored) == set(ids)
         for event_id, row in stored.items():
             assert row.reference == "Paris" and row.model_version == settings.model_version
@@ -105,21 +122,46 @@ def test_request_to_alert_on_real_kafka_and_postgres(isolated_settings: Settings
         wait_until(lambda: _count(engine, t.feedback) == 1, 30, "the feedback row")
 
         # 3. The monitor fired the latency rule: stored and published, carrying its action.
-        wait_until(lambda: _count(engine, t.alerts, t.alerts.c.state == "firing") == 1, 60, "a firing alert\n" + log_text(settings, "monitor")[-3000:])
+        wait_until(
+            lambda: _count(engine, t.alerts, t.alerts.c.state == "firing") == 1,
+            60,
+            "a firing alert\n" + log_text(settings, "monitor")[-3000:],
+        )
         alerts = [parse_event(raw) for raw in _consume(settings, "alerts", 2, 30)]
         assert [a.state for a in alerts][:2] == ["pending", "firing"]
         assert alerts[1].rule == "latency_p95_test" and alerts[1].action == "retrain" and alerts[1].value > 1
 
         # 4. Redelivery changes nothing; malformed messages are dead-lettered; the worker goes on.
         producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
-        dup = InferenceEvent(service="svc", model_version="m@1", messages=[ChatMessage(role="user", content="q")],
-                             response="a", latency_ms=5, prompt_tokens=1, completion_tokens=1, cost=0)
-        bad = [b"not json", b"\xff\xfe\x00", json.dumps({"type": "inference", "schema_version": 1,
-               "event_id": str(uuid.uuid4()), "ts": "2026-01-01T00:00:00Z"}).encode()]
+        dup = InferenceEvent(
+            service="svc",
+            model_version="m@1",
+            messages=[ChatMessage(role="user", content="q")],
+            response="a",
+            latency_ms=5,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost=0,
+        )
+        bad = [
+            b"not json",
+            b"\xff\xfe\x00",
+            json.dumps(
+                {"type": "inference", "schema_version": 1, "event_id": str(uuid.uuid4()), "ts": "2026-01-01T00:00:00Z"}
+            ).encode(),
+        ]
         for raw in [dup.to_json(), dup.to_json(), *bad, dup.to_json()]:
             producer.send(settings.topic("inference"), value=raw)
-        after = InferenceEvent(service="svc", model_version="m@1", messages=[ChatMessage(role="user", content="q2")],
-                               response="b", latency_ms=5, prompt_tokens=1, completion_tokens=1, cost=0)
+        after = InferenceEvent(
+            service="svc",
+            model_version="m@1",
+            messages=[ChatMessage(role="user", content="q2")],
+            response="b",
+            latency_ms=5,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost=0,
+        )
         producer.send(settings.topic("inference"), value=after.to_json())
         producer.flush()
         producer.close()

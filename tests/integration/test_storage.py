@@ -29,9 +29,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _event() -> InferenceEvent:
-    return InferenceEvent(service="svc", model_version="m@1", messages=[ChatMessage(role="user", content="olá ✓")],
-                          response="r", latency_ms=10.5, prompt_tokens=3, completion_tokens=2, cost=0.25,
-                          metadata={"nested": {"a": [1, 2]}})
+    return InferenceEvent(
+        service="svc",
+        model_version="m@1",
+        messages=[ChatMessage(role="user", content="olá ✓")],
+        response="r",
+        latency_ms=10.5,
+        prompt_tokens=3,
+        completion_tokens=2,
+        cost=0.25,
+        metadata={"nested": {"a": [1, 2]}},
+    )
 
 
 def test_migrated_schema_matches_the_tables(db_url: str) -> None:
@@ -65,5 +73,5 @@ def test_writes_are_idempotent_on_event_id_and_metric_name(db_url: str) -> None:
 
 
 def test_unreachable_postgres_fails_clearly() -> None:
-    with pytest.raises(Exception, match="connect|refused|Connection"):
+    with pytest.raises(Exception, match=r"connect|refused|Connection"):
         upgrade(f"postgresql+psycopg://x:y@127.0.0.1:1/{uuid.uuid4().hex}")

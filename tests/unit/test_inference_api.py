@@ -59,12 +59,17 @@ def client_and_events(tmp_path: Path) -> tuple[TestClient, RecordingProducer, Se
 
 
 def _body(settings: Settings, **extra: object) -> dict:
-    return {"model": settings.model_version, "messages": [{"role": "user", "content": "How many vacation days?"}]} | extra
+    return {
+        "model": settings.model_version,
+        "messages": [{"role": "user", "content": "How many vacation days?"}],
+    } | extra
 
 
 def test_completion_emits_one_event(client_and_events) -> None:  # type: ignore[no-untyped-def]
     client, producer, settings = client_and_events
-    r = client.post("/v1/chat/completions", json=_body(settings, max_tokens=8, metadata={"reference": "30 days", "team": "hr"}))
+    r = client.post(
+        "/v1/chat/completions", json=_body(settings, max_tokens=8, metadata={"reference": "30 days", "team": "hr"})
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == "Thirty days."
@@ -92,7 +97,9 @@ def test_openai_client_talks_to_it(client_and_events) -> None:  # type: ignore[n
     client, _, settings = client_and_events
     api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
     assert [m.id for m in api.models.list()] == [settings.model_version]
-    reply = api.chat.completions.create(model=settings.model_version, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    reply = api.chat.completions.create(
+        model=settings.model_version, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert reply.choices[0].message.content == "Thirty days."
     with pytest.raises(openai.NotFoundError):
         api.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
@@ -138,10 +145,14 @@ def test_bad_requests_get_openai_errors(client_and_events, payload, status: int,
 def test_feedback(client_and_events) -> None:  # type: ignore[no-untyped-def]
     client, producer, _ = client_and_events
     target = uuid.uuid4()
-    r = client.post("/v1/feedback", json={"completion_id": f"chatcmpl-{target}", "rating": -1, "corrected_answer": "30 days"})
+    r = client.post(
+        "/v1/feedback", json={"completion_id": f"chatcmpl-{target}", "rating": -1, "corrected_answer": "30 days"}
+    )
     assert r.status_code == 202
     (event,) = producer.events
-    assert isinstance(event, FeedbackEvent) and event.inference_event_id == target and event.corrected_answer == "30 days"
+    assert (
+        isinstance(event, FeedbackEvent) and event.inference_event_id == target and event.corrected_answer == "30 days"
+    )
     assert client.post("/v1/feedback", json={"completion_id": "nope", "rating": 1}).status_code == 400
     assert client.post("/v1/feedback", json={"completion_id": f"chatcmpl-{target}"}).status_code == 400
     assert client.post("/v1/feedback", json={"completion_id": f"chatcmpl-{target}", "rating": 7}).status_code == 400

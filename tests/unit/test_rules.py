@@ -14,7 +14,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def metric(value: float, at: datetime, name: str = "latency_ms", version: str = "v1") -> MetricEvent:
-    return MetricEvent(source_event_id=uuid.uuid4(), source_ts=at, service="svc", model_version=version, name=name, value=value)
+    return MetricEvent(
+        source_event_id=uuid.uuid4(), source_ts=at, service="svc", model_version=version, name=name, value=value
+    )
 
 
 def test_default_rules_load() -> None:
@@ -50,8 +52,17 @@ def test_duplicate_names_and_bad_files(tmp_path: Path) -> None:
 
 
 def test_lifecycle_pending_firing_resolved_with_for_duration() -> None:
-    rule = Rule.model_validate({"name": "slow", "metric": "latency_ms", "aggregation": "p95", "window": 60,
-                                "threshold": 1000, "for": 30, "min_samples": 3})
+    rule = Rule.model_validate(
+        {
+            "name": "slow",
+            "metric": "latency_ms",
+            "aggregation": "p95",
+            "window": 60,
+            "threshold": 1000,
+            "for": 30,
+            "min_samples": 3,
+        }
+    )
     ev = RuleEvaluator([rule])
     for i in range(3):
         ev.observe(metric(2000.0, T0 + timedelta(seconds=i)))
@@ -78,8 +89,9 @@ def test_pending_that_recovers_resolves_without_firing() -> None:
 
 
 def test_groups_and_filters_are_separate_series() -> None:
-    rule = Rule.model_validate({"name": "r", "metric": "latency_ms", "aggregation": "max", "threshold": 10,
-                                "filter": {"service": "svc"}})
+    rule = Rule.model_validate(
+        {"name": "r", "metric": "latency_ms", "aggregation": "max", "threshold": 10, "filter": {"service": "svc"}}
+    )
     ev = RuleEvaluator([rule])
     ev.observe(metric(100.0, T0, version="v1"))
     ev.observe(metric(1.0, T0, version="v2"))
@@ -92,8 +104,17 @@ def test_min_samples_and_errors_are_ignored() -> None:
     rule = Rule.model_validate({"name": "r", "metric": "latency_ms", "threshold": 10, "min_samples": 2})
     ev = RuleEvaluator([rule])
     ev.observe(metric(100.0, T0))
-    ev.observe(MetricEvent(source_event_id=uuid.uuid4(), source_ts=T0, service="svc", model_version="v1",
-                           name="latency_ms", value=None, error="boom"))
+    ev.observe(
+        MetricEvent(
+            source_event_id=uuid.uuid4(),
+            source_ts=T0,
+            service="svc",
+            model_version="v1",
+            name="latency_ms",
+            value=None,
+            error="boom",
+        )
+    )
     assert ev.evaluate(T0) == []
 
 

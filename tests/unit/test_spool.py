@@ -49,5 +49,7 @@ def test_unwritable_spool_counts_the_loss(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1", spool_dir=tmp_path)
     producer = EventProducer(settings, client_id="unit", start=False)
     producer.spool.path = blocker / "cannot" / "be.jsonl"  # a path under a file: every write fails
-    producer._spool(SpooledMessage("t", None, FeedbackEvent(inference_event_id=__import__("uuid").uuid4(), rating=0).to_json()))
+    producer._spool(
+        SpooledMessage("t", None, FeedbackEvent(inference_event_id=__import__("uuid").uuid4(), rating=0).to_json())
+    )
     assert producer.stats.lost == 1
