@@ -50,7 +50,7 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-NOISY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "httpx", "urllib3", "alembic.runtime.migration")
+NOISY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "httpx", "urllib3", "alembic")
 
 
 def logging_dict_config(level: str = "INFO", json_lines: bool | None = None) -> dict[str, Any]:

@@ -66,7 +66,6 @@ class Settings(BaseSettings):
     worker_web_port: Annotated[int, Field(ge=1, le=65535)] = Field(
         6066, description="Port of the faust worker's web server."
     )
-    monitor_port: Annotated[int, Field(ge=1, le=65535)] = Field(8001, description="Port of the monitor's HTTP API.")
     service_name: str = Field("regulations-assistant", description="Service name sent with inference events.")
 
     worker_id: str = Field("atalaia-worker", description="Faust application id (consumer group) of the metric workers.")
@@ -75,10 +74,10 @@ class Settings(BaseSettings):
         None, description="YAML file of alert rules; empty uses the built-in default rules."
     )
     price_per_1k_prompt_tokens: Annotated[float, Field(ge=0)] = Field(
-        0.0005, description="Default price (USD) per 1,000 prompt tokens, for models without a price entry."
+        0.0005, description="Price (USD) per 1,000 prompt tokens, for the cost of each request."
     )
     price_per_1k_completion_tokens: Annotated[float, Field(ge=0)] = Field(
-        0.0015, description="Default price (USD) per 1,000 completion tokens."
+        0.0015, description="Price (USD) per 1,000 completion tokens, for the cost of each request."
     )
 
     producer_linger_ms: Annotated[int, Field(ge=0, le=60000)] = Field(20, description="Producer batching delay.")
@@ -89,6 +88,12 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool | None = Field(None, description="JSON log lines; default: JSON unless stderr is a TTY.")
+
+    @field_validator("rules_file", "spool_dir", "models_dir", "log_json", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        # `ATALAIA_RULES_FILE=` in a compose file or shell means "not set", not the current folder.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("kafka_bootstrap")
     @classmethod

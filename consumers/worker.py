@@ -97,6 +97,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         producer_acks=-1,
         store="memory://",
+        datadir=str(settings.home / "faust"),
         web_enabled=True,
     )
     engine = get_engine(settings.database_url)

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S = 1.0
 SEEN_IDS = 200_000
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class _SeenIds:
@@ -54,6 +60,45 @@ class MonitorService:
         self._stop = threading.Event()
         self.transitions = 0
 
+    def catch_up_from_table(self, limit: int = 500_000) -> int:
+        """Refill the rule windows from the ``metrics`` table; return the samples loaded.
+
+        After a restart the windows would otherwise start empty: restored alerts would resolve at
+        once and ``for`` durations would restart. Kafka redelivers only uncommitted metrics, and
+        metric ids are deterministic, so nothing is counted twice.
+        """
+        windows: dict[str, float] = {}
+        for rule in self.rules:
+            windows[rule.metric] = max(windows.get(rule.metric, 0.0), rule.window_s)
+        if not windows:
+            return 0
+        now = utcnow()
+        loaded = 0
+        with self.engine.connect() as conn:
+            for name, window_s in windows.items():
+                query = (
+                    select(t.metrics)
+                    .where(t.metrics.c.name == name, t.metrics.c.ts >= now - timedelta(seconds=window_s))
+                    .order_by(t.metrics.c.ts)
+                    .limit(limit)
+                )
+                for row in conn.execute(query).mappings():
+                    source = uuid.UUID(row["event_id"])
+                    metric = MetricEvent(
+                        event_id=MetricEvent.id_for(source, name),
+                        source_event_id=source,
+                        source_ts=_aware(row["ts"]),
+                        service=row["service"],
+                        model_version=row["model_version"],
+                        name=name,
+                        value=row["value"],
+                        error=row["error"],
+                    )
+                    if self._seen.add(str(metric.event_id)):
+                        self.evaluator.observe(metric)
+                        loaded += 1
+        return loaded
+
     def restore_open_alerts(self) -> int:
         """Re-open alerts whose latest transition is pending or firing; return how many."""
         restored = 0
@@ -65,7 +110,9 @@ class MonitorService:
         for row in latest.values():
             if row["state"] in ("pending", "firing"):
                 labels = {k: v for k, v in row["labels"].items() if k in ("model_version", "service")}
-                self.evaluator.restore(row["rule"], labels, uuid.UUID(row["alert_id"]), row["state"], row["started_at"])
+                self.evaluator.restore(
+                    row["rule"], labels, uuid.UUID(row["alert_id"]), row["state"], _aware(row["started_at"])
+                )
                 restored += 1
         return restored
 
@@ -119,6 +166,7 @@ class MonitorService:
         from kafka import KafkaConsumer, KafkaProducer
 
         restored = self.restore_open_alerts()
+        caught_up = self.catch_up_from_table()
         consumer = KafkaConsumer(
             self.settings.topic("metrics"),
             bootstrap_servers=self.settings.bootstrap_servers,
@@ -132,7 +180,10 @@ class MonitorService:
         producer = KafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers, acks="all", linger_ms=5, client_id="atalaia-monitor"
         )
-        log.info("monitor started", extra={"rules": [r.name for r in self.rules], "restored_alerts": restored})
+        log.info(
+            "monitor started",
+            extra={"rules": [r.name for r in self.rules], "restored_alerts": restored, "samples_from_table": caught_up},
+        )
         last_eval = 0.0
         try:
             while not self._stop.is_set():

@@ -241,6 +241,19 @@ def simulate(
         raise typer.Exit(1)
 
 
+def _kafka_reachable(settings: Settings) -> bool:
+    import socket
+
+    for server in settings.bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 @app.command()
 def status() -> None:
     """Show Kafka, database and service health."""
@@ -253,7 +266,9 @@ def status() -> None:
     settings = _settings()
     table = Table("component", "state", "detail")
     st = broker.status(settings)
-    table.add_row("kafka (local)", "running" if st.running else "stopped", settings.kafka_bootstrap)
+    reachable = _kafka_reachable(settings)
+    detail = settings.kafka_bootstrap + (f" (local broker pid {st.pid})" if st.running else "")
+    table.add_row("kafka", "reachable" if reachable else "[red]unreachable[/red]", detail)
     try:
         rev = current_revision(settings.database_url)
         counts = table_counts(get_engine(settings.database_url)) if rev else {}
@@ -262,15 +277,16 @@ def status() -> None:
             table.add_row(f"  {name}", str(n), "rows")
     except Exception as exc:  # noqa: BLE001
         table.add_row("database", "[red]unreachable[/red]", str(exc)[:80])
-    for name, port, path in (
-        ("inference", settings.inference_port, "/healthz"),
-        ("worker", settings.worker_web_port, "/"),
+    inference_host = "127.0.0.1" if settings.inference_host in ("0.0.0.0", "::") else settings.inference_host
+    for name, host, port, path in (
+        ("inference", inference_host, settings.inference_port, "/healthz"),
+        ("worker", "127.0.0.1", settings.worker_web_port, "/"),
     ):
         try:
-            r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
-            table.add_row(name, "up" if r.status_code < 500 else f"HTTP {r.status_code}", f"127.0.0.1:{port}")
+            r = httpx.get(f"http://{host}:{port}{path}", timeout=2)
+            table.add_row(name, "up" if r.status_code < 500 else f"HTTP {r.status_code}", f"{host}:{port}")
         except httpx.HTTPError:
-            table.add_row(name, "down", f"127.0.0.1:{port}")
+            table.add_row(name, "down", f"{host}:{port}")
     out.print(table)
 
 
@@ -298,13 +314,14 @@ def alerts(
     table = Table("time", "rule", "state", "severity", "value", "threshold", "labels")
     for row in rows:
         value = "-" if row["value"] is None else f"{row['value']:.4g}"
+        threshold = "-" if row["threshold"] is None else f"{row['threshold']:.4g}"
         table.add_row(
             str(row["ts"])[:19],
             row["rule"],
             row["state"],
             row["severity"],
             value,
-            f"{row['threshold']:.4g}",
+            threshold,
             ",".join(f"{k}={v}" for k, v in row["labels"].items()),
         )
     out.print(table)

@@ -122,9 +122,13 @@ def test_depends_on_targets_exist_with_valid_conditions(services: dict[str, Any]
             assert target != name
             assert condition in CONDITIONS, f"{name} -> {target}: unknown condition {condition}"
             if condition == "service_healthy":
-                assert "healthcheck" in services[target], f"{name} waits for {target} to be healthy, but it has no healthcheck"
+                assert "healthcheck" in services[target], (
+                    f"{name} waits for {target} to be healthy, but it has no healthcheck"
+                )
             if condition == "service_completed_successfully":
-                assert services[target].get("restart", "no") == "no", f"{target} is waited on to complete, so must not restart"
+                assert services[target].get("restart", "no") == "no", (
+                    f"{target} is waited on to complete, so must not restart"
+                )
 
 
 def test_startup_order(services: dict[str, Any]) -> None:
@@ -237,7 +241,9 @@ def test_inference_listens_on_all_container_interfaces_published_on_loopback(ser
 
 
 def test_worker_healthcheck_uses_the_worker_web_port(services: dict[str, Any]) -> None:
-    port = env_of(services["worker"]).get("ATALAIA_WORKER_WEB_PORT", str(Settings.model_fields["worker_web_port"].default))
+    port = env_of(services["worker"]).get(
+        "ATALAIA_WORKER_WEB_PORT", str(Settings.model_fields["worker_web_port"].default)
+    )
     assert port in " ".join(services["worker"]["healthcheck"]["test"])
 
 
@@ -350,7 +356,9 @@ def test_dockerfile_env_vars_are_real_settings() -> None:
 
 
 def test_dockerfile_copies_exist_and_are_not_ignored() -> None:
-    ignored = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     for word, rest in dockerfile_instructions():
         if word != "COPY" or rest.startswith("--from"):
             continue
@@ -359,7 +367,9 @@ def test_dockerfile_copies_exist_and_are_not_ignored() -> None:
             if source == "README.md" and not (ROOT / source).exists():
                 continue  # written alongside; `docker build` needs it (pyproject's readme)
             assert (ROOT / source).exists(), f"COPY {source}: no such file"
-            assert source not in ignored and source.split("/")[0] not in ignored, f"COPY {source} is excluded by .dockerignore"
+            assert source not in ignored and source.split("/")[0] not in ignored, (
+                f"COPY {source} is excluded by .dockerignore"
+            )
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
@@ -370,6 +380,11 @@ def test_dockerignore_keeps_local_state_out() -> None:
 
 # -- the real Compose validator, when a docker compose CLI is installed ----------------------------
 def _compose_cli() -> list[str] | None:
+    """A Compose v2 CLI (``docker compose`` or a v2 ``docker-compose``), or None.
+
+    Compose v1 (``docker-compose`` 1.x, Python) predates the Compose Specification's top-level
+    ``name`` and would reject a valid file, so it is not used.
+    """
     candidates = []
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
@@ -377,17 +392,18 @@ def _compose_cli() -> list[str] | None:
         candidates.append(["docker-compose"])
     for cli in candidates:
         try:
-            if subprocess.run([*cli, "version"], capture_output=True, timeout=30, check=False).returncode == 0:
-                return cli
+            proc = subprocess.run([*cli, "version", "--short"], capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired):
             continue
+        if proc.returncode == 0 and proc.stdout.strip().lstrip("v").startswith("2"):
+            return cli
     return None
 
 
 def test_docker_compose_config_validates() -> None:
     cli = _compose_cli()
     if cli is None:
-        pytest.skip("no docker compose CLI installed")
+        pytest.skip("no Docker Compose v2 CLI installed")
     proc = subprocess.run(
         [*cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
     )
