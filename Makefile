@@ -17,6 +17,7 @@ models: setup  ## convert/check the models (cached)
 
 demo: setup  ## the whole slice on embedded defaults (local Kafka, SQLite)
 	./scripts/system-deps.sh demo
+	./scripts/wordnet.sh
 	$(BIN)/atalaia demo
 
 test: setup  ## unit + integration tests against real Kafka, PostgreSQL and models

@@ -14,6 +14,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ATALAIA_"
+#: Metric groups a worker can compute; cheap ones (operational, text) are never sampled.
+METRIC_GROUPS = ("operational", "text", "embedding", "toxicity", "perplexity", "drift")
+SAMPLED_GROUPS = ("embedding", "toxicity", "perplexity")
 
 
 class ConfigError(RuntimeError):
@@ -80,6 +83,44 @@ class Settings(BaseSettings):
         0.0015, description="Price (USD) per 1,000 completion tokens, for the cost of each request."
     )
 
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="JSON map of model version to [USD per 1k prompt tokens, USD per 1k completion tokens]; "
+        "versions not listed use the two default prices.",
+    )
+    metric_groups: str = Field(
+        "operational,text,embedding,toxicity,perplexity,drift",
+        description="Comma-separated metric groups the workers compute: "
+        "operational, text, embedding, toxicity, perplexity, drift.",
+    )
+    sample_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description='JSON map of expensive metric group to the fraction of events scored, e.g. {"perplexity": 0.2}; '
+        "groups not listed are scored on every event.",
+    )
+    perplexity_max_tokens: Annotated[int, Field(ge=2, le=4096)] = Field(
+        128, description="Tokens of the response scored for perplexity (longer responses are truncated)."
+    )
+    drift_reference_size: Annotated[int, Field(ge=20)] = Field(
+        500, description="First N prompt embeddings of a model version that form its drift reference."
+    )
+    drift_window_size: Annotated[int, Field(ge=10)] = Field(
+        200, description="Recent embeddings tested against the reference."
+    )
+    drift_stride: Annotated[int, Field(ge=1)] = Field(50, description="New embeddings between two drift tests.")
+    drift_target_arl: Annotated[float, Field(gt=1)] = Field(
+        1000.0, description="Expected number of drift tests between false alarms on a stationary stream."
+    )
+    toxicity_checkpoint: Path | None = Field(
+        None, description="Detoxify checkpoint file (.ckpt); empty uses the offline default scorer."
+    )
+    toxicity_config_dir: Path | None = Field(
+        None, description="Local Hugging Face config/tokenizer folder of the Detoxify checkpoint's model."
+    )
+    nltk_data: Path | None = Field(
+        None, description="NLTK data folder holding WordNet for METEOR; default ATALAIA_CACHE_DIR/nltk_data."
+    )
+
     producer_linger_ms: Annotated[int, Field(ge=0, le=60000)] = Field(20, description="Producer batching delay.")
     spool_dir: Path | None = Field(
         None, description="Where undeliverable events are spooled; default ATALAIA_HOME/spool."
@@ -89,11 +130,39 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool | None = Field(None, description="JSON log lines; default: JSON unless stderr is a TTY.")
 
-    @field_validator("rules_file", "spool_dir", "models_dir", "log_json", mode="before")
+    @field_validator(
+        "rules_file",
+        "spool_dir",
+        "models_dir",
+        "log_json",
+        "toxicity_checkpoint",
+        "toxicity_config_dir",
+        "nltk_data",
+        mode="before",
+    )
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
         # `ATALAIA_RULES_FILE=` in a compose file or shell means "not set", not the current folder.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metric_groups")
+    @classmethod
+    def _check_groups(cls, value: str) -> str:
+        groups = [g.strip() for g in value.split(",") if g.strip()]
+        unknown = sorted(set(groups) - set(METRIC_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown metric group(s) {unknown}; choose from {list(METRIC_GROUPS)}")
+        return ",".join(groups)
+
+    @field_validator("sample_rates")
+    @classmethod
+    def _check_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for group, rate in value.items():
+            if group not in SAMPLED_GROUPS:
+                raise ValueError(f"{group!r} cannot be sampled; sampled groups are {list(SAMPLED_GROUPS)}")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"rate of {group!r} must be between 0 and 1, got {rate}")
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -137,6 +206,7 @@ class Settings(BaseSettings):
         if self.spool_dir is None:
             self.spool_dir = self.home / "spool"
         self.models_dir = (self.models_dir or self.home / "models").expanduser().resolve()
+        self.nltk_data = (self.nltk_data or self.cache_dir / "nltk_data").expanduser().resolve()
         return self
 
     def topic(self, name: str) -> str:
@@ -148,6 +218,15 @@ class Settings(BaseSettings):
         """Folder of the served generator model (safetensors)."""
         assert self.models_dir is not None  # set by _resolve_paths
         return self.models_dir / self.generator_model
+
+    @property
+    def enabled_groups(self) -> set[str]:
+        """Metric groups this worker computes."""
+        return set(self.metric_groups.split(",")) if self.metric_groups else set()
+
+    def price_for(self, model_version: str) -> tuple[float, float]:
+        """(USD per 1k prompt tokens, USD per 1k completion tokens) of a model version."""
+        return self.prices.get(model_version, (self.price_per_1k_prompt_tokens, self.price_per_1k_completion_tokens))
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -176,7 +255,8 @@ def load_settings(**overrides: object) -> Settings:
             if "TOKEN" in key:
                 shown = "=<hidden>"
             problems.append(
-                f"{key}{shown} is invalid: {err['msg']}. Fix: set {key} to a valid value (see docs/configuration.md)."
+                f"{key}{shown} is invalid: {str(err['msg']).removeprefix('Value error, ')}. "
+                f"Fix: set {key} to a valid value (see docs/configuration.md)."
             )
         raise ConfigError("\n".join(problems)) from None
 

@@ -7,7 +7,9 @@ a database outage is retried with backoff instead of skipping the batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -16,16 +18,20 @@ from faust.types import EventT
 
 from atalaia.deadletter import dead_letter_for
 from atalaia.events import EventError, FeedbackEvent, InferenceEvent, MetricEvent, parse_event
-from atalaia.metrics.operational import metric_events, operational_values
 from atalaia.settings import Settings
-from atalaia.storage import repository
+from atalaia.storage import repository, tables
 from atalaia.storage.db import get_engine, redact_url
+from consumers.drift import DriftRunner, drift_metrics
+from consumers.scoring import BatchScorer, ScoredBatch
+from consumers.windows import materialize
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
 BATCH_WITHIN_S = 0.5
 MAX_BACKOFF_S = 30.0
+WINDOW_S = 60
+WINDOWS_EVERY_S = 10.0
 
 E = TypeVar("E", InferenceEvent, FeedbackEvent)
 
@@ -46,14 +52,51 @@ def split_valid(events: Sequence[EventT], expected: type[E], consumer: str) -> t
     return valid, dead
 
 
-def score_inference(events: Sequence[InferenceEvent]) -> list[MetricEvent]:
-    """Compute the metrics of a batch; a metric failing on one event is recorded, not raised."""
+def _correction_metric(
+    fb: FeedbackEvent, row: Any, name: str, value: float | None, error: str | None = None
+) -> MetricEvent:
+    source = fb.inference_event_id
+    return MetricEvent(
+        event_id=MetricEvent.id_for(source, name),
+        source_event_id=source,
+        source_ts=repository.as_utc(row["ts"]) if row is not None else fb.ts,
+        service=row["service"] if row is not None else "",
+        model_version=row["model_version"] if row is not None else "",
+        name=name,
+        value=value,
+        error=error,
+        labels={"feedback_event_id": str(fb.event_id)},
+    )
+
+
+def correction_metrics(conn: Any, feedback: Sequence[FeedbackEvent], text: Any) -> list[MetricEvent]:
+    """Text overlap of each corrected answer with the response it corrects (``correction_*`` metrics).
+
+    Keyed on the inference event, so they line up with that event's other scores.
+    """
+    from sqlalchemy import select
+
+    from atalaia.storage import tables as t
+
     out: list[MetricEvent] = []
-    for event in events:
+    for fb in feedback:
+        if not fb.corrected_answer:
+            continue
+        row = (
+            conn.execute(select(t.inference_events).where(t.inference_events.c.event_id == str(fb.inference_event_id)))
+            .mappings()
+            .first()
+        )
+        metric = functools.partial(_correction_metric, fb, row)
+        if row is None:
+            out.append(metric("correction_rougeL", None, "the corrected inference event is not stored"))
+            continue
         try:
-            out.extend(metric_events(event, dict(operational_values(event))))
-        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
-            out.extend(metric_events(event, {}, {"latency_ms": f"{type(exc).__name__}: {exc}"}))
+            scores = text.score(row["response"], fb.corrected_answer)
+        except Exception as exc:  # noqa: BLE001 - e.g. an empty response: recorded, not raised
+            out.append(metric("correction_rougeL", None, f"{type(exc).__name__}: {exc}"[:500]))
+            continue
+        out.extend(metric(f"correction_{name}", value) for name, value in scores.items())
     return out
 
 
@@ -78,7 +121,7 @@ async def retry_forever(what: str, fn: Callable[[], Any], app: faust.App) -> Any
             delay = min(delay * 2, MAX_BACKOFF_S)
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.App:
     """Build the faust application with its agents."""
     app = faust.App(
         settings.worker_id,
@@ -102,6 +145,8 @@ def create_app(settings: Settings) -> faust.App:
     )
     engine = get_engine(settings.database_url)
     consumer_name = settings.worker_id
+    scorer = scorer or BatchScorer(settings)
+    drift = DriftRunner(settings) if "drift" in settings.enabled_groups else None
     inference_topic = app.topic(settings.topic("inference"), value_type=bytes, value_serializer="raw")
     feedback_topic = app.topic(settings.topic("feedback"), value_type=bytes, value_serializer="raw")
     metrics_topic = app.topic(settings.topic("metrics"), value_serializer="raw")
@@ -125,20 +170,42 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(inference_topic, name="score-inference")
     async def score(stream: faust.StreamT[bytes]) -> None:
+        loop = asyncio.get_running_loop()
         async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
             valid, dead = split_valid(batch, InferenceEvent, consumer_name)
             await send_dead(dead)
             if not valid:
                 continue
-            metrics = score_inference(valid)
+            # Model inference is CPU work: off the event loop, so heartbeats keep flowing.
+            scored = await loop.run_in_executor(None, scorer.score, valid)
 
-            def write(valid: list[InferenceEvent] = valid, metrics: list[MetricEvent] = metrics) -> tuple[int, int]:
+            def write(
+                valid: list[InferenceEvent] = valid, scored: ScoredBatch = scored
+            ) -> tuple[int, int, list[MetricEvent]]:
                 with engine.begin() as conn:
-                    return repository.store_inference_batch(conn, valid, metrics)
+                    new = repository.store_inference_batch(conn, valid, scored.metrics)
+                    repository.insert_ignoring_duplicates(conn, tables.embeddings, scored.embeddings)
+                    extra: list[MetricEvent] = []
+                    if drift is not None:
+                        for test in drift.run(conn, {ev.model_version for ev in valid}):
+                            extra.extend(drift_metrics(test))
+                            if test.drift:
+                                log.warning(
+                                    "embedding drift",
+                                    extra={
+                                        "model_version": test.model_version,
+                                        "score": test.score,
+                                        "threshold": test.threshold,
+                                    },
+                                )
+                        repository.insert_ignoring_duplicates(
+                            conn, tables.metrics, [repository.metric_row(m) for m in extra]
+                        )
+                    return new[0], new[1], extra
 
-            new_events, new_metrics = await retry_forever("inference batch", write, app)
+            new_events, new_metrics, extra = await retry_forever("inference batch", write, app)
             # Publish after the commit: a metric on the topic always has its row in the table.
-            for m in metrics:
+            for m in [*scored.metrics, *extra]:
                 await metrics_topic.send(key=str(m.source_event_id).encode(), value=m.to_json())
             log.info("batch stored", extra={"events": len(valid), "new_events": new_events, "new_metrics": new_metrics})
 
@@ -150,11 +217,29 @@ def create_app(settings: Settings) -> faust.App:
             if not valid:
                 continue
 
-            def write_feedback(valid: list[FeedbackEvent] = valid) -> int:
+            def write_feedback(valid: list[FeedbackEvent] = valid) -> list[MetricEvent]:
                 with engine.begin() as conn:
-                    return repository.store_feedback_batch(conn, valid)
+                    repository.store_feedback_batch(conn, valid)
+                    metrics = correction_metrics(conn, valid, scorer.text) if "text" in scorer.groups else []
+                    repository.insert_ignoring_duplicates(
+                        conn, tables.metrics, [repository.metric_row(m) for m in metrics]
+                    )
+                    return metrics
 
-            await retry_forever("feedback batch", write_feedback, app)
+            metrics = await retry_forever("feedback batch", write_feedback, app)
+            for m in metrics:
+                await metrics_topic.send(key=str(m.source_event_id).encode(), value=m.to_json())
+
+    @app.timer(interval=WINDOWS_EVERY_S)
+    async def materialize_windows() -> None:
+        def run() -> int:
+            with engine.begin() as conn:
+                return materialize(conn, WINDOW_S)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, run)
+        except Exception as exc:  # noqa: BLE001 - retried on the next tick; aggregates are derived data
+            log.warning("window aggregation failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     return app
 
@@ -165,7 +250,13 @@ def run_worker(settings: Settings) -> None:
 
     from atalaia.logs import logging_dict_config
 
-    app = create_app(settings)
+    scorer = BatchScorer(settings)
+    started = time.perf_counter()
+    scorer.warm_up()  # load the models before joining the group, not inside the first batch
+    log.info(
+        "models loaded", extra={"groups": sorted(scorer.groups), "seconds": round(time.perf_counter() - started, 1)}
+    )
+    app = create_app(settings, scorer)
     # faust resets logging when it starts: hand it ours, and no spinner (logs are often files).
     worker = Worker(
         app,

@@ -97,7 +97,7 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
     """Build the service around a loaded generator and an event producer (None: emit nothing)."""
     app = FastAPI(title="Atalaia inference", version="0.1.0")
     metrics = ServiceMetrics()
-    price = Price(settings.price_per_1k_prompt_tokens, settings.price_per_1k_completion_tokens)
+    price = Price(*settings.price_for(settings.model_version))
     model_names = {settings.generator_model, settings.model_version}
     metrics.active_model.labels(settings.model_version).set(1)
     app.state.settings, app.state.generator, app.state.producer, app.state.metrics = (

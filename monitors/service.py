@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -18,6 +18,7 @@ from atalaia.settings import Settings
 from atalaia.storage import repository
 from atalaia.storage import tables as t
 from atalaia.storage.db import get_engine
+from atalaia.storage.repository import as_utc
 from monitors.evaluator import RuleEvaluator
 from monitors.rules import Rule, load_rules
 
@@ -25,11 +26,6 @@ log = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S = 1.0
 SEEN_IDS = 200_000
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class _SeenIds:
@@ -87,7 +83,7 @@ class MonitorService:
                     metric = MetricEvent(
                         event_id=MetricEvent.id_for(source, name),
                         source_event_id=source,
-                        source_ts=_aware(row["ts"]),
+                        source_ts=as_utc(row["ts"]),
                         service=row["service"],
                         model_version=row["model_version"],
                         name=name,
@@ -111,7 +107,7 @@ class MonitorService:
             if row["state"] in ("pending", "firing"):
                 labels = {k: v for k, v in row["labels"].items() if k in ("model_version", "service")}
                 self.evaluator.restore(
-                    row["rule"], labels, uuid.UUID(row["alert_id"]), row["state"], _aware(row["started_at"])
+                    row["rule"], labels, uuid.UUID(row["alert_id"]), row["state"], as_utc(row["started_at"])
                 )
                 restored += 1
         return restored

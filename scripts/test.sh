@@ -8,6 +8,7 @@ BIN=.venv/bin
 export ATALAIA_HOME=${ATALAIA_HOME:-$PWD/.atalaia}
 
 ./scripts/system-deps.sh test
+./scripts/wordnet.sh
 ATALAIA_TEST_DATABASE_URL=$(./scripts/postgres.sh start)
 export ATALAIA_TEST_DATABASE_URL
 export ATALAIA_REQUIRE_SERVICES=1

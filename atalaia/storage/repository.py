@@ -7,7 +7,7 @@ redelivered after a crash (Kafka is at-least-once) changes nothing: exactly once
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, select
@@ -15,6 +15,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from atalaia.events import AlertEvent, FeedbackEvent, InferenceEvent, MetricEvent, utcnow
 from atalaia.storage import tables as t
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def insert_ignoring_duplicates(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
@@ -64,6 +69,7 @@ def metric_row(metric: MetricEvent, created_at: datetime | None = None) -> dict[
         "name": metric.name,
         "value": metric.value,
         "error": metric.error,
+        "labels": metric.labels or None,
         "service": metric.service,
         "model_version": metric.model_version,
         "ts": metric.source_ts,

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -64,6 +65,8 @@ metrics = Table(
     Column("name", String(64), nullable=False),
     Column("value", Float, nullable=True),
     Column("error", Text, nullable=True),
+    # Context of the score, e.g. the toxicity backend or the drift threshold (added in 0002).
+    Column("labels", JSON, nullable=True),
     Column("service", String(200), nullable=False),
     Column("model_version", String(200), nullable=False),
     Column("ts", DateTime(timezone=True), nullable=False),
@@ -134,4 +137,47 @@ retrain_runs = Table(
     Column("candidate_version", String(200), nullable=True),
     Column("metrics", JSON, nullable=False),
     Column("error", Text, nullable=True),
+)
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    # Kept for drift detection and similarity: one float32 vector per event and text kind.
+    Column("event_id", String(UUID_LEN), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("model_version", String(200), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    Index(None, "model_version", "kind", "ts"),
+)
+
+drift_state = Table(
+    "drift_state",
+    metadata,
+    # Serialized detector per model version and text kind, so a restarted worker resumes.
+    Column("model_version", String(200), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("state", LargeBinary, nullable=False),
+    Column("n_tests", Integer, nullable=False),
+    Column("last_count", Integer, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+metric_windows = Table(
+    "metric_windows",
+    metadata,
+    # Tumbling-window aggregates per model version and metric, materialized by the workers.
+    Column("window_start", DateTime(timezone=True), primary_key=True),
+    Column("window_s", Integer, primary_key=True),
+    Column("model_version", String(200), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("mean", Float, nullable=True),
+    Column("p50", Float, nullable=True),
+    Column("p95", Float, nullable=True),
+    Column("p99", Float, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

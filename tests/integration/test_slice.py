@@ -68,7 +68,10 @@ def _consume(settings: Settings, topic: str, n: int, timeout: float) -> list[byt
 def test_request_to_alert_on_real_kafka_and_postgres(isolated_settings: Settings, fresh_pg: str, models_dir) -> None:  # type: ignore[no-untyped-def]
     rules = isolated_settings.home / "rules.yaml"
     rules.write_text(RULES)
-    settings = isolated_settings.model_copy(update={"database_url": fresh_pg, "rules_file": rules})
+    # The foundation slice: operational metrics (the model-based ones are tested in test_metrics_pipeline).
+    settings = isolated_settings.model_copy(
+        update={"database_url": fresh_pg, "rules_file": rules, "metric_groups": "operational"}
+    )
     created = ensure_topics(settings)
     assert len(created) == 6
     engine = create_engine(fresh_pg)

@@ -18,6 +18,8 @@ from atalaia.storage.db import current_revision, upgrade
 
 pytestmark = pytest.mark.integration
 
+HEAD = "0002"
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -43,13 +45,13 @@ def _event() -> InferenceEvent:
 
 
 def test_migrated_schema_matches_the_tables(db_url: str) -> None:
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == HEAD
     engine = create_engine(db_url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), t.metadata)
     assert diff == []
     upgrade(db_url)  # idempotent
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == HEAD
 
 
 def test_writes_are_idempotent_on_event_id_and_metric_name(db_url: str) -> None:

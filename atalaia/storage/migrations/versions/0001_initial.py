@@ -37,15 +37,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_alerts")),
     )
     with op.batch_alter_table("alerts", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_alerts_alert_id"), ["alert_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_alerts_fingerprint"), ["fingerprint"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_alerts_rule_ts"), ["rule", "ts"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_alerts_alert_id"), ["alert_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_alerts_fingerprint"), ["fingerprint"], unique=False)
+        batch_op.create_index(batch_op.f("ix_alerts_rule_ts"), ["rule", "ts"], unique=False)
 
     op.create_table(
         "feedback",
@@ -92,9 +86,7 @@ def upgrade() -> None:
             ["model_version", "ts"],
             unique=False,
         )
-        batch_op.create_index(
-            batch_op.f("ix_inference_events_ts"), ["ts"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_inference_events_ts"), ["ts"], unique=False)
 
     op.create_table(
         "metrics",
@@ -121,9 +113,7 @@ def upgrade() -> None:
             ["model_version", "name", "ts"],
             unique=False,
         )
-        batch_op.create_index(
-            batch_op.f("ix_metrics_name_ts"), ["name", "ts"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_metrics_name_ts"), ["name", "ts"], unique=False)
 
     op.create_table(
         "model_versions",

@@ -1,0 +1,119 @@
+"""Throughput of each metric group and of the full set, one worker process, this machine.
+
+Scores synthetic inference events (regulations-style questions, 40-60-word answers, a reference
+and two retrieved passages each) with :class:`consumers.scoring.BatchScorer`, one group at a
+time and then all together, and reports events/s (median of ``--repeats`` runs). Also the time of
+one drift test on 1,000 × 384 windows and the peak memory (VmHWM) of the process with every model
+loaded. Usage::
+
+    .venv/bin/python bench/metrics.py [--events 400] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _events(n: int) -> list:  # type: ignore[type-arg]
+    from atalaia.events import ChatMessage, InferenceEvent, RetrievedPassage
+
+    topics = ["vacation", "expenses", "remote work", "travel", "security", "data retention", "gifts", "notice"]
+    words = (
+        "employees must submit the request through the portal at least ten working days before the date "
+        "and their manager approves it within three days unless the policy on {} says otherwise for the "
+        "case of contractors interns and staff on probation"
+    ).split()
+    out = []
+    for i, topic in zip(range(n), itertools.cycle(topics), strict=False):
+        answer = " ".join(words[: 40 + i % 20]).format(topic)
+        out.append(
+            InferenceEvent(
+                service="bench",
+                model_version="bench@1",
+                messages=[ChatMessage(role="user", content=f"What does the policy say about {topic}? (case {i})")],
+                response=answer,
+                reference=answer[::-1] if i % 3 == 0 else answer.replace("ten", "five"),
+                context=[
+                    RetrievedPassage(id=f"{topic}-1", text=f"The {topic} policy: {answer[:120]}"),
+                    RetrievedPassage(id=f"{topic}-2", text=f"Exceptions to the {topic} policy are rare."),
+                ],
+                latency_ms=100.0 + i,
+                prompt_tokens=30,
+                completion_tokens=60,
+                cost=0.0,
+            )
+        )
+    return out
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from atalaia.drift.mmd import MMDDriftDetector, mmd2
+    from atalaia.logs import configure_logging
+    from atalaia.settings import Settings
+    from consumers.scoring import BatchScorer
+
+    configure_logging("WARNING", json_lines=False)
+    base = Settings()
+    print(f"# metric throughput ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, one process)")
+    events = _events(args.events)
+    full = BatchScorer(base)
+    t0 = time.perf_counter()
+    full.warm_up()
+    print(f"models loaded in {time.perf_counter() - t0:.1f} s; peak RSS so far {_peak_rss_mb():.0f} MB")
+    print(f"\n{'group':12s} {'events/s':>10s}  (median of {args.repeats}, batches of 200)")
+    for group in ("operational", "text", "embedding", "toxicity", "perplexity", "all"):
+        groups = "operational,text,embedding,toxicity,perplexity" if group == "all" else group
+        scorer = BatchScorer(
+            base.model_copy(update={"metric_groups": groups}),
+            embedder=full.embedder,
+            toxicity=full.toxicity,
+            text=full.text,
+            perplexity=full.perplexity,
+        )
+        sample = events if group not in ("perplexity", "all") else events[: max(40, args.events // 5)]
+        rates = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for i in range(0, len(sample), 200):
+                scorer.score(sample[i : i + 200])
+            rates.append(len(sample) / (time.perf_counter() - start))
+        print(f"{group:12s} {statistics.median(rates):10.1f}")
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(1000, 384)).astype(np.float32)
+    win = rng.normal(size=(1000, 384)).astype(np.float32)
+    det = MMDDriftDetector(reference=ref, window_size=1000, stride=50)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        mmd2(win, ref, bandwidth=det.bandwidth)
+        times.append(time.perf_counter() - start)
+    median_ms = statistics.median(times) * 1000
+    print(f"\ndrift test, 1,000 x 384 window vs 1,000 x 384 reference: {median_ms:.0f} ms (median of 5)")
+    print(f"peak RSS with all models loaded and scoring: {_peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

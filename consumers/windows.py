@@ -1,0 +1,88 @@
+"""Tumbling-window aggregates of the metrics, per model version, materialized in ``metric_windows``.
+
+Computed from the ``metrics`` table, so every worker of the group computes the same numbers and
+the upserts agree; late rows are picked up because the latest closed windows are recomputed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, delete, func, select
+
+from atalaia.events import utcnow
+from atalaia.storage import tables as t
+from atalaia.storage.repository import as_utc, insert_ignoring_duplicates
+
+#: Seconds after a window's end before it is computed (lets stragglers arrive).
+GRACE_S = 5.0
+#: Closed windows recomputed on every pass, to include rows that arrived late.
+RECOMPUTE = 2
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def window_start(ts: datetime, window_s: int) -> datetime:
+    """Start of the tumbling window holding ``ts``.
+
+    >>> from datetime import UTC
+    >>> window_start(datetime(2026, 1, 1, 10, 0, 59, tzinfo=UTC), 60).isoformat()
+    '2026-01-01T10:00:00+00:00'
+    """
+    epoch = ts.timestamp()
+    return datetime.fromtimestamp(epoch - epoch % window_s, ts.tzinfo)
+
+
+def materialize(conn: Connection, window_s: int = 60, now: datetime | None = None, lookback_s: int = 3600) -> int:
+    """Compute the closed windows not yet materialized (and the last few again); return rows written."""
+    now = now or utcnow()
+    latest = conn.execute(
+        select(func.max(t.metric_windows.c.window_start)).where(t.metric_windows.c.window_s == window_s)
+    ).scalar()
+    start = window_start(now - timedelta(seconds=lookback_s), window_s)
+    if latest is not None:
+        start = max(start, as_utc(latest) - timedelta(seconds=window_s * (RECOMPUTE - 1)))
+    end = window_start(now - timedelta(seconds=GRACE_S), window_s)  # exclusive: windows before it are closed
+    if end <= start:
+        return 0
+    rows = conn.execute(
+        select(t.metrics.c.ts, t.metrics.c.model_version, t.metrics.c.name, t.metrics.c.value).where(
+            t.metrics.c.ts >= start, t.metrics.c.ts < end
+        )
+    ).all()
+    groups: dict[tuple[datetime, str, str], list[float | None]] = defaultdict(list)
+    for row in rows:
+        groups[(window_start(as_utc(row.ts), window_s), row.model_version, row.name)].append(row.value)
+    out = []
+    stamp = utcnow()
+    for (w_start, version, name), values in groups.items():
+        present = sorted(v for v in values if v is not None)
+        out.append(
+            {
+                "window_start": w_start,
+                "window_s": window_s,
+                "model_version": version,
+                "name": name,
+                "count": len(present),
+                "errors": len(values) - len(present),
+                "mean": sum(present) / len(present) if present else None,
+                "p50": _percentile(present, 50) if present else None,
+                "p95": _percentile(present, 95) if present else None,
+                "p99": _percentile(present, 99) if present else None,
+                "updated_at": stamp,
+            }
+        )
+    conn.execute(
+        delete(t.metric_windows).where(
+            t.metric_windows.c.window_s == window_s,
+            t.metric_windows.c.window_start >= start,
+            t.metric_windows.c.window_start < end,
+        )
+    )
+    return insert_ignoring_duplicates(conn, t.metric_windows, out)

@@ -1,0 +1,158 @@
+"""BatchScorer with fake models: every metric per event, errors recorded per metric, sampling."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atalaia.events import ChatMessage, InferenceEvent, RetrievedPassage
+from atalaia.settings import Settings
+from consumers.scoring import BatchScorer, sampled
+
+
+class FakeEmbedder:
+    dim = 4
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.array([[len(t), t.count("a") + 1, 1.0, 0.5] for t in texts], dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+class FakeToxicity:
+    backend = "fake-tox"
+
+    def score(self, texts: list[str]) -> list[float]:
+        return [0.9 if "idiot" in t else 0.01 for t in texts]
+
+
+class FakeText:
+    def score(self, prediction: str, reference: str) -> dict[str, float]:
+        if not prediction:
+            raise ValueError("empty prediction")
+        same = float(prediction == reference)
+        return {"rouge1": same, "rouge2": same, "rougeL": same, "bleu": same, "meteor_exact": same}
+
+
+class FakePerplexity:
+    def score(self, texts: list[str]) -> list[float | ValueError]:
+        return [ValueError("text has fewer than 2 tokens") if len(t) < 3 else 12.5 for t in texts]
+
+
+class BrokenPerplexity:
+    def score(self, texts: list[str]) -> list[float]:
+        raise RuntimeError("CUDA out of memory")
+
+
+def _event(
+    response: str = "Thirty days a year.", reference: str | None = "Thirty days a year.", **kw
+) -> InferenceEvent:  # type: ignore[no-untyped-def]
+    return InferenceEvent(
+        service="svc",
+        model_version="m@1",
+        messages=[
+            ChatMessage(role="system", content="be brief"),
+            ChatMessage(role="user", content="How many vacation days?"),
+        ],
+        response=response,
+        reference=reference,
+        latency_ms=100.0,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost=0.01,
+        **kw,
+    )
+
+
+def _scorer(tmp_path: Path, perplexity: object = None, **settings: object) -> BatchScorer:
+    return BatchScorer(
+        Settings(home=tmp_path, **settings),
+        embedder=FakeEmbedder(),
+        toxicity=FakeToxicity(),  # type: ignore[arg-type]
+        text=FakeText(),
+        perplexity=perplexity or FakePerplexity(),
+    )
+
+
+def test_every_metric_for_every_event(tmp_path: Path) -> None:
+    events = [
+        _event(context=[RetrievedPassage(id="leave-1", text="Employees get thirty days.")]),
+        _event(response="You idiot", reference=None),
+    ]
+    batch = _scorer(tmp_path).score(events)
+    by_event: dict[uuid.UUID, dict[str, object]] = {}
+    for m in batch.metrics:
+        by_event.setdefault(m.source_event_id, {})[m.name] = m.value if m.error is None else m.error
+    first, second = by_event[events[0].event_id], by_event[events[1].event_id]
+    assert {
+        "latency_ms",
+        "cost",
+        "rougeL",
+        "bleu",
+        "meteor_exact",
+        "similarity_reference",
+        "similarity_context",
+        "similarity_prompt",
+        "toxicity_prompt",
+        "toxicity_response",
+        "perplexity",
+    } <= set(first)
+    assert first["rougeL"] == 1.0 and first["perplexity"] == 12.5
+    assert "rougeL" not in second and "similarity_reference" not in second  # no reference, no overlap
+    assert second["toxicity_response"] == 0.9
+    tox = next(m for m in batch.metrics if m.name == "toxicity_response")
+    assert tox.labels == {"backend": "fake-tox"}
+    assert len(batch.embeddings) == 4 and {e["kind"] for e in batch.embeddings} == {"prompt", "response"}
+    assert len({m.event_id for m in batch.metrics}) == len(batch.metrics)  # deterministic, unique ids
+
+
+def test_a_failing_metric_is_an_error_row_not_an_exception(tmp_path: Path) -> None:
+    events = [_event(response="ok"), _event()]
+    batch = _scorer(tmp_path, perplexity=BrokenPerplexity()).score(events)
+    errors = [m for m in batch.metrics if m.name == "perplexity"]
+    assert len(errors) == 2 and all(m.value is None and "CUDA out of memory" in (m.error or "") for m in errors)
+    assert sum(m.name == "latency_ms" for m in batch.metrics) == 2  # the rest is unaffected
+    short = _scorer(tmp_path).score([_event(response="ok")])
+    (ppl,) = [m for m in short.metrics if m.name == "perplexity"]
+    assert ppl.value is None and "fewer than 2 tokens" in (ppl.error or "")
+
+
+def test_sampling_skips_expensive_metrics_only(tmp_path: Path) -> None:
+    events = [_event() for _ in range(200)]
+    batch = _scorer(tmp_path, sample_rates={"perplexity": 0.25, "toxicity": 0.0}).score(events)
+    names = [m.name for m in batch.metrics]
+    assert names.count("latency_ms") == 200 and names.count("rougeL") == 200
+    assert names.count("toxicity_prompt") == 0
+    assert 20 < names.count("perplexity") < 80
+    again = _scorer(tmp_path, sample_rates={"perplexity": 0.25}).score(events)
+    assert {m.source_event_id for m in batch.metrics if m.name == "perplexity"} == {
+        m.source_event_id for m in again.metrics if m.name == "perplexity"
+    }
+
+
+def test_groups_can_be_switched_off(tmp_path: Path) -> None:
+    batch = _scorer(tmp_path, metric_groups="operational").score([_event()])
+    assert {m.name for m in batch.metrics} == {
+        "latency_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cost",
+        "cache_hit",
+    }
+    assert batch.embeddings == []
+
+
+def test_price_table_overrides_the_event_cost(tmp_path: Path) -> None:
+    batch = _scorer(tmp_path, metric_groups="operational", prices={"m@1": (1.0, 2.0)}).score([_event()])
+    (cost,) = [m for m in batch.metrics if m.name == "cost"]
+    assert cost.value == pytest.approx((10 * 1.0 + 5 * 2.0) / 1000)
+
+
+def test_sampled_is_deterministic_and_roughly_fair() -> None:
+    ids = [uuid.uuid4() for _ in range(2000)]
+    share = sum(sampled(i, "perplexity", 0.3) for i in ids) / len(ids)
+    assert 0.25 < share < 0.35
+    assert [sampled(i, "x", 0.5) for i in ids[:50]] == [sampled(i, "x", 0.5) for i in ids[:50]]
