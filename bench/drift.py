@@ -222,13 +222,12 @@ def run_batch(methods: list[Method], datasets: dict[str, list[tuple[np.ndarray, 
 def print_batch(title: str, methods: list[Method], scenarios: list[str]) -> None:
     print(f"\n## {title}")
     print("cells: drift detected in k of n runs (median score)\n")
-    head = f"| {'method':42s} | {'time (ms)':>9s} | " + " | ".join(f"{s:>20s}" for s in scenarios) + " |"
+    head = f"| {'method':46s} | {'time (ms)':>9s} | " + " | ".join(f"{s:>20s}" for s in scenarios) + " |"
     print(head)
     print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|")
     for m in methods:
         if m.run is None:
-            cells = [f"{m.note:>20s}" for _ in scenarios]
-            print(f"| {m.name:42s} | {'-':>9s} | " + " | ".join(cells) + " |")
+            print(f"| {m.name:46s} | {'-':>9s} | {m.note} |")
             continue
         cells = []
         for s in scenarios:
@@ -237,7 +236,7 @@ def print_batch(title: str, methods: list[Method], scenarios: list[str]) -> None
                 cells.append(f"{'-':>8s} ({median(sc):9.2e})")
             else:
                 cells.append(f"{sum(res):>3d}/{len(res):<3d} ({median(sc):10.4g})")
-        print(f"| {m.name:42s} | {median(m.times) * 1000:9.0f} | " + " | ".join(f"{c:>20s}" for c in cells) + " |")
+        print(f"| {m.name:46s} | {median(m.times) * 1000:9.0f} | " + " | ".join(f"{c:>20s}" for c in cells) + " |")
 
 
 def stream_runs(

@@ -37,6 +37,14 @@ def sampled(event_id: Any, group: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < rate
 
 
+#: Retrieved passages whose embedding is kept (insertion order: the oldest is dropped first).
+PASSAGE_CACHE_SIZE = 10_000
+
+
+def _passage_key(passage_id: str, text: str) -> str:
+    return hashlib.blake2b(f"{passage_id}\0{text}".encode(), digest_size=16).hexdigest()
+
+
 def last_user_message(event: InferenceEvent) -> str:
     """The prompt as the user wrote it: the last user message (system prompts are the same for all)."""
     for message in reversed(event.messages):
@@ -111,6 +119,7 @@ class BatchScorer:
         self.settings = settings
         self.groups = settings.enabled_groups
         self._embedder, self._toxicity, self._text, self._perplexity = embedder, toxicity, text, perplexity
+        self._passage_vectors: dict[str, np.ndarray] = {}
 
     # -- lazily loaded components ------------------------------------------------------------
     @property
@@ -209,16 +218,32 @@ class BatchScorer:
             return
 
         def run() -> None:
-            prompts = self.embedder.encode([last_user_message(ev) for ev in chosen])
-            responses = self.embedder.encode([ev.response or " " for ev in chosen])
-            refs = [ev for ev in chosen if ev.reference]
-            ref_vecs = dict(
-                zip(
-                    [ev.event_id for ev in refs], self.embedder.encode([ev.reference or "" for ev in refs]), strict=True
-                )
-            )
-            for i, ev in enumerate(chosen):
-                for kind, vec in (("prompt", prompts[i]), ("response", responses[i])):
+            # One encode call per batch: the model is far faster on one big batch than on many small.
+            texts: list[str] = []
+            spans: list[tuple[int, int]] = []  # index of the prompt, of the reference (-1: none)
+            passages: dict[str, str] = {}
+            for ev in chosen:
+                start = len(texts)
+                texts += [last_user_message(ev), ev.response or " "]
+                ref = -1
+                if ev.reference:
+                    ref = len(texts)
+                    texts.append(ev.reference)
+                spans.append((start, ref))
+                for p in ev.context:
+                    key = _passage_key(p.id, p.text)
+                    if key not in self._passage_vectors:
+                        passages[key] = p.text or p.id
+            # One encode call per batch (the model is much faster on one big batch than on many
+            # small ones); retrieved passages come from a fixed corpus, so each is embedded once.
+            vectors = self.embedder.encode(texts + list(passages.values()))
+            for i, key in enumerate(passages):
+                self._passage_vectors[key] = vectors[len(texts) + i]
+            while len(self._passage_vectors) > PASSAGE_CACHE_SIZE:
+                self._passage_vectors.pop(next(iter(self._passage_vectors)))
+            for ev, (start, ref) in zip(chosen, spans, strict=True):
+                prompt, response = vectors[start], vectors[start + 1]
+                for kind, vec in (("prompt", prompt), ("response", response)):
                     batch.embeddings.append(
                         {
                             "event_id": str(ev.event_id),
@@ -231,12 +256,12 @@ class BatchScorer:
                     )
                 if "embedding" not in self.groups:
                     continue
-                if ev.event_id in ref_vecs:
-                    c.add(ev, "similarity_reference", float(np.dot(responses[i], ref_vecs[ev.event_id])))
+                if ref >= 0:
+                    c.add(ev, "similarity_reference", float(np.dot(response, vectors[ref])))
                 if ev.context:
-                    passages = self.embedder.encode([p.text or p.id for p in ev.context])
-                    c.add(ev, "similarity_context", float(np.max(passages @ responses[i])))
-                c.add(ev, "similarity_prompt", float(np.dot(responses[i], prompts[i])))
+                    ctx = np.stack([self._passage_vectors[_passage_key(p.id, p.text)] for p in ev.context])
+                    c.add(ev, "similarity_context", float(np.max(ctx @ response)))
+                c.add(ev, "similarity_prompt", float(np.dot(response, prompt)))
 
         c.guard(chosen, ["similarity_prompt"], run)
 

@@ -273,30 +273,38 @@ class MMDDriftDetector(DriftDetector):
         Seed of the calibration (and of the bandwidth subsample when the reference has more than
         1,000 vectors). Detection itself is deterministic.
 
-    Calibration
-    -----------
-    Done once, when the reference is complete. The bandwidth is fixed from the reference, so
-    statistics of all later tests are comparable. Then ``n_calibration`` times, the reference is
-    split at random into a window-sized sample and its complement, and the unbiased MMD² of that
-    pair is computed (all splits come from one kernel matrix of the reference). Under the null
-    hypothesis the unbiased MMD² of samples of sizes ``m`` and ``n`` behaves like
+    Notes
+    -----
+    **Calibration.** Done once, when the reference is complete. The bandwidth is fixed from the
+    reference, so statistics of all later tests are comparable. Then ``n_calibration`` times, the
+    reference is split at random into a window-sized sample and its complement, and the unbiased
+    MMD² of that pair is computed (all splits come from one kernel matrix of the reference).
+    Under the null hypothesis the unbiased MMD² of samples of sizes ``m`` and ``n`` behaves like
     ``(1/m + 1/n) (Q - τ)`` where ``Q = Σ λ_l χ²_1`` is a weighted sum of chi-squares with mean
     ``τ = Σ λ_l = 1 - mean off-diagonal kernel value`` (Gretton et al., 2012, Thm. 12). The split
     statistics are mapped to ``Q = MMD² / (1/m + 1/n) + τ`` (which also corrects for the
     complement being smaller than the reference), a Gamma distribution is fitted to ``Q`` by the
     method of moments (``scipy.stats.gamma``; the Gamma approximation of Gretton et al., 2009),
-    and the threshold is the ``1 - 1/target_arl`` quantile mapped back to the test's sizes
+    and the threshold is its ``1 - 1/target_arl`` quantile mapped back to the test's sizes
     ``(window_size, reference size)``. A parametric fit is needed because an empirical quantile
     of 200 samples cannot reach the 0.999 quantile.
 
-    False alarms
-    ------------
-    Consecutive windows overlap (``window_size - stride`` vectors in common), so consecutive
-    tests are positively correlated: alarms come in clumps, and a per-test false-alarm
-    probability of ``1 / target_arl`` gives an expected run length of *at least* ``target_arl``
-    tests (conservative). Also, every test shares the same reference, so the false-alarm rate
-    holds on average over references, not for every single one. While drift persists, every test
-    keeps raising an alarm: the reference is never replaced automatically.
+    **False alarms.** Consecutive windows overlap (``window_size - stride`` vectors in common),
+    so consecutive tests are positively correlated: alarms come in clumps, and a per-test
+    false-alarm probability of ``1 / target_arl`` gives an expected run length of *at least*
+    ``target_arl`` tests (conservative). Measured per-test false-alarm rates on independent
+    windows of unit-normalised 384-dimensional Gaussian vectors (defaults: reference 500, window
+    200, 200 calibration splits; 20,000-30,000 tests over 200-300 references) were 0.052-0.054
+    for a target of 1/20, 0.010-0.012 for 1/100 and 0.0012-0.0015 for 1/1000. In 8 dimensions
+    the 1/1000 rate was 0.0020 (the Gamma tail is too light there), and with a reference of 2,000
+    it was 0.0017 with 200 splits and 0.0010 with ``n_calibration=1000``.
+
+    Every test shares the same reference, and the reference's own sampling noise looks like a
+    small difference to every window: the rate holds *on average over references*, not for each
+    one (with a reference of 500 and target 1/20, per-reference rates had median 0.04, 90th
+    percentile 0.11 and maximum 0.22). A larger reference (several times ``window_size``) narrows
+    this spread. While drift persists every test keeps raising an alarm: the reference is never
+    replaced automatically.
 
     Attributes
     ----------
@@ -582,6 +590,7 @@ class MMDDriftDetector(DriftDetector):
             "reference": self.reference,
             "reference_buffer": None if self._ref_buffer is None else self._ref_buffer[: self._ref_count].copy(),
             "window": self._window_in_order(),
+            "window_pos": self._pos,
             "dim": self._dim,
             "bandwidth": self._bandwidth,
             "threshold": self._threshold,
@@ -635,8 +644,13 @@ class MMDDriftDetector(DriftDetector):
         if window is not None:
             window = np.asarray(window, dtype=np.float64)
             det._window = np.empty((det.window_size, window.shape[1]), dtype=np.float64)
-            det._window[: window.shape[0]] = window
-            det._pos = window.shape[0] % det.window_size
+            det._pos = int(state.get("window_pos", window.shape[0] % det.window_size))
+            if window.shape[0] == det.window_size:
+                # Same physical ring layout as when saved, so that later sums (and so scores)
+                # are bit-for-bit identical.
+                det._window[:] = np.roll(window, det._pos, axis=0)
+            else:
+                det._window[: window.shape[0]] = window
         det._n_seen = int(state["n_seen"])
         det._n_updates = int(state["n_updates"])
         det._n_tests = int(state["n_tests"])

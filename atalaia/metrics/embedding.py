@@ -39,10 +39,13 @@ class Embedder:
     The fast tokenizer is not safe to share across threads mid-call, so encoding is serialised.
     """
 
-    def __init__(self, model: Any, batch_size: int = 64) -> None:
+    def __init__(self, model: Any, batch_size: int = 64, max_tokens: int = 128) -> None:
         self.model = model
+        # all-MiniLM-L6-v2 was trained on 128-token inputs; longer ones cost more and add little.
+        model.max_seq_length = min(int(getattr(model, "max_seq_length", max_tokens) or max_tokens), max_tokens)
         self.batch_size = batch_size
-        self.dim = int(model.get_sentence_embedding_dimension())
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(getter())
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

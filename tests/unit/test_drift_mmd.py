@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -168,11 +170,13 @@ def test_detector_catches_small_shifts_within_a_few_tests(shift: str) -> None:
         z = rng.normal(size=(1000, DIM))
         z[:, :10] += 0.5
         shifted = z / np.linalg.norm(z, axis=1, keepdims=True)
-    alarms = [n - tests_before for n, _, alarm in run(det, shifted) if alarm]
+    after = [(n - tests_before, alarm) for n, _, alarm in run(det, shifted)]
+    alarms = [n for n, alarm in after if alarm]
     assert alarms, "shift not detected"
     assert alarms[0] <= 6  # the window is fully shifted after 4 tests
-    # Drift persists: it keeps alarming (the reference is not replaced).
-    assert det.drift_detected
+    # Drift persists, so most later tests alarm too (the reference is not replaced).
+    late = [alarm for n, alarm in after if n >= 4]
+    assert sum(late) >= 0.6 * len(late)
 
 
 def test_state_round_trip_gives_identical_decisions() -> None:
@@ -201,7 +205,7 @@ def test_state_dict_is_plain_and_bytes_need_no_pickle() -> None:
         assert value is None or isinstance(value, int | float | bool | dict | np.ndarray), key
     blob = det.to_bytes()
     assert blob[:2] == b"PK"  # a zip (npz) archive
-    with np.load(__import__("io").BytesIO(blob), allow_pickle=False) as npz:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         assert set(npz.files) == {"meta", "reference", "window"}
     restored = MMDDriftDetector.from_bytes(blob)
     assert restored.n_tests == det.n_tests == 2 and restored.score == det.score
