@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
-#: Questions employees ask (the regulations data set arrives with the inference issue).
+#: The project's QA set (questions with reference answers drawn from the regulations).
+DEFAULT_QA = Path(__file__).resolve().parents[1] / "data" / "qa" / "train.jsonl"
+
+#: Fallback questions, without references, when the QA set is not available.
 QUESTIONS: tuple[str, ...] = (
     "How many days of paid vacation do I get per year?",
     "What is the deadline for submitting an expense report?",
@@ -22,6 +27,23 @@ QUESTIONS: tuple[str, ...] = (
     "What is the notice period for resigning?",
     "How many sick days can I take without a medical certificate?",
 )
+
+
+def load_questions(path: Path | None = None) -> list[tuple[str, str | None]]:
+    """(question, reference answer) pairs from a QA JSON-lines file, or the built-in questions.
+
+    >>> load_questions(Path("/nonexistent"))[0]
+    ('How many days of paid vacation do I get per year?', None)
+    """
+    path = path or DEFAULT_QA
+    if not path.is_file():
+        return [(q, None) for q in QUESTIONS]
+    pairs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            pairs.append((str(item["question"]), item.get("answer")))
+    return pairs
 
 
 @dataclass
@@ -45,6 +67,7 @@ def simulate(
     seed: int = 0,
     timeout_s: float = 120.0,
     on_response: Callable[[int, SimulationResult], None] | None = None,
+    questions: list[tuple[str, str | None]] | None = None,
 ) -> SimulationResult:
     """Send ``requests`` chat completions to ``base_url``; ``rate_per_s`` 0 means back to back.
 
@@ -52,6 +75,7 @@ def simulate(
     service restart.
     """
     rng = random.Random(seed)
+    pool = questions or load_questions()
     result = SimulationResult()
     interval = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
     next_at = time.monotonic()
@@ -62,14 +86,18 @@ def simulate(
                 if delay > 0:
                     time.sleep(delay)
                 next_at += interval
-            body = {
+            question, reference = rng.choice(pool)
+            body: dict[str, object] = {
                 "model": model,
                 "messages": [
                     {"role": "system", "content": "You are the company's regulations assistant. Answer briefly."},
-                    {"role": "user", "content": rng.choice(QUESTIONS)},
+                    {"role": "user", "content": question},
                 ],
                 "max_tokens": max_tokens,
             }
+            if reference:
+                # The reference answer travels with the event, so the workers can score the reply.
+                body["metadata"] = {"reference": reference}
             started = time.perf_counter()
             result.sent += 1
             try:

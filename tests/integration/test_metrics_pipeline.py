@@ -15,6 +15,7 @@ from atalaia.events import ChatMessage, InferenceEvent, RetrievedPassage
 from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.topics import ensure_topics
+from tests.conftest import free_port
 from tests.integration.services import log_text, service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -165,6 +166,15 @@ def test_kill_9_then_restart_loses_and_duplicates_nothing(isolated_settings: Set
             180,
             "all events after the restart\n" + log_text(settings, "worker")[-2000:],
         )
+        # The worker's timer materializes the closed 1-minute windows of these metrics.
+        wait_until(
+            lambda: count(engine, t.metric_windows, t.metric_windows.c.name == "latency_ms") > 0,
+            90,
+            "window aggregates\n" + log_text(settings, "worker")[-2000:],
+        )
+    with engine.connect() as conn:
+        windows = conn.execute(select(t.metric_windows).where(t.metric_windows.c.name == "latency_ms")).all()
+    assert all(w.mean == 120.0 and w.p99 == 120.0 and w.count > 0 for w in windows)
     per_event = 6 + 5  # operational + rouge1/2/L, bleu, meteor(_exact)
     assert count(engine, t.metrics) == len(events) * per_event
     with engine.connect() as conn:
@@ -182,7 +192,7 @@ def test_two_workers_share_the_partitions(isolated_settings: Settings, fresh_pg:
     )
     ensure_topics(settings)
     engine = create_engine(fresh_pg)
-    second = settings.model_copy(update={"home": settings.home / "w2", "worker_web_port": settings.worker_web_port + 1})
+    second = settings.model_copy(update={"home": settings.home / "w2", "worker_web_port": free_port()})
     with service("worker", settings), service("worker", second):
         events = [event(f"q{i}") for i in range(2000)]
         produce(settings, events)
