@@ -62,14 +62,15 @@ def load_embedder(settings_or_path: Settings | Path | str | None = None) -> Sent
             return model
         if not path.is_dir():
             raise FileNotFoundError(f"embedder folder {path} does not exist. Fix: run `atalaia models prepare`")
-        from atalaia.models.prepare import require_module
+        from atalaia.models.prepare import _quiet_transformers_bars, require_module
 
         require_module("sentence_transformers", "sentence-transformers", "load the embedder")
         from sentence_transformers import SentenceTransformer
 
         t0 = time.perf_counter()
         # local_files_only: no model hub is reachable, and a service must never fetch at run time.
-        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        with _quiet_transformers_bars():  # a weight-loading bar would break one-JSON-object-per-line logs
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         logger.info("embedder loaded from %s in %.2f s", path, time.perf_counter() - t0)
         _CACHE[key] = model
         return model

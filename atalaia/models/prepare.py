@@ -593,7 +593,7 @@ def prepare_embedder(settings: Settings, console: Console | None = None) -> Path
     with out.status("checking embedder all-MiniLM-L6-v2"):
         try:
             model = load_embedder(path)
-            vec = model.encode(["Atalaia checks its embedder."], convert_to_numpy=True)
+            vec = model.encode(["Atalaia checks its embedder."], convert_to_numpy=True, show_progress_bar=False)
         except Exception as exc:
             raise ModelPrepareError(f"the embedder at {path} does not load or encode: {exc}") from exc
     dim = int(vec.shape[-1])
