@@ -121,6 +121,24 @@ class Settings(BaseSettings):
         None, description="NLTK data folder holding WordNet for METEOR; default ATALAIA_CACHE_DIR/nltk_data."
     )
 
+    rag_enabled: bool = Field(True, description="Retrieve regulation passages into the prompt (RAG).")
+    rag_top_k: Annotated[int, Field(ge=1, le=20)] = Field(3, description="Passages retrieved per question.")
+    regulations_dir: Path | None = Field(
+        None,
+        description="Folder of the regulations (Markdown sections) indexed for RAG; default data/regulations.",
+    )
+    cache_enabled: bool = Field(True, description="Serve repeated (temperature 0) questions from the response cache.")
+    cache_max_entries: Annotated[int, Field(ge=1)] = Field(1024, description="Responses kept in the cache (LRU).")
+    cache_ttl_s: Annotated[float, Field(gt=0)] = Field(600.0, description="Seconds a cached response stays valid.")
+    cache_semantic_threshold: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        0.95,
+        description="Cosine similarity of questions above which a cached answer is reused; empty: exact matches only.",
+    )
+    redact_pii: bool = Field(
+        False,
+        description="Redact emails, phone numbers, CPF/SSN and card numbers from events before they leave the process.",
+    )
+
     producer_linger_ms: Annotated[int, Field(ge=0, le=60000)] = Field(20, description="Producer batching delay.")
     spool_dir: Path | None = Field(
         None, description="Where undeliverable events are spooled; default ATALAIA_HOME/spool."
@@ -132,6 +150,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "rules_file",
+        "regulations_dir",
+        "cache_semantic_threshold",
         "spool_dir",
         "models_dir",
         "log_json",
@@ -207,6 +227,8 @@ class Settings(BaseSettings):
             self.spool_dir = self.home / "spool"
         self.models_dir = (self.models_dir or self.home / "models").expanduser().resolve()
         self.nltk_data = (self.nltk_data or self.cache_dir / "nltk_data").expanduser().resolve()
+        default_regulations = Path(__file__).resolve().parents[1] / "data" / "regulations"
+        self.regulations_dir = (self.regulations_dir or default_regulations).expanduser().resolve()
         return self
 
     def topic(self, name: str) -> str:

@@ -16,10 +16,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent
+from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, RetrievedPassage
 from atalaia.metrics.operational import Price
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
 from atalaia.settings import Settings
+from inference.cache import KeyParts, ResponseCache, cacheable
+from inference.rag import build_prompt
 from inference.schemas import ChatCompletionRequest, FeedbackRequest
 from inference.telemetry import ServiceMetrics
 
@@ -93,8 +95,31 @@ def completion_id(event_id: uuid.UUID) -> str:
     return f"chatcmpl-{event_id}"
 
 
-def create_app(settings: Settings, generator: ChatModel, producer: EventSink | None) -> FastAPI:
-    """Build the service around a loaded generator and an event producer (None: emit nothing)."""
+class Retriever(Protocol):
+    """What the service needs from a retrieval index (:class:`inference.rag.RetrievalIndex`)."""
+
+    def search(self, query: Any, k: int = ...) -> list[tuple[Any, float]]: ...
+
+
+class QueryEmbedder(Protocol):
+    """Embeds questions for retrieval and the semantic cache (:class:`atalaia.metrics.embedding.Embedder`)."""
+
+    def encode(self, texts: Any) -> Any: ...
+
+
+def create_app(
+    settings: Settings,
+    generator: ChatModel,
+    producer: EventSink | None,
+    retriever: Retriever | None = None,
+    cache: ResponseCache | None = None,
+    embedder: QueryEmbedder | None = None,
+) -> FastAPI:
+    """Build the service around a loaded generator and an event producer (None: emit nothing).
+
+    ``retriever`` adds regulation passages to the prompt (RAG); ``cache`` serves repeated
+    deterministic questions; ``embedder`` embeds each question once for both.
+    """
     app = FastAPI(title="Atalaia inference", version="0.1.0")
     metrics = ServiceMetrics()
     price = Price(*settings.price_for(settings.model_version))
@@ -131,11 +156,20 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
         log.exception("unhandled error")
         return JSONResponse(_error_body("internal error; see the service log", "server_error"), status_code=500)
 
-    def emit_inference(req: ChatCompletionRequest, result: ChatResult, latency_ms: float, event_id: uuid.UUID) -> None:
+    def emit_inference(
+        req: ChatCompletionRequest,
+        result: ChatResult,
+        latency_ms: float,
+        event_id: uuid.UUID,
+        context: list[RetrievedPassage] | None = None,
+        cache_hit: str | None = None,
+    ) -> None:
         metrics.latency.labels(settings.model_version).observe(latency_ms / 1000.0)
         metrics.tokens.labels(settings.model_version, "prompt").inc(result.prompt_tokens)
         metrics.tokens.labels(settings.model_version, "completion").inc(result.completion_tokens)
         metrics.requests.labels(settings.model_version, "ok").inc()
+        if cache_hit:
+            metrics.cache_hits.labels(cache_hit).inc()
         if producer is None:
             return
         meta = dict(req.metadata or {})
@@ -149,11 +183,15 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
             latency_ms=latency_ms,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
-            cost=price.cost(result.prompt_tokens, result.completion_tokens),
+            # A cached answer costs no generation: only the tokens the model actually processed count.
+            cost=0.0 if cache_hit else price.cost(result.prompt_tokens, result.completion_tokens),
+            context=context or [],
+            cache_hit=bool(cache_hit),
             reference=reference if isinstance(reference, str) else None,
             request_id=req.user,
             metadata={
                 **meta,
+                **({"cache": cache_hit} if cache_hit else {}),
                 "max_tokens": _max_tokens(req),
                 "temperature": req.temperature,
                 "finish_reason": result.finish_reason,
@@ -185,6 +223,33 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
         event_id = uuid.uuid4()
         created = int(time.time())
         started = time.perf_counter()
+        question = next((m.content for m in reversed(req.messages) if m.role == "user"), req.messages[-1].content)
+        params = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": stop}
+        key = KeyParts.from_request(settings.model_version, messages, params) if cache is not None else None
+        use_cache = cache is not None and not req.stream and cacheable(params)
+        vector = None
+        if embedder is not None and (retriever is not None or use_cache):
+            vector = (await run_in_threadpool(embedder.encode, [question]))[0]
+        if use_cache and cache is not None and key is not None:
+            hit = cache.get(key, embedding=vector)
+            if hit is not None:
+                cached_result, cached_context = hit.value
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                emit_inference(req, cached_result, latency_ms, event_id, cached_context, hit.kind)
+                return JSONResponse(
+                    _completion_body(event_id, created, cached_result),
+                    headers={"x-atalaia-event-id": str(event_id), "x-atalaia-cache": hit.kind},
+                )
+        context: list[RetrievedPassage] = []
+        if retriever is not None:
+            found = await run_in_threadpool(
+                retriever.search, vector if vector is not None else question, settings.rag_top_k
+            )
+            context = [RetrievedPassage(id=p.id, text=p.text, score=round(float(score), 4)) for p, score in found]
+            # The passages go in a system message ahead of the conversation; the client's own
+            # system prompt, if any, stays as it was.
+            rag_system = build_prompt(question, [p for p, _ in found])[0]
+            messages = [rag_system, *messages]
         try:
             if req.stream:
                 stream = await run_in_threadpool(
@@ -201,26 +266,12 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
 
         if not req.stream:
             latency_ms = (time.perf_counter() - started) * 1000.0
-            emit_inference(req, result, latency_ms, event_id)
-            body = {
-                "id": completion_id(event_id),
-                "object": "chat.completion",
-                "created": created,
-                "model": settings.model_version,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "finish_reason": result.finish_reason,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                    "total_tokens": result.total_tokens,
-                },
-            }
-            return JSONResponse(body, headers={"x-atalaia-event-id": str(event_id)})
+            if use_cache and cache is not None and key is not None:
+                cache.put(key, (result, context), embedding=vector)
+            emit_inference(req, result, latency_ms, event_id, context)
+            return JSONResponse(
+                _completion_body(event_id, created, result), headers={"x-atalaia-event-id": str(event_id)}
+            )
 
         def sse() -> Iterator[str]:
             def chunk(delta: dict[str, str], finish: str | None) -> str:
@@ -241,10 +292,30 @@ def create_app(settings: Settings, generator: ChatModel, producer: EventSink | N
                 final = stream.result
             if final is not None:
                 yield chunk({}, final.finish_reason)
-                emit_inference(req, final, (time.perf_counter() - started) * 1000.0, event_id)
+                emit_inference(req, final, (time.perf_counter() - started) * 1000.0, event_id, context)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})
+
+    def _completion_body(event_id: uuid.UUID, created: int, result: ChatResult) -> dict[str, Any]:
+        return {
+            "id": completion_id(event_id),
+            "object": "chat.completion",
+            "created": created,
+            "model": settings.model_version,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "total_tokens": result.total_tokens,
+            },
+        }
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -18,8 +18,28 @@ def serve(settings: Settings) -> None:
     from producers.sdk import EventProducer
 
     generator = Generator.load(settings.generator_path, threads=settings.torch_threads)
+    embedder = retriever = cache = None
+    if settings.rag_enabled or settings.cache_enabled:
+        from atalaia.metrics.embedding import Embedder
+        from atalaia.models.embedder import load_embedder
+
+        embedder = Embedder(load_embedder(settings))
+    if settings.rag_enabled:
+        from inference.rag import load_or_build
+
+        assert settings.regulations_dir is not None and embedder is not None
+        if not settings.regulations_dir.is_dir():
+            raise FileNotFoundError(
+                f"ATALAIA_REGULATIONS_DIR={settings.regulations_dir} is not a folder. Fix: point it at the "
+                "regulations (Markdown sections), or set ATALAIA_RAG_ENABLED=false"
+            )
+        retriever = load_or_build(settings.regulations_dir, embedder, settings.home / "rag")
+    if settings.cache_enabled:
+        from inference.cache import ResponseCache
+
+        cache = ResponseCache(settings.cache_max_entries, settings.cache_ttl_s, settings.cache_semantic_threshold)
     producer = EventProducer(settings, client_id=f"inference-{settings.inference_port}")
-    app = create_app(settings, generator, producer)
+    app = create_app(settings, generator, producer, retriever=retriever, cache=cache, embedder=embedder)
     log.info(
         "inference service starting",
         extra={

@@ -25,6 +25,7 @@ from typing import Any
 
 from atalaia.events import AlertEvent, DeadLetterEvent, FeedbackEvent, InferenceEvent, MetricEvent, ModelEvent
 from atalaia.settings import Settings
+from producers.redaction import redact_event
 from producers.spool import Spool, SpooledMessage
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class EventProducer:
     def emit(self, event: Any, topic: str | None = None) -> None:
         """Queue ``event`` for delivery; returns at once, whatever the broker's state."""
         name = topic or self.settings.topic(_TOPIC_OF[type(event)])
+        if self.settings.redact_pii:
+            # Before serialisation: personal data never reaches Kafka, the spool or the database.
+            event, _ = redact_event(event)
         message = SpooledMessage(name, event.key, event.to_json())
         self.stats.emitted += 1
         try:

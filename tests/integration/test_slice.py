@@ -122,6 +122,8 @@ def test_request_to_alert_on_real_kafka_and_postgres(isolated_settings: Settings
             assert row.reference == "Paris" and row.model_version == settings.model_version
             assert latency[event_id] == pytest.approx(row.latency_ms) and row.latency_ms > 1
             assert row.cost > 0
+            # RAG on the real index: the retrieved regulation passages travel with the event.
+            assert len(row.context) == settings.rag_top_k and all("#" in p["id"] and p["text"] for p in row.context)
         wait_until(lambda: _count(engine, t.feedback) == 1, 30, "the feedback row")
 
         # 3. The monitor fired the latency rule: stored and published, carrying its action.

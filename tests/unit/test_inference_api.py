@@ -167,3 +167,80 @@ def test_health_and_prometheus(client_and_events) -> None:  # type: ignore[no-un
     assert 'atalaia_requests_total{model_version="smollm2-135m-instruct@base",status="ok"} 1.0' in text
     assert "atalaia_request_latency_seconds_bucket" in text and "atalaia_spool_depth 0.0" in text
     assert client.get("/nope").status_code == 404
+
+
+class FakeRetriever:
+    def search(self, query: object, k: int = 3) -> list[tuple[object, float]]:
+        from inference.rag import Passage
+
+        return [
+            (
+                Passage(f"annual-leave#{i}", "annual-leave", "Annual leave", f"Annual leave\n1.{i} Thirty days."),
+                0.9 - i / 10,
+            )
+            for i in range(1, k + 1)
+        ]
+
+
+class FakeQueryEmbedder:
+    def encode(self, texts: list[str]) -> object:
+        import numpy as np
+
+        return np.array([[1.0, 0.0] if "vacation" in t.lower() else [0.0, 1.0] for t in texts], dtype=np.float32)
+
+
+class PromptRecordingGenerator(FakeGenerator):
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, str]]] = []
+
+    def chat(self, messages, max_tokens=128, temperature=0.0, top_p=1.0, stop=None) -> ChatResult:  # type: ignore[no-untyped-def]
+        self.calls.append(messages)
+        return super().chat(messages, max_tokens, temperature, top_p, stop)
+
+
+def test_rag_passages_go_into_the_prompt_and_the_event(tmp_path: Path) -> None:
+    from inference.cache import ResponseCache
+
+    settings = Settings(home=tmp_path, max_new_tokens_limit=32, rag_top_k=2)
+    generator, producer = PromptRecordingGenerator(), RecordingProducer()
+    generator.context_length = 512
+    client = TestClient(
+        create_app(
+            settings,
+            generator,
+            producer,
+            retriever=FakeRetriever(),
+            cache=ResponseCache(semantic_threshold=0.95),
+            embedder=FakeQueryEmbedder(),
+        )
+    )
+    body = _body(settings, max_tokens=8)
+    first = client.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200 and "x-atalaia-cache" not in first.headers
+    system = generator.calls[0][0]
+    assert system["role"] == "system" and "[Annual leave (annual-leave#1)]" in system["content"]
+    assert generator.calls[0][1:] == [{"role": "user", "content": "How many vacation days?"}]
+    event = producer.events[0]
+    assert isinstance(event, InferenceEvent) and [p.id for p in event.context] == ["annual-leave#1", "annual-leave#2"]
+    assert not event.cache_hit
+
+    # The same question again: served from the cache, marked in the response, the event and /metrics.
+    again = client.post("/v1/chat/completions", json=body)
+    assert again.headers["x-atalaia-cache"] == "exact" and len(generator.calls) == 1
+    assert again.json()["choices"] == first.json()["choices"] and again.json()["id"] != first.json()["id"]
+    hit = producer.events[1]
+    assert isinstance(hit, InferenceEvent) and hit.cache_hit and hit.cost == 0 and hit.context == event.context
+    # A differently worded question with the same meaning (same embedding here): a semantic hit.
+    reworded = client.post(
+        "/v1/chat/completions",
+        json=_body(settings, max_tokens=8)
+        | {"messages": [{"role": "user", "content": "Vacation: how many days do I get?"}]},
+    )
+    assert reworded.headers["x-atalaia-cache"] == "semantic" and len(generator.calls) == 1
+    # Sampling requests are never cached.
+    client.post("/v1/chat/completions", json=body | {"temperature": 0.7})
+    assert len(generator.calls) == 2
+    text = client.get("/metrics").text
+    assert (
+        'atalaia_cache_hits_total{kind="exact"} 1.0' in text and 'atalaia_cache_hits_total{kind="semantic"} 1.0' in text
+    )

@@ -53,3 +53,31 @@ def test_unwritable_spool_counts_the_loss(tmp_path: Path) -> None:
         SpooledMessage("t", None, FeedbackEvent(inference_event_id=__import__("uuid").uuid4(), rating=0).to_json())
     )
     assert producer.stats.lost == 1
+
+
+def test_pii_is_redacted_before_the_event_leaves_the_process(tmp_path: Path) -> None:
+    import json
+
+    from atalaia.events import ChatMessage, InferenceEvent
+
+    settings = Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1", redact_pii=True)
+    producer = EventProducer(settings, client_id="pii", start=False)
+    event = InferenceEvent(
+        service="s",
+        model_version="m",
+        response="Write to ana.souza@example.com or call +55 11 91234-5678.",
+        messages=[ChatMessage(role="user", content="My CPF is 123.456.789-09, card 4111 1111 1111 1111")],
+        latency_ms=1,
+        prompt_tokens=1,
+        completion_tokens=1,
+        cost=0,
+    )
+    producer.emit(event)
+    producer.close(timeout=5)  # the sender never started: close() spools what is queued
+    (spooled,) = producer.spool.read()
+    text = spooled.value.decode()
+    for secret in ("ana.souza@example.com", "91234-5678", "123.456.789-09", "4111 1111 1111 1111"):
+        assert secret not in text
+    body = json.loads(text)
+    assert body["metadata"]["pii_redacted"] == {"email": 1, "phone": 1, "cpf": 1, "card": 1}
+    assert "[EMAIL]" in body["response"] and "[CPF]" in body["messages"][0]["content"]
