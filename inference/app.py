@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -16,13 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, RetrievedPassage
+from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
 from atalaia.metrics.operational import Price
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
 from atalaia.settings import Settings
 from inference.cache import KeyParts, ResponseCache, cacheable
+from inference.models import ModelManager, ServedModel, SwapError
 from inference.rag import build_prompt
-from inference.schemas import ChatCompletionRequest, FeedbackRequest
+from inference.schemas import ChatCompletionRequest, DeployRequest, FeedbackRequest, RollbackRequest
 from inference.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,10 @@ def _error_body(message: str, kind: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def _unsupported_loader(path: str) -> Any:
+    raise SwapError("this service was built without a model loader; deploys are not possible")
+
+
 def completion_id(event_id: uuid.UUID) -> str:
     """The public completion id, from which feedback finds the event.
 
@@ -114,6 +120,7 @@ def create_app(
     retriever: Retriever | None = None,
     cache: ResponseCache | None = None,
     embedder: QueryEmbedder | None = None,
+    models: ModelManager | None = None,
 ) -> FastAPI:
     """Build the service around a loaded generator and an event producer (None: emit nothing).
 
@@ -122,15 +129,15 @@ def create_app(
     """
     app = FastAPI(title="Atalaia inference", version="0.1.0")
     metrics = ServiceMetrics()
-    price = Price(*settings.price_for(settings.model_version))
-    model_names = {settings.generator_model, settings.model_version}
-    metrics.active_model.labels(settings.model_version).set(1)
-    app.state.settings, app.state.generator, app.state.producer, app.state.metrics = (
-        settings,
-        generator,
-        producer,
-        metrics,
-    )
+    models = models or ModelManager(ServedModel(settings.model_version, generator), loader=_unsupported_loader)
+    metrics.active_model.labels(models.active.version).set(1)
+
+    def _on_swap(old: ServedModel, new: ServedModel) -> None:
+        metrics.active_model.labels(old.version).set(0)
+        metrics.active_model.labels(new.version).set(1)
+
+    models.on_change.append(_on_swap)
+    app.state.settings, app.state.models, app.state.producer, app.state.metrics = settings, models, producer, metrics
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -157,6 +164,7 @@ def create_app(
         return JSONResponse(_error_body("internal error; see the service log", "server_error"), status_code=500)
 
     def emit_inference(
+        version: str,
         req: ChatCompletionRequest,
         result: ChatResult,
         latency_ms: float,
@@ -164,10 +172,10 @@ def create_app(
         context: list[RetrievedPassage] | None = None,
         cache_hit: str | None = None,
     ) -> None:
-        metrics.latency.labels(settings.model_version).observe(latency_ms / 1000.0)
-        metrics.tokens.labels(settings.model_version, "prompt").inc(result.prompt_tokens)
-        metrics.tokens.labels(settings.model_version, "completion").inc(result.completion_tokens)
-        metrics.requests.labels(settings.model_version, "ok").inc()
+        metrics.latency.labels(version).observe(latency_ms / 1000.0)
+        metrics.tokens.labels(version, "prompt").inc(result.prompt_tokens)
+        metrics.tokens.labels(version, "completion").inc(result.completion_tokens)
+        metrics.requests.labels(version, "ok").inc()
         if cache_hit:
             metrics.cache_hits.labels(cache_hit).inc()
         if producer is None:
@@ -177,14 +185,16 @@ def create_app(
         event = InferenceEvent(
             event_id=event_id,
             service=settings.service_name,
-            model_version=settings.model_version,
+            model_version=version,
             messages=[ChatMessage(role=m.role, content=m.content) for m in req.messages],
             response=result.text,
             latency_ms=latency_ms,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             # A cached answer costs no generation: only the tokens the model actually processed count.
-            cost=0.0 if cache_hit else price.cost(result.prompt_tokens, result.completion_tokens),
+            cost=0.0
+            if cache_hit
+            else Price(*settings.price_for(version)).cost(result.prompt_tokens, result.completion_tokens),
             context=context or [],
             cache_hit=bool(cache_hit),
             reference=reference if isinstance(reference, str) else None,
@@ -205,8 +215,8 @@ def create_app(
             raise APIError(400, f"max_tokens must be at most {settings.max_new_tokens_limit}", "max_tokens")
         return value
 
-    def _check_model(req: ChatCompletionRequest) -> None:
-        if req.model not in model_names:
+    def _check_model(req: ChatCompletionRequest, version: str) -> None:
+        if req.model not in {settings.generator_model, settings.model_version, version}:
             raise APIError(
                 404,
                 f"The model '{req.model}' does not exist; GET /v1/models lists the served models",
@@ -216,7 +226,9 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest) -> Any:
-        _check_model(req)
+        served = models.active  # this request stays on this model, whatever a swap does meanwhile
+        version, generator = served.version, served.generator
+        _check_model(req, version)
         max_tokens = _max_tokens(req)
         messages = [{"role": m.role, "content": m.content} for m in req.messages]
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
@@ -225,7 +237,7 @@ def create_app(
         started = time.perf_counter()
         question = next((m.content for m in reversed(req.messages) if m.role == "user"), req.messages[-1].content)
         params = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": stop}
-        key = KeyParts.from_request(settings.model_version, messages, params) if cache is not None else None
+        key = KeyParts.from_request(version, messages, params) if cache is not None else None
         use_cache = cache is not None and not req.stream and cacheable(params)
         vector = None
         if embedder is not None and (retriever is not None or use_cache):
@@ -235,9 +247,9 @@ def create_app(
             if hit is not None:
                 cached_result, cached_context = hit.value
                 latency_ms = (time.perf_counter() - started) * 1000.0
-                emit_inference(req, cached_result, latency_ms, event_id, cached_context, hit.kind)
+                emit_inference(version, req, cached_result, latency_ms, event_id, cached_context, hit.kind)
                 return JSONResponse(
-                    _completion_body(event_id, created, cached_result),
+                    _completion_body(version, event_id, created, cached_result),
                     headers={"x-atalaia-event-id": str(event_id), "x-atalaia-cache": hit.kind},
                 )
         context: list[RetrievedPassage] = []
@@ -258,19 +270,19 @@ def create_app(
             else:
                 result = await run_in_threadpool(generator.chat, messages, max_tokens, req.temperature, req.top_p, stop)
         except PromptTooLongError as exc:
-            metrics.requests.labels(settings.model_version, "rejected").inc()
+            metrics.requests.labels(version, "rejected").inc()
             raise APIError(400, str(exc), "messages", "context_length_exceeded") from None
         except ValueError as exc:
-            metrics.requests.labels(settings.model_version, "rejected").inc()
+            metrics.requests.labels(version, "rejected").inc()
             raise APIError(400, str(exc)) from None
 
         if not req.stream:
             latency_ms = (time.perf_counter() - started) * 1000.0
             if use_cache and cache is not None and key is not None:
                 cache.put(key, (result, context), embedding=vector)
-            emit_inference(req, result, latency_ms, event_id, context)
+            emit_inference(version, req, result, latency_ms, event_id, context)
             return JSONResponse(
-                _completion_body(event_id, created, result), headers={"x-atalaia-event-id": str(event_id)}
+                _completion_body(version, event_id, created, result), headers={"x-atalaia-event-id": str(event_id)}
             )
 
         def sse() -> Iterator[str]:
@@ -279,7 +291,7 @@ def create_app(
                     "id": completion_id(event_id),
                     "object": "chat.completion.chunk",
                     "created": created,
-                    "model": settings.model_version,
+                    "model": version,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                 }
                 return f"data: {json.dumps(payload)}\n\n"
@@ -292,17 +304,17 @@ def create_app(
                 final = stream.result
             if final is not None:
                 yield chunk({}, final.finish_reason)
-                emit_inference(req, final, (time.perf_counter() - started) * 1000.0, event_id, context)
+                emit_inference(version, req, final, (time.perf_counter() - started) * 1000.0, event_id, context)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})
 
-    def _completion_body(event_id: uuid.UUID, created: int, result: ChatResult) -> dict[str, Any]:
+    def _completion_body(version: str, event_id: uuid.UUID, created: int, result: ChatResult) -> dict[str, Any]:
         return {
             "id": completion_id(event_id),
             "object": "chat.completion",
             "created": created,
-            "model": settings.model_version,
+            "model": version,
             "choices": [
                 {
                     "index": 0,
@@ -317,11 +329,62 @@ def create_app(
             },
         }
 
+    def _require_admin(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        supplied = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        token = settings.admin_token
+        # compare_digest: the time taken must not reveal how much of the token was right.
+        if not token or not hmac.compare_digest(supplied.encode(), token.encode()):
+            hint = "" if token else " (admin routes are disabled until ATALAIA_ADMIN_TOKEN is set)"
+            raise APIError(
+                401,
+                f"admin routes need Authorization: Bearer <ATALAIA_ADMIN_TOKEN>{hint}",
+                code="unauthorized",
+                kind="authentication_error",
+            )
+
+    @app.post("/admin/deploy")
+    async def admin_deploy(body: DeployRequest, request: Request) -> dict[str, Any]:
+        _require_admin(request)
+        try:
+            served = await run_in_threadpool(models.deploy, body.model_version, body.artefact_path)
+        except SwapError as exc:
+            raise APIError(400, str(exc), "artefact_path", "deploy_failed") from None
+        if producer is not None:  # the other instances follow through the models topic
+            producer.emit(
+                ModelEvent(
+                    type="deploy",
+                    model_version=served.version,
+                    artefact_path=served.path,
+                    previous_version=models.previous.version if models.previous else None,
+                    reason=body.reason or "admin deploy",
+                )
+            )
+        return {"model_version": served.version, "previous": models.previous.version if models.previous else None}
+
+    @app.post("/admin/rollback")
+    async def admin_rollback(body: RollbackRequest, request: Request) -> dict[str, Any]:
+        _require_admin(request)
+        try:
+            served = await run_in_threadpool(models.rollback, body.model_version)
+        except SwapError as exc:
+            raise APIError(409, str(exc), "model_version", "rollback_failed") from None
+        if producer is not None:
+            producer.emit(
+                ModelEvent(type="rollback", model_version=served.version, reason=body.reason or "admin rollback")
+            )
+        return {"model_version": served.version}
+
+    @app.post("/admin/cache/clear")
+    async def admin_cache_clear(request: Request) -> dict[str, Any]:
+        _require_admin(request)
+        return {"cleared": cache.clear() if cache is not None else 0}
+
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": settings.model_version, "object": "model", "created": 0, "owned_by": "atalaia"}],
+            "data": [{"id": models.active.version, "object": "model", "created": 0, "owned_by": "atalaia"}],
         }
 
     @app.post("/v1/feedback", status_code=202)
@@ -353,9 +416,10 @@ def create_app(
         body = {
             "status": "ok",
             "model": {
-                "version": settings.model_version,
-                "loaded": generator is not None,
-                "context_length": generator.context_length,
+                "version": models.active.version,
+                "loaded": models.active.generator is not None,
+                "context_length": models.active.generator.context_length,
+                "previous": models.previous.version if models.previous else None,
             },
             "kafka": {"connected": kafka_ok, "bootstrap": settings.kafka_bootstrap, "spool_depth": spool},
         }

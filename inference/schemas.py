@@ -40,3 +40,20 @@ class FeedbackRequest(BaseModel):
     corrected_answer: str | None = Field(None, max_length=20_000)
     comment: str | None = Field(None, max_length=5_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeployRequest(BaseModel):
+    """Body of ``POST /admin/deploy``: serve this model folder as this version."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_version: str = Field(min_length=1, max_length=200)
+    artefact_path: str | None = Field(None, description="model folder (safetensors + tokenizer)")
+    reason: str | None = Field(None, max_length=500)
+
+
+class RollbackRequest(BaseModel):
+    """Body of ``POST /admin/rollback``: go back to the previous version (optionally named)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_version: str | None = Field(None, max_length=200)
+    reason: str | None = Field(None, max_length=500)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from atalaia.settings import Settings
 
@@ -15,6 +16,7 @@ def serve(settings: Settings) -> None:
 
     from atalaia.models.generator import Generator
     from inference.app import create_app
+    from inference.models import ModelManager, ServedModel, follow_model_events
     from producers.sdk import EventProducer
 
     generator = Generator.load(settings.generator_path, threads=settings.torch_threads)
@@ -39,7 +41,14 @@ def serve(settings: Settings) -> None:
 
         cache = ResponseCache(settings.cache_max_entries, settings.cache_ttl_s, settings.cache_semantic_threshold)
     producer = EventProducer(settings, client_id=f"inference-{settings.inference_port}")
-    app = create_app(settings, generator, producer, retriever=retriever, cache=cache, embedder=embedder)
+    models = ModelManager(
+        ServedModel(settings.model_version, generator, str(settings.generator_path)),
+        loader=lambda path: Generator.load(path, threads=settings.torch_threads),
+    )
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_model_events, args=(models, settings, stop), name="models", daemon=True)
+    follower.start()
+    app = create_app(settings, generator, producer, retriever=retriever, cache=cache, embedder=embedder, models=models)
     log.info(
         "inference service starting",
         extra={
@@ -53,5 +62,6 @@ def serve(settings: Settings) -> None:
             app, host=settings.inference_host, port=settings.inference_port, log_level="warning", access_log=False
         )
     finally:
+        stop.set()
         producer.close(timeout=30)
         log.info("inference service stopped", extra={"spooled_left": producer.spool_depth})
