@@ -240,18 +240,21 @@ def create_app(
         key = KeyParts.from_request(version, messages, params) if cache is not None else None
         use_cache = cache is not None and not req.stream and cacheable(params)
         vector = None
-        if embedder is not None and (retriever is not None or use_cache):
+        hit = cache.get(key) if use_cache and cache is not None and key is not None else None
+        # An exact hit needs no embedding; otherwise the question is embedded once, for the
+        # semantic lookup and for retrieval.
+        if hit is None and embedder is not None and (retriever is not None or use_cache):
             vector = (await run_in_threadpool(embedder.encode, [question]))[0]
-        if use_cache and cache is not None and key is not None:
-            hit = cache.get(key, embedding=vector)
-            if hit is not None:
-                cached_result, cached_context = hit.value
-                latency_ms = (time.perf_counter() - started) * 1000.0
-                emit_inference(version, req, cached_result, latency_ms, event_id, cached_context, hit.kind)
-                return JSONResponse(
-                    _completion_body(version, event_id, created, cached_result),
-                    headers={"x-atalaia-event-id": str(event_id), "x-atalaia-cache": hit.kind},
-                )
+            if use_cache and cache is not None and key is not None:
+                hit = cache.get(key, embedding=vector)
+        if hit is not None:
+            cached_result, cached_context = hit.value
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            emit_inference(version, req, cached_result, latency_ms, event_id, cached_context, hit.kind)
+            return JSONResponse(
+                _completion_body(version, event_id, created, cached_result),
+                headers={"x-atalaia-event-id": str(event_id), "x-atalaia-cache": hit.kind},
+            )
         context: list[RetrievedPassage] = []
         if retriever is not None:
             found = await run_in_threadpool(

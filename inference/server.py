@@ -4,10 +4,33 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from atalaia.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def initial_model(settings: Settings) -> tuple[str, Path]:
+    """The version to serve at start: the registry's active one when it has a loadable folder,
+    else ``ATALAIA_MODEL_VERSION`` from ``ATALAIA_GENERATOR_MODEL``."""
+    from atalaia.storage.db import get_engine, has_schema
+    from atalaia.storage.repository import active_model_version
+
+    try:
+        row = active_model_version(get_engine(settings.database_url)) if has_schema(settings.database_url) else None
+    except Exception as exc:  # noqa: BLE001 - the registry is optional for serving; say so and go on
+        log.warning("model registry unreachable; serving the configured model", extra={"error": str(exc)})
+        row = None
+    if row is not None:
+        path = Path(row["artefact_path"] or "")
+        if row["artefact_path"] and path.is_dir():
+            return str(row["version"]), path
+        log.error(
+            "active model version has no loadable folder; serving the configured model",
+            extra={"version": row["version"], "artefact_path": row["artefact_path"]},
+        )
+    return settings.model_version, settings.generator_path
 
 
 def serve(settings: Settings) -> None:
@@ -19,7 +42,8 @@ def serve(settings: Settings) -> None:
     from inference.models import ModelManager, ServedModel, follow_model_events
     from producers.sdk import EventProducer
 
-    generator = Generator.load(settings.generator_path, threads=settings.torch_threads)
+    version, path = initial_model(settings)
+    generator = Generator.load(path, threads=settings.torch_threads)
     embedder = retriever = cache = None
     if settings.rag_enabled or settings.cache_enabled:
         from atalaia.metrics.embedding import Embedder
@@ -42,7 +66,7 @@ def serve(settings: Settings) -> None:
         cache = ResponseCache(settings.cache_max_entries, settings.cache_ttl_s, settings.cache_semantic_threshold)
     producer = EventProducer(settings, client_id=f"inference-{settings.inference_port}")
     models = ModelManager(
-        ServedModel(settings.model_version, generator, str(settings.generator_path)),
+        ServedModel(version, generator, str(path)),
         loader=lambda path: Generator.load(path, threads=settings.torch_threads),
     )
     stop = threading.Event()

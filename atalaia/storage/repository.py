@@ -150,3 +150,16 @@ def recent_alerts(
         query = query.where(t.alerts.c.rule == rule)
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def active_model_version(engine: Engine) -> dict[str, Any] | None:
+    """The most recently activated row of ``model_versions`` with status ``active``, if any."""
+    query = (
+        select(t.model_versions)
+        .where(t.model_versions.c.status == "active")
+        .order_by(t.model_versions.c.activated_at.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    return dict(row) if row is not None else None
