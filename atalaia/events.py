@@ -147,6 +147,28 @@ class MetricEvent(_Event):
         """Deterministic id, so a recomputed metric is recognisably the same event."""
         return uuid.uuid5(source_event_id, name)
 
+    @classmethod
+    def of(
+        cls,
+        event: InferenceEvent,
+        name: str,
+        value: float | None = None,
+        error: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> MetricEvent:
+        """The metric ``name`` of an inference event, with its deterministic id."""
+        return cls(
+            event_id=cls.id_for(event.event_id, name),
+            source_event_id=event.event_id,
+            source_ts=event.ts,
+            service=event.service,
+            model_version=event.model_version,
+            name=name,
+            value=value,
+            error=error,
+            labels=labels or {},
+        )
+
 
 class AlertEvent(_Event):
     """A transition of an alert's lifecycle (pending → firing → resolved)."""

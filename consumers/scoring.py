@@ -76,19 +76,7 @@ class _Collector:
     ) -> None:
         if value is not None and not np.isfinite(value):
             value, error = None, error or f"non-finite value {value}"
-        self.out.append(
-            MetricEvent(
-                event_id=MetricEvent.id_for(event.event_id, name),
-                source_event_id=event.event_id,
-                source_ts=event.ts,
-                service=event.service,
-                model_version=event.model_version,
-                name=name,
-                value=value,
-                error=error,
-                labels=labels or {},
-            )
-        )
+        self.out.append(MetricEvent.of(event, name, value, error, labels))
 
     def guard(self, events: Sequence[InferenceEvent], names: Sequence[str], fn: Callable[[], None]) -> None:
         """Run a whole-batch computation; if it fails, every event gets an error row per name."""

@@ -51,16 +51,5 @@ def metric_events(
     errors = errors or {}
     out = []
     for name in list(values) + [n for n in errors if n not in values]:
-        out.append(
-            MetricEvent(
-                event_id=MetricEvent.id_for(event.event_id, name),
-                source_event_id=event.event_id,
-                source_ts=event.ts,
-                service=event.service,
-                model_version=event.model_version,
-                name=name,
-                value=values.get(name),
-                error=errors.get(name),
-            )
-        )
+        out.append(MetricEvent.of(event, name, values.get(name), errors.get(name)))
     return out
