@@ -252,7 +252,7 @@ def create_app(
             latency_ms = (time.perf_counter() - started) * 1000.0
             emit_inference(version, req, cached_result, latency_ms, event_id, cached_context, hit.kind)
             return JSONResponse(
-                _completion_body(version, event_id, created, cached_result),
+                _completion_body(version, event_id, created, cached_result, cached_context),
                 headers={"x-atalaia-event-id": str(event_id), "x-atalaia-cache": hit.kind},
             )
         context: list[RetrievedPassage] = []
@@ -285,7 +285,8 @@ def create_app(
                 cache.put(key, (result, context), embedding=vector)
             emit_inference(version, req, result, latency_ms, event_id, context)
             return JSONResponse(
-                _completion_body(version, event_id, created, result), headers={"x-atalaia-event-id": str(event_id)}
+                _completion_body(version, event_id, created, result, context),
+                headers={"x-atalaia-event-id": str(event_id)},
             )
 
         def sse() -> Iterator[str]:
@@ -312,8 +313,10 @@ def create_app(
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})
 
-    def _completion_body(version: str, event_id: uuid.UUID, created: int, result: ChatResult) -> dict[str, Any]:
-        return {
+    def _completion_body(
+        version: str, event_id: uuid.UUID, created: int, result: ChatResult, context: list[RetrievedPassage]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "id": completion_id(event_id),
             "object": "chat.completion",
             "created": created,
@@ -331,6 +334,10 @@ def create_app(
                 "total_tokens": result.total_tokens,
             },
         }
+        if context:
+            # The sources of a RAG answer; OpenAI clients ignore fields they do not know.
+            body["citations"] = [{"id": p.id, "score": p.score} for p in context]
+        return body
 
     def _require_admin(request: Request) -> None:
         header = request.headers.get("authorization", "")

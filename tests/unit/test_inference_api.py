@@ -223,6 +223,7 @@ def test_rag_passages_go_into_the_prompt_and_the_event(tmp_path: Path) -> None:
     event = producer.events[0]
     assert isinstance(event, InferenceEvent) and [p.id for p in event.context] == ["annual-leave#1", "annual-leave#2"]
     assert not event.cache_hit
+    assert [c["id"] for c in first.json()["citations"]] == ["annual-leave#1", "annual-leave#2"]
 
     # The same question again: served from the cache, marked in the response, the event and /metrics.
     again = client.post("/v1/chat/completions", json=body)
