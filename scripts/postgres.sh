@@ -35,7 +35,15 @@ case "$cmd" in
       echo "max_connections = 200" | $SUDO tee -a "$conf" >/dev/null
     fi
     status=$($SUDO pg_lsclusters -h | awk -v v="$VER" -v c="$CLUSTER" '$1==v && $2==c {print $4}')
-    [ "$status" = "online" ] || $SUDO pg_ctlcluster "$VER" "$CLUSTER" start
+    if [ "$status" != "online" ]; then
+      # A server killed moments ago can leave its socket lock behind until the old process is
+      # reaped; retry for a few seconds before giving up.
+      for attempt in $(seq 1 10); do
+        $SUDO pg_ctlcluster "$VER" "$CLUSTER" start && break
+        [ "$attempt" = 10 ] && { echo "error: PostgreSQL cluster $CLUSTER did not start; see /var/log/postgresql/postgresql-$VER-$CLUSTER.log" >&2; exit 1; }
+        sleep 1
+      done
+    fi
     for _ in $(seq 1 30); do
       "${AS_PG[@]}" psql -p "$PORT" -qAtc "select 1" >/dev/null 2>&1 && break
       sleep 0.5
