@@ -5,16 +5,12 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from atalaia.metrics.stats import percentile
+
 
 def pct(values: Sequence[float], q: float) -> float:
     """Percentile ``q`` (0-100) of ``values`` with linear interpolation."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return percentile(values, q)
 
 
 def summary(values: Sequence[float]) -> str:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, delete, func, select
 
 from atalaia.events import utcnow
+from atalaia.metrics.stats import percentile
 from atalaia.storage import tables as t
 from atalaia.storage.repository import as_utc, insert_ignoring_duplicates
 
@@ -19,13 +20,6 @@ from atalaia.storage.repository import as_utc, insert_ignoring_duplicates
 GRACE_S = 5.0
 #: Closed windows recomputed on every pass, to include rows that arrived late.
 RECOMPUTE = 2
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def window_start(ts: datetime, window_s: int) -> datetime:
@@ -72,9 +66,9 @@ def materialize(conn: Connection, window_s: int = 60, now: datetime | None = Non
                 "count": len(present),
                 "errors": len(values) - len(present),
                 "mean": sum(present) / len(present) if present else None,
-                "p50": _percentile(present, 50) if present else None,
-                "p95": _percentile(present, 95) if present else None,
-                "p99": _percentile(present, 99) if present else None,
+                "p50": percentile(present, 50) if present else None,
+                "p95": percentile(present, 95) if present else None,
+                "p99": percentile(present, 99) if present else None,
                 "updated_at": stamp,
             }
         )

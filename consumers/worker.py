@@ -100,7 +100,7 @@ def correction_metrics(conn: Any, feedback: Sequence[FeedbackEvent], text: Any) 
     return out
 
 
-async def retry_forever(what: str, fn: Callable[[], Any], app: faust.App) -> Any:
+async def retry_forever(what: str, fn: Callable[[], Any]) -> Any:
     """Run blocking ``fn`` in a thread until it succeeds, backing off exponentially.
 
     Offsets of the batch are acked only after this returns, so an outage delays but never loses.
@@ -203,7 +203,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
                         )
                     return new[0], new[1], extra
 
-            new_events, new_metrics, extra = await retry_forever("inference batch", write, app)
+            new_events, new_metrics, extra = await retry_forever("inference batch", write)
             # Publish after the commit: a metric on the topic always has its row in the table.
             for m in [*scored.metrics, *extra]:
                 await metrics_topic.send(key=str(m.source_event_id).encode(), value=m.to_json())
@@ -226,7 +226,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
                     )
                     return metrics
 
-            metrics = await retry_forever("feedback batch", write_feedback, app)
+            metrics = await retry_forever("feedback batch", write_feedback)
             for m in metrics:
                 await metrics_topic.send(key=str(m.source_event_id).encode(), value=m.to_json())
 
