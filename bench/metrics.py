@@ -2,9 +2,9 @@
 
 Scores synthetic inference events (regulations-style questions of ~15 tokens, answers of 40-60
 words (~55-80 tokens), a paraphrased reference and two retrieved passages each) with
-:class:`consumers.scoring.BatchScorer`, one group at a time and then all together, and reports events/s (median of ``--repeats`` runs). Also the time of
-one drift test on 1,000 × 384 windows and the peak memory (VmHWM) of the process with every model
-loaded. Usage::
+:class:`consumers.scoring.BatchScorer`, one group at a time and then all together, and reports
+events/s (median of ``--repeats`` runs). Also the time of one drift test on 1,000 × 384 windows
+and the peak memory (VmHWM) of the process with every model loaded. Usage::
 
     .venv/bin/python bench/metrics.py [--events 400] [--repeats 3]
 """
