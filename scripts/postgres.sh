@@ -27,7 +27,7 @@ fi
 case "$cmd" in
   start)
     if ! $SUDO pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$VER $CLUSTER"; then
-      $SUDO pg_createcluster "$VER" "$CLUSTER" -p "$PORT" -- --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+      $SUDO pg_createcluster "$VER" "$CLUSTER" -p "$PORT" -- --auth-local=peer --auth-host=scram-sha-256 >&2
       conf=/etc/postgresql/$VER/$CLUSTER/postgresql.conf
       $SUDO sed -i "s/^#\?listen_addresses.*/listen_addresses = '127.0.0.1'/" "$conf"
       echo "fsync = off" | $SUDO tee -a "$conf" >/dev/null   # test data only: speed over durability
@@ -39,7 +39,7 @@ case "$cmd" in
       # A server killed moments ago can leave its socket lock behind until the old process is
       # reaped; retry for a few seconds before giving up.
       for attempt in $(seq 1 10); do
-        $SUDO pg_ctlcluster "$VER" "$CLUSTER" start && break
+        $SUDO pg_ctlcluster "$VER" "$CLUSTER" start >&2 && break
         [ "$attempt" = 10 ] && { echo "error: PostgreSQL cluster $CLUSTER did not start; see /var/log/postgresql/postgresql-$VER-$CLUSTER.log" >&2; exit 1; }
         sleep 1
       done
@@ -56,7 +56,8 @@ DO \$\$ BEGIN
 END \$\$;
 SQL
     "${AS_PG[@]}" psql -p "$PORT" -qAtc "SELECT 1 FROM pg_database WHERE datname='${DB}'" | grep -q 1 \
-      || "${AS_PG[@]}" createdb -p "$PORT" -O "$USER_NAME" "$DB"
+      || "${AS_PG[@]}" createdb -p "$PORT" -O "$USER_NAME" "$DB" >&2
+    # The URL is the only thing on stdout: callers capture it (scripts/test.sh).
     echo "$URL"
     ;;
   stop)

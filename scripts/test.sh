@@ -9,7 +9,9 @@ export ATALAIA_HOME=${ATALAIA_HOME:-$PWD/.atalaia}
 
 ./scripts/system-deps.sh test
 ./scripts/wordnet.sh
-ATALAIA_TEST_DATABASE_URL=$(./scripts/postgres.sh start)
+# Start output (pg_ctl's "Removed stale pid file." and the like) goes to the log, not into the URL.
+./scripts/postgres.sh start >/dev/null
+ATALAIA_TEST_DATABASE_URL=$(./scripts/postgres.sh url)
 export ATALAIA_TEST_DATABASE_URL
 export ATALAIA_REQUIRE_SERVICES=1
 
