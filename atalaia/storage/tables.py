@@ -181,3 +181,56 @@ metric_windows = Table(
     Column("p99", Float, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# Silences mute notifications (not evaluation) for alerts whose labels match every matcher.
+silences = Table(
+    "silences",
+    metadata,
+    Column("silence_id", String(UUID_LEN), primary_key=True),
+    Column("matchers", JSON, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("ends_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expired_at", DateTime(timezone=True), nullable=True),
+)
+
+# One row per (alert transition, receiver): a failing receiver leaves the row pending and it is
+# retried with backoff, so an alert is never lost because a receiver was down.
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("alert_event_id", String(UUID_LEN), nullable=False),
+    Column("receiver", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("alert_event_id", "receiver"),
+    Index("ix_alert_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+alert_acks = Table(
+    "alert_acks",
+    metadata,
+    Column("alert_id", String(UUID_LEN), primary_key=True),
+    Column("acked_by", String(200), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+)
+
+# A named lock row: one retraining run at a time across processes. A holder that stops
+# heartbeating (crashed) is considered stale and its lock is taken over.
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("run_id", String(UUID_LEN), nullable=True),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+)

@@ -18,7 +18,7 @@ from atalaia.storage.db import current_revision, upgrade
 
 pytestmark = pytest.mark.integration
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
