@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Atalaia needs, from Debian, when they are missing.
 #   scripts/system-deps.sh demo   -> Java 17+ and Maven (for the local Kafka broker)
-#   scripts/system-deps.sh test   -> the same plus PostgreSQL and kcat
+#   scripts/system-deps.sh test   -> the same plus PostgreSQL, kcat and Prometheus Alertmanager
 # Idempotent: installs nothing when everything is there.
 set -euo pipefail
 what=${1:-demo}
@@ -19,6 +19,7 @@ if [ "$what" = "test" ]; then
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
   command -v pg_createcluster >/dev/null 2>&1 || missing+=(postgresql-common)
   command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+  command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
