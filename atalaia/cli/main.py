@@ -32,6 +32,7 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(schema_app, name="schema")
+app.add_typer(__import__("atalaia.cli.deadletter", fromlist=["app"]).app, name="deadletter")
 
 
 def _settings() -> Settings:
