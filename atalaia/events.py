@@ -266,8 +266,8 @@ def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
     if not isinstance(data, dict):
         raise EventError(f"event must be a JSON object, got {type(data).__name__}")
     kind = data.get("type")
-    if kind not in EVENT_TYPES:
-        raise EventError(f"unknown or missing event type {kind!r}; expected one of {sorted(EVENT_TYPES)}", "type")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:  # a list or object is unhashable
+        raise EventError(f"unknown or missing event type {kind!r:.80}; expected one of {sorted(EVENT_TYPES)}", "type")
     for envelope_field in ENVELOPE_FIELDS:
         # Defaults exist for building events in code; on the wire the envelope must be explicit.
         if envelope_field not in data:
