@@ -1,0 +1,174 @@
+"""Canary check after a deploy: live metrics of the new version vs its parent's baseline.
+
+The comparison (:func:`compare`) is pure; :func:`check_canary` reads the ``metrics`` table and
+:func:`settle_canary` acts on the verdict: a regression publishes ``rollback`` on the models topic
+and marks the version ``rolled_back`` in the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Engine, select
+
+from atalaia.events import ModelEvent, utcnow
+from atalaia.metrics.stats import percentile
+from atalaia.settings import Settings
+from atalaia.storage import tables as t
+from atalaia.storage.db import get_engine
+from atalaia.storage.repository import as_utc
+from retrain import registry
+from retrain.publish import publish_model_event
+
+log = logging.getLogger(__name__)
+
+#: Metrics the canary compares, and which direction is better.
+HIGHER_IS_BETTER = ("rougeL", "similarity_reference")
+LOWER_IS_BETTER_ABS = ("toxicity_response",)
+LATENCY = "latency_ms"
+CANARY_METRICS = (*HIGHER_IS_BETTER, *LOWER_IS_BETTER_ABS, LATENCY)
+
+
+@dataclass
+class CanaryVerdict:
+    """``rollback`` (regression), ``pass`` (no regression, or the window ran out) or ``wait``."""
+
+    decision: Literal["pass", "rollback", "wait"]
+    reasons: list[str] = field(default_factory=list)
+    live: dict[str, float] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def compare(
+    live: dict[str, list[float]],
+    baseline: dict[str, list[float]],
+    *,
+    min_events: int,
+    max_drop: float,
+    max_latency_ratio: float,
+    max_toxicity_increase: float,
+    window_over: bool = False,
+) -> CanaryVerdict:
+    """Decide from live and baseline samples per metric.
+
+    A quality metric regresses when its live mean falls more than ``max_drop`` (relative) below
+    the baseline mean; toxicity when its mean rises more than ``max_toxicity_increase``
+    (absolute); latency when the live p95 exceeds ``max_latency_ratio`` × the baseline p95.
+    A metric is judged once both sides have ``min_events`` samples; until every available metric
+    is judged the verdict is ``wait`` — or ``pass`` when ``window_over``.
+
+    Examples
+    --------
+    >>> base = {"rougeL": [0.4] * 50, "latency_ms": [100.0] * 50}
+    >>> compare({"rougeL": [0.2] * 50, "latency_ms": [100.0] * 50}, base, min_events=30,
+    ...         max_drop=0.1, max_latency_ratio=1.5, max_toxicity_increase=0.05).decision
+    'rollback'
+    >>> compare({"rougeL": [0.41] * 50, "latency_ms": [110.0] * 50}, base, min_events=30,
+    ...         max_drop=0.1, max_latency_ratio=1.5, max_toxicity_increase=0.05).decision
+    'pass'
+    >>> compare({"rougeL": [0.41] * 5}, base, min_events=30, max_drop=0.1,
+    ...         max_latency_ratio=1.5, max_toxicity_increase=0.05).decision
+    'wait'
+    """
+    verdict = CanaryVerdict("pass")
+    pending = []
+    for name in CANARY_METRICS:
+        live_v, base_v = live.get(name, []), baseline.get(name, [])
+        if len(base_v) < min_events:
+            continue  # no baseline for this metric: it cannot regress against nothing
+        if len(live_v) < min_events:
+            pending.append(name)
+            continue
+        if name == LATENCY:
+            lv, bv = percentile(live_v, 95), percentile(base_v, 95)
+            verdict.live[f"{name}_p95"], verdict.baseline[f"{name}_p95"] = lv, bv
+            if bv > 0 and lv > max_latency_ratio * bv:
+                verdict.reasons.append(f"latency p95 {lv:.0f} ms > {max_latency_ratio:g} x baseline {bv:.0f} ms")
+            continue
+        lv, bv = _mean(live_v), _mean(base_v)
+        verdict.live[name], verdict.baseline[name] = lv, bv
+        if name in HIGHER_IS_BETTER and lv < bv * (1 - max_drop):
+            verdict.reasons.append(f"{name} mean {lv:.3f} fell more than {100 * max_drop:.0f}% below baseline {bv:.3f}")
+        if name in LOWER_IS_BETTER_ABS and lv > bv + max_toxicity_increase:
+            verdict.reasons.append(
+                f"{name} mean {lv:.3f} rose more than {max_toxicity_increase:g} above baseline {bv:.3f}"
+            )
+    if verdict.reasons:
+        verdict.decision = "rollback"
+    elif pending and not window_over:
+        verdict.decision = "wait"
+        verdict.reasons.append(f"waiting for {min_events} live samples of {', '.join(pending)}")
+    elif pending:
+        verdict.reasons.append(f"canary window over with too little traffic for {', '.join(pending)}; kept")
+    return verdict
+
+
+def _samples(
+    engine: Engine, version: str, *, after: Any = None, before: Any = None, limit: int
+) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    with engine.connect() as conn:
+        for name in CANARY_METRICS:
+            query = select(t.metrics.c.value).where(
+                t.metrics.c.model_version == version, t.metrics.c.name == name, t.metrics.c.value.is_not(None)
+            )
+            if after is not None:
+                query = query.where(t.metrics.c.ts >= after).order_by(t.metrics.c.ts.asc())
+            if before is not None:
+                query = query.where(t.metrics.c.ts < before).order_by(t.metrics.c.ts.desc())
+            out[name] = [float(r[0]) for r in conn.execute(query.limit(limit))]
+    return out
+
+
+def check_canary(engine: Engine, settings: Settings, version: str) -> CanaryVerdict:
+    """Compare ``version``'s live metrics since activation with its parent's before it."""
+    row = registry.get_version(engine, version)
+    if row is None or row["status"] != "active" or not row["parent"] or row["activated_at"] is None:
+        return CanaryVerdict("pass", [f"{version} is not an active fine-tuned version; nothing to check"])
+    activated = as_utc(row["activated_at"])
+    live = _samples(engine, version, after=activated, limit=settings.canary_baseline_events)
+    baseline = _samples(engine, row["parent"], before=activated, limit=settings.canary_baseline_events)
+    over = (utcnow() - activated).total_seconds() >= settings.canary_window_s
+    return compare(
+        live,
+        baseline,
+        min_events=settings.canary_min_events,
+        max_drop=settings.canary_max_drop,
+        max_latency_ratio=settings.canary_max_latency_ratio,
+        max_toxicity_increase=settings.canary_max_toxicity_increase,
+        window_over=over,
+    )
+
+
+def settle_canary(settings: Settings, version: str, engine: Engine | None = None) -> CanaryVerdict:
+    """Check once and act: roll back on regression, record a pass; ``wait`` does nothing."""
+    engine = engine or get_engine(settings.database_url)
+    verdict = check_canary(engine, settings, version)
+    if verdict.decision == "wait":
+        return verdict
+    row = registry.get_version(engine, version)
+    summary = {
+        "decision": verdict.decision,
+        "reasons": verdict.reasons,
+        "live": verdict.live,
+        "baseline": verdict.baseline,
+    }
+    if verdict.decision == "rollback" and row is not None and row["parent"]:
+        reason = "canary regression: " + "; ".join(verdict.reasons)
+        publish_model_event(
+            settings, ModelEvent(type="rollback", model_version=row["parent"], previous_version=version, reason=reason)
+        )
+        registry.roll_back(engine, version, row["parent"], reason)
+        log.warning(
+            "canary rolled back a version", extra={"version": version, "to": row["parent"], "reasons": verdict.reasons}
+        )
+    elif verdict.decision == "pass":
+        log.info("canary passed", extra={"version": version, "reasons": verdict.reasons})
+    registry.update_metrics(engine, version, {"canary": summary})
+    return verdict

@@ -1,0 +1,90 @@
+"""Functions the scheduler runs. APScheduler's job store pickles a reference to each function
+("retrain.jobs:name") and its keyword arguments, so they take plain values and read settings
+from the environment when they run — in this process or after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+from atalaia.events import utcnow
+from atalaia.settings import load_settings
+from atalaia.storage.repository import as_utc
+
+log = logging.getLogger(__name__)
+
+RETRAIN_JOB = "retrain-now"
+PERIODIC_JOB = "retrain-periodic"
+CANARY_PREFIX = "canary:"
+
+
+def retrain_in_subprocess(trigger: str, force: bool = False) -> int:
+    """Run ``atalaia retrain --now`` in a child process and return its exit code.
+
+    A child keeps training's memory out of the long-lived scheduler, and a crash there (even
+    SIGKILL) leaves the scheduler running; the next run recovers the lock and the run record.
+    """
+    cmd = [sys.executable, "-m", "atalaia.cli.main", "retrain", "--now", "--trigger", trigger]
+    if force:
+        cmd.append("--force")
+    log.info("starting a retrain run", extra={"trigger": trigger})
+    code = subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
+    log.info("retrain run ended", extra={"trigger": trigger, "exit_code": code})
+    if code == 0:
+        schedule_canary_for_latest_deploy()
+    return code
+
+
+def periodic_retrain() -> int:
+    """The cron job: retrain when there is enough new data (the run checks cooldown and data)."""
+    return retrain_in_subprocess("schedule")
+
+
+def alert_retrain(trigger: str) -> int:
+    """The job an alert with ``action: retrain`` schedules."""
+    return retrain_in_subprocess(trigger)
+
+
+def schedule_canary_for_latest_deploy() -> None:
+    """After a deployed run, add a canary job for the new version (idempotent by job id)."""
+    from atalaia.storage.db import get_engine
+    from retrain.runs import last_run
+    from retrain.scheduler import get_running_scheduler
+
+    settings = load_settings()
+    run = last_run(get_engine(settings.database_url), ("deployed",))
+    scheduler = get_running_scheduler()
+    if run is None or not run["candidate_version"] or scheduler is None:
+        return
+    if utcnow() - as_utc(run["finished_at"]) > timedelta(seconds=settings.canary_window_s):
+        return
+    scheduler.add_job(
+        "retrain.jobs:canary_check",
+        "interval",
+        seconds=settings.canary_interval_s,
+        id=CANARY_PREFIX + run["candidate_version"],
+        replace_existing=True,
+        kwargs={"version": run["candidate_version"]},
+        coalesce=True,
+        max_instances=1,
+    )
+
+
+def canary_check(version: str) -> str:
+    """One canary look; the job removes itself once the verdict is final."""
+    from retrain.canary import settle_canary
+    from retrain.scheduler import get_running_scheduler
+
+    verdict = settle_canary(load_settings(), version)
+    if verdict.decision != "wait":
+        scheduler = get_running_scheduler()
+        if scheduler is not None:
+            try:
+                scheduler.remove_job(CANARY_PREFIX + version)
+            except Exception:  # noqa: BLE001 - already removed
+                pass
+    return verdict.decision

@@ -1,0 +1,328 @@
+"""One retraining run, start to finish: dataset → LoRA → merge + quantize → gate → register → deploy.
+
+Every step is recorded in ``retrain_runs`` as it happens. The run holds the database lock
+(:mod:`retrain.lock`) from start to finish; the first thing a run does once it holds the lock is to
+close runs a crashed process left open and delete half-written model folders, so a crash at any
+step leaves no stuck lock and no half-registered version, and the next run starts clean.
+
+The machine-learning steps live in :class:`Steps` so that tests can swap them for fakes; the
+default implementation calls :mod:`retrain.dataset`, :mod:`retrain.train`,
+:mod:`retrain.quantize` and :mod:`retrain.evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+
+from atalaia.events import ModelEvent, utcnow
+from atalaia.settings import Settings
+from atalaia.storage.db import get_engine
+from atalaia.storage.repository import as_utc
+from retrain import registry
+from retrain.lock import DbLock, LockHeld
+from retrain.publish import publish_model_event
+from retrain.runs import RunRecorder, last_run, mark_crashed_runs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended: ``deployed``, ``rejected``, ``skipped`` or ``failed``."""
+
+    run_id: str
+    status: str
+    reason: str = ""
+    candidate_version: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Steps(Protocol):
+    """The machine-learning steps of a run (real ones in :class:`ModelSteps`)."""
+
+    def count_new_data(self, engine: Engine, settings: Settings, since: Any) -> int:
+        """Feedback rows with corrected answers since ``since``."""
+        ...
+
+    def dataset(self, engine: Engine, settings: Settings, out_root: Path) -> Any:
+        """Build the versioned dataset; the result has ``content_hash`` and ``path``."""
+        ...
+
+    def train(self, base_dir: Path, dataset: Any, out_dir: Path, settings: Settings) -> Any:
+        """LoRA fine-tuning + merge; the result has ``merged_dir``."""
+        ...
+
+    def quantize(self, merged_dir: Path, out_dir: Path, settings: Settings) -> Any:
+        """Quantize the merged model into ``out_dir``; the result has ``method`` and ``path``."""
+        ...
+
+    def evaluate(self, model_dir: Path, settings: Settings) -> dict[str, float]:
+        """Holdout scores of a model folder (the gate's inputs)."""
+        ...
+
+    def reference_perplexity(self, model_dir: Path, settings: Settings) -> float:
+        """Perplexity of the holdout's reference answers under a model (the quantization check)."""
+        ...
+
+    def gate(self, candidate: dict[str, float], active: dict[str, float], settings: Settings) -> tuple[bool, list[str]]:
+        """Promote or not, with the reasons."""
+        ...
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of step results (dataclasses, paths)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    return json.loads(json.dumps(value, default=str))
+
+
+def new_version_name(settings: Settings, parent: str, run_id: str) -> str:
+    """``<family>@ft-<UTC timestamp>-<run>``, e.g. ``smollm2-135m-instruct@ft-20261129T051502-3f2a9c``."""
+    family = parent.split("@", 1)[0] or settings.generator_model
+    return f"{family}@ft-{utcnow().strftime('%Y%m%dT%H%M%S')}-{run_id[:6]}"
+
+
+def _active_scores(
+    engine: Engine, settings: Settings, steps: Steps, served: registry.ServedVersion
+) -> dict[str, float]:
+    """The active version's holdout scores, computed once per evaluation setting and cached in the registry."""
+    key = f"holdout:{settings.retrain_eval_limit}:{'rag' if settings.retrain_eval_rag else 'norag'}"
+    cached = served.metrics.get(key)
+    if isinstance(cached, dict) and cached:
+        return {k: float(v) for k, v in cached.items()}
+    scores = steps.evaluate(served.path, settings)
+    registry.update_metrics(engine, served.version, {key: scores})
+    return scores
+
+
+def run_retrain(
+    settings: Settings,
+    *,
+    trigger: str,
+    force: bool = False,
+    steps: Steps | None = None,
+    engine: Engine | None = None,
+) -> RunOutcome:
+    """Run one retraining attempt and record it; never raises for an expected outcome.
+
+    Parameters
+    ----------
+    settings
+        Project settings (database, models folder, retrain and gate settings).
+    trigger
+        Why it runs: ``manual``, ``schedule`` or ``alert:<rule>``; stored with the run.
+    force
+        Ignore the cooldown and the minimum-new-data checks (``atalaia retrain --now --force``).
+    steps
+        The machine-learning steps; the real ones by default.
+    """
+    engine = engine or get_engine(settings.database_url)
+    steps = steps or ModelSteps()
+    recorder = RunRecorder(engine, trigger)
+    lock = DbLock(
+        engine,
+        run_id=recorder.run_id,
+        stale_after_s=settings.retrain_lock_stale_s,
+        heartbeat_s=max(1.0, settings.retrain_lock_stale_s / 6),
+    )
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        log.info("retrain skipped: another run holds the lock", extra={"holder": exc.holder})
+        return RunOutcome(recorder.run_id, "skipped", f"another run is in progress ({exc})")
+    try:
+        recorder.start()
+        crashed = mark_crashed_runs(engine, recorder.run_id)
+        assert settings.models_dir is not None
+        partial = registry.remove_partial_folders(settings.models_dir)
+        if crashed or partial:
+            recorder.metrics["recovered"] = {"crashed_runs": crashed, "removed_folders": [str(p) for p in partial]}
+        return _run(settings, engine, steps, recorder, force)
+    except BaseException as exc:  # a failure of ours is recorded; KeyboardInterrupt too, then re-raised
+        recorder.fail(exc)
+        if not isinstance(exc, Exception):
+            raise
+        log.exception("retrain run failed", extra={"run_id": recorder.run_id})
+        return RunOutcome(recorder.run_id, "failed", f"{type(exc).__name__}: {exc}")
+    finally:
+        lock.release()
+
+
+def _skip(recorder: RunRecorder, reason: str) -> RunOutcome:
+    recorder.metrics["skip_reason"] = reason
+    recorder.finish("skipped", error=None)
+    return RunOutcome(recorder.run_id, "skipped", reason)
+
+
+def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder, force: bool) -> RunOutcome:
+    assert settings.models_dir is not None
+    work = settings.home / "retrain" / recorder.run_id
+    served = registry.ensure_base_registered(engine, settings)
+
+    if not force:
+        finished = last_run(engine, ("deployed", "rejected", "failed"))
+        if finished is not None and finished["finished_at"] is not None:
+            wait = as_utc(finished["finished_at"]) + timedelta(seconds=settings.retrain_cooldown_s) - utcnow()
+            if wait.total_seconds() > 0:
+                return _skip(recorder, f"cooldown: the last run ended less than {settings.retrain_cooldown_s} s ago")
+        boundary = last_run(engine, ("deployed",))
+        new = steps.count_new_data(engine, settings, boundary["started_at"] if boundary else None)
+        recorder.metrics["new_feedback"] = new
+        if new < settings.retrain_min_feedback:
+            return _skip(
+                recorder,
+                f"not enough new data: {new} corrected answers since the last deployed run, "
+                f"ATALAIA_RETRAIN_MIN_FEEDBACK={settings.retrain_min_feedback}",
+            )
+
+    with recorder.step("dataset") as d:
+        dataset = steps.dataset(engine, settings, settings.home / "datasets")
+        d.update(_plain(dataset))
+    recorder.set(dataset_hash=dataset.content_hash)
+
+    with recorder.step("train") as d:
+        trained = steps.train(served.path, dataset, work / "train", settings)
+        d.update(_plain(trained))
+        d.pop("losses", None)  # the curve is in its file; keep the row small
+        losses = list(getattr(trained, "losses", []) or [])
+        if losses:
+            d["loss_first"], d["loss_last"] = losses[0], losses[-1]
+
+    version = new_version_name(settings, served.version, recorder.run_id)
+    final_dir = settings.models_dir / version
+    staging = settings.models_dir / f"{version}{registry.PARTIAL_SUFFIX}"
+    with recorder.step("quantize") as d:
+        quantized = steps.quantize(trained.merged_dir, staging, settings)
+        d.update(_plain(quantized))
+        d["size_bytes"] = registry.folder_size(staging)
+        d["fp32_size_bytes"] = registry.folder_size(Path(trained.merged_dir))
+    recorder.set(candidate_version=version)
+
+    with recorder.step("gate") as d:
+        active_scores = _active_scores(engine, settings, steps, served)
+        candidate_scores = steps.evaluate(staging, settings)
+        ppl_fp32 = steps.reference_perplexity(Path(trained.merged_dir), settings)
+        ppl_q = steps.reference_perplexity(staging, settings)
+        promote, reasons = steps.gate(candidate_scores, active_scores, settings)
+        ratio = ppl_q / ppl_fp32 if ppl_fp32 > 0 else float("inf")
+        if ratio > 1 + settings.quantized_ppl_tolerance:
+            promote = False
+            reasons.append(
+                f"quantized perplexity {ppl_q:.3f} is {100 * (ratio - 1):.1f}% above fp32 {ppl_fp32:.3f} "
+                f"(allowed {100 * settings.quantized_ppl_tolerance:.0f}%)"
+            )
+        d.update(
+            candidate=candidate_scores,
+            active=active_scores,
+            active_version=served.version,
+            reference_perplexity={"fp32": ppl_fp32, "quantized": ppl_q, "ratio": ratio},
+            promote=promote,
+            reasons=reasons,
+        )
+        recorder.metrics.update(candidate=candidate_scores, active=active_scores)
+
+    if not promote:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(work / "train" / "merged", ignore_errors=True)
+        recorder.metrics["reject_reasons"] = reasons
+        recorder.finish("rejected", error="; ".join(reasons))
+        return RunOutcome(recorder.run_id, "rejected", "; ".join(reasons), version, {"candidate": candidate_scores})
+
+    with recorder.step("register") as d:
+        registry.publish_folder(staging, final_dir)
+        eval_key = f"holdout:{settings.retrain_eval_limit}:{'rag' if settings.retrain_eval_rag else 'norag'}"
+        registry.register_candidate(
+            engine,
+            version=version,
+            parent=served.version,
+            path=final_dir,
+            quantization=getattr(quantized, "method", None),
+            dataset_hash=dataset.content_hash,
+            metrics={
+                eval_key: candidate_scores,
+                "parent_holdout": active_scores,
+                "run_id": recorder.run_id,
+                "loss_curve": str(getattr(trained, "loss_curve_path", "")),
+            },
+        )
+        d.update(version=version, path=str(final_dir))
+
+    with recorder.step("deploy") as d:
+        event = ModelEvent(
+            type="deploy",
+            model_version=version,
+            artefact_path=str(final_dir),
+            previous_version=served.version,
+            reason=f"retrain run {recorder.run_id} ({recorder.trigger})",
+        )
+        publish_model_event(settings, event)
+        previous = registry.activate(engine, version)
+        d.update(version=version, previous=previous, event_id=str(event.event_id))
+    # The merged fp32 copy is only needed for the gate's perplexity check.
+    shutil.rmtree(Path(trained.merged_dir), ignore_errors=True)
+    recorder.finish("deployed")
+    return RunOutcome(
+        recorder.run_id, "deployed", "", version, {"candidate": candidate_scores, "active": active_scores}
+    )
+
+
+class ModelSteps:
+    """The real steps, from :mod:`retrain.dataset`, :mod:`retrain.train`, :mod:`retrain.quantize` and
+    :mod:`retrain.evaluate`."""
+
+    def count_new_data(self, engine: Engine, settings: Settings, since: Any) -> int:
+        from retrain.dataset import count_new_feedback
+
+        return count_new_feedback(engine, since)
+
+    def dataset(self, engine: Engine, settings: Settings, out_root: Path) -> Any:
+        from retrain.dataset import build_dataset
+
+        return build_dataset(engine, settings, out_root)
+
+    def train(self, base_dir: Path, dataset: Any, out_dir: Path, settings: Settings) -> Any:
+        from retrain.train import LoraConfig, train_lora
+
+        config = LoraConfig.from_settings(settings)
+        return train_lora(base_dir, dataset, out_dir, config, progress=True)
+
+    def quantize(self, merged_dir: Path, out_dir: Path, settings: Settings) -> Any:
+        from retrain.quantize import quantize_model
+
+        return quantize_model(Path(merged_dir), out_dir, method=settings.quantization_method)
+
+    def _holdout(self, settings: Settings) -> list[Any]:
+        from retrain.evaluate import load_holdout
+
+        return load_holdout(settings)
+
+    def evaluate(self, model_dir: Path, settings: Settings) -> dict[str, float]:
+        from retrain.evaluate import evaluate_model
+
+        report = evaluate_model(
+            model_dir,
+            self._holdout(settings),
+            rag=settings.retrain_eval_rag,
+            settings=settings,
+            limit=settings.retrain_eval_limit or None,
+        )
+        return {k: float(v) for k, v in asdict(report).items() if isinstance(v, int | float)}
+
+    def reference_perplexity(self, model_dir: Path, settings: Settings) -> float:
+        from retrain.evaluate import reference_perplexity
+
+        return reference_perplexity(model_dir, self._holdout(settings), limit=settings.retrain_eval_limit or None)
+
+    def gate(self, candidate: dict[str, float], active: dict[str, float], settings: Settings) -> tuple[bool, list[str]]:
+        from retrain.evaluate import gate_scores
+
+        decision = gate_scores(candidate, active, settings)
+        return decision.promote, list(decision.reasons)

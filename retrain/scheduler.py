@@ -1,0 +1,159 @@
+"""The retraining scheduler: APScheduler 3 with its job store in the project database.
+
+Jobs — the periodic check (cron), a retrain requested by an alert, canary checks after a deploy —
+are rows in ``apscheduler_jobs``, so a restarted scheduler finds them again. An alert with
+``action: retrain`` on ``atalaia.alerts`` schedules an immediate run; the alert's offset is
+committed only once that job is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+from atalaia.events import AlertEvent, EventError, parse_event, utcnow
+from atalaia.settings import Settings
+from retrain.jobs import PERIODIC_JOB, RETRAIN_JOB
+
+log = logging.getLogger(__name__)
+
+JOBS_TABLE = "apscheduler_jobs"
+_running: Any = None
+
+
+def get_running_scheduler() -> Any:
+    """The scheduler started in this process, if any (jobs use it to add follow-up jobs)."""
+    return _running
+
+
+def build_scheduler(settings: Settings) -> Any:
+    """A BackgroundScheduler with a SQLAlchemy job store on ``ATALAIA_DATABASE_URL``."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from atalaia.storage.db import get_engine
+
+    return BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=get_engine(settings.database_url), tablename=JOBS_TABLE)},
+        executors={"default": ThreadPoolExecutor(2)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        timezone="UTC",
+    )
+
+
+def start_scheduler(settings: Settings) -> Any:
+    """Start the scheduler and (re)install the periodic job from ``ATALAIA_RETRAIN_CRON``."""
+    global _running
+    from apscheduler.triggers.cron import CronTrigger
+
+    scheduler = build_scheduler(settings)
+    scheduler.start()
+    _running = scheduler
+    if settings.retrain_cron:
+        scheduler.add_job(
+            "retrain.jobs:periodic_retrain",
+            CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC"),
+            id=PERIODIC_JOB,
+            replace_existing=True,
+        )
+    else:
+        try:
+            scheduler.remove_job(PERIODIC_JOB)
+        except Exception:  # noqa: BLE001 - not there
+            pass
+    jobs = [(job.id, str(job.next_run_time)) for job in scheduler.get_jobs()]
+    log.info("scheduler started", extra={"jobs": jobs})
+    return scheduler
+
+
+def request_retrain(scheduler: Any, trigger: str, when: datetime | None = None) -> None:
+    """Store a job that runs a retrain now, or at ``when`` (one pending request at a time)."""
+    scheduler.add_job(
+        "retrain.jobs:alert_retrain",
+        "date",
+        run_date=when or utcnow(),
+        id=RETRAIN_JOB,
+        replace_existing=True,
+        kwargs={"trigger": trigger},
+    )
+    log.info("retrain requested", extra={"trigger": trigger})
+
+
+def wants_retrain(alert: AlertEvent, max_age_s: float) -> bool:
+    """A firing alert asking for a retrain, recent enough to act on.
+
+    Examples
+    --------
+    >>> import uuid
+    >>> from atalaia.events import AlertEvent, utcnow
+    >>> a = AlertEvent(alert_id=uuid.uuid4(), fingerprint="f", rule="rouge", state="firing", severity="warning",
+    ...                labels={}, annotations={}, started_at=utcnow(), action="retrain")
+    >>> wants_retrain(a, 3600)
+    True
+    """
+    if alert.state != "firing" or alert.action != "retrain":
+        return False
+    return (utcnow() - alert.ts) <= timedelta(seconds=max_age_s)
+
+
+def follow_alerts(settings: Settings, scheduler: Any, stop: threading.Event) -> None:
+    """Turn firing ``retrain`` alerts into retrain jobs until ``stop`` is set."""
+    from kafka import KafkaConsumer
+
+    consumer = None
+    while not stop.is_set():
+        try:
+            if consumer is None:
+                # earliest + an age limit: an alert sent while the scheduler was down or joining the
+                # group is still acted on, and old history is not.
+                consumer = KafkaConsumer(
+                    settings.topic("alerts"),
+                    bootstrap_servers=settings.bootstrap_servers,
+                    group_id=settings.scheduler_group,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    session_timeout_ms=10_000,
+                    heartbeat_interval_ms=1_000,
+                    client_id="atalaia-scheduler",
+                )
+            polled = consumer.poll(timeout_ms=500)
+            for records in polled.values():
+                for record in records:
+                    try:
+                        alert = parse_event(record.value, AlertEvent)
+                    except EventError as exc:
+                        log.error("ignored a malformed alert event", extra={"reason": exc.reason})
+                        continue
+                    if wants_retrain(alert, settings.retrain_alert_max_age_s):
+                        request_retrain(scheduler, f"alert:{alert.rule}")
+            if polled:
+                consumer.commit()
+        except Exception as exc:  # noqa: BLE001 - a broker outage must not end the scheduler
+            log.warning("alerts topic unavailable; retrying", extra={"error": str(exc)})
+            if consumer is not None:
+                try:
+                    consumer.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                consumer = None
+            stop.wait(2.0)
+    if consumer is not None:
+        consumer.close()
+
+
+def run_scheduler(settings: Settings, stop: threading.Event) -> None:
+    """The ``atalaia scheduler`` service: jobs + alert follower until ``stop`` is set."""
+    global _running
+    from atalaia.storage.db import upgrade
+
+    upgrade(settings.database_url)
+    scheduler = start_scheduler(settings)
+    try:
+        follow_alerts(settings, scheduler, stop)
+    finally:
+        scheduler.shutdown(wait=False)
+        _running = None
+        log.info("scheduler stopped")
