@@ -20,6 +20,7 @@ atalaia.events.EventError: invalid inference event: field 'schema_version': Fiel
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,6 +236,20 @@ def _first_error(exc: ValidationError, kind: str) -> EventError:
     return EventError(f"invalid {kind} event: field '{loc}': {msg}{more}", field=loc or None)
 
 
+# A JSON escape of a UTF-16 surrogate. Paired ones encode an emoji and are fine; a lone one parses
+# into a string that no encoder, database or Kafka client can write, so it would block a worker.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _refuse_lone_surrogates(data: Any) -> None:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventError("message holds a lone UTF-16 surrogate (\\ud800-\\udfff): not Unicode text") from None
+    except RecursionError:
+        raise EventError("event is nested too deeply") from None
+
+
 def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
     """Parse one wire message into its event model.
 
@@ -265,6 +280,8 @@ def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
         raise EventError(f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EventError(f"event must be a JSON object, got {type(data).__name__}")
+    if _SURROGATE_ESCAPE.search(text) or not isinstance(raw, bytes):
+        _refuse_lone_surrogates(data)
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in EVENT_TYPES:  # a list or object is unhashable
         raise EventError(f"unknown or missing event type {kind!r:.80}; expected one of {sorted(EVENT_TYPES)}", "type")
