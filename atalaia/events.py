@@ -71,7 +71,10 @@ class _Event(BaseModel):
         # Naive timestamps are ambiguous across services; insist on an offset and store UTC.
         if value.tzinfo is None:
             raise ValueError("timestamp needs a UTC offset (RFC 3339), e.g. 2026-01-01T00:00:00Z")
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable UTC time
+            raise ValueError("timestamp out of range once converted to UTC") from None
 
     def to_json(self) -> bytes:
         """Serialise to compact UTF-8 JSON bytes (the wire format)."""
