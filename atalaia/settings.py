@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     worker_web_port: Annotated[int, Field(ge=1, le=65535)] = Field(
         6066, description="Port of the faust worker's web server."
     )
+    monitor_host: str = Field(
+        "127.0.0.1", description="Bind address of the monitor's web server (dashboard, alert API, /healthz)."
+    )
+    monitor_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        8090, description="Port of the monitor's web server (dashboard, alert API, /healthz)."
+    )
     service_name: str = Field("regulations-assistant", description="Service name sent with inference events.")
 
     worker_id: str = Field("atalaia-worker", description="Faust application id (consumer group) of the metric workers.")

@@ -19,6 +19,8 @@ if [ "$what" = "test" ]; then
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
   command -v pg_createcluster >/dev/null 2>&1 || missing+=(postgresql-common)
   command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+  # Headless browser for the dashboard test (driven by Playwright with this executable).
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0

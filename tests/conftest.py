@@ -90,6 +90,17 @@ def fresh_pg(pg_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's headless-capable Chromium (``scripts/system-deps.sh test`` installs it)."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        _missing("Chromium (apt-get install chromium)")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def models_dir() -> Path:
     """Folder of the prepared models."""
     assert MAIN_SETTINGS.models_dir is not None

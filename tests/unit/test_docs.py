@@ -175,6 +175,20 @@ def test_architecture_names_every_http_route() -> None:
         assert f"`{method.upper()} {path}`" in text, f"{method.upper()} {path}"
 
 
+def test_architecture_names_every_monitor_route(tmp_path: Path) -> None:
+    """Every route of the monitor's app (dashboard and the alert API it includes), from its OpenAPI."""
+    from sqlalchemy import create_engine
+
+    from monitors.web import create_app
+
+    app = create_app(load_settings(home=tmp_path), create_engine("sqlite://"))
+    routes = [(method, path) for path, ops in app.openapi()["paths"].items() for method in ops]
+    assert ("get", "/api/dashboard/series") in routes
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    for method, path in routes:
+        assert f"`{method.upper()} {path}`" in text, f"{method.upper()} {path}"
+
+
 def test_architecture_names_every_table() -> None:
     text = ARCHITECTURE.read_text(encoding="utf-8")
     for table in metadata.tables:
