@@ -20,10 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
 from atalaia.metrics.operational import Price
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
+from atalaia.rag import build_prompt
 from atalaia.settings import Settings
 from inference.cache import KeyParts, ResponseCache, cacheable
 from inference.models import ModelManager, ServedModel, SwapError
-from inference.rag import build_prompt
 from inference.schemas import ChatCompletionRequest, DeployRequest, FeedbackRequest, RollbackRequest
 from inference.telemetry import ServiceMetrics
 
@@ -102,7 +102,7 @@ def completion_id(event_id: uuid.UUID) -> str:
 
 
 class Retriever(Protocol):
-    """What the service needs from a retrieval index (:class:`inference.rag.RetrievalIndex`)."""
+    """What the service needs from a retrieval index (:class:`atalaia.rag.RetrievalIndex`)."""
 
     def search(self, query: Any, k: int = ...) -> list[tuple[Any, float]]: ...
 

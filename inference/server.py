@@ -51,7 +51,7 @@ def serve(settings: Settings) -> None:
 
         embedder = Embedder(load_embedder(settings))
     if settings.rag_enabled:
-        from inference.rag import load_or_build
+        from atalaia.rag import load_or_build
 
         assert settings.regulations_dir is not None and embedder is not None
         if not settings.regulations_dir.is_dir():

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from atalaia.events import AlertEvent, DeadLetterEvent, FeedbackEvent, InferenceEvent, MetricEvent, ModelEvent
+from atalaia.redaction import redact_event
 from atalaia.settings import Settings
-from producers.redaction import redact_event
 from producers.spool import Spool, SpooledMessage
 
 log = logging.getLogger(__name__)
