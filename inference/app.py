@@ -238,7 +238,7 @@ def create_app(
         question = next((m.content for m in reversed(req.messages) if m.role == "user"), req.messages[-1].content)
         params = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": stop}
         key = KeyParts.from_request(version, messages, params) if cache is not None else None
-        use_cache = cache is not None and not req.stream and cacheable(params)
+        use_cache = cache is not None and cacheable(params)
         vector = None
         hit = cache.get(key) if use_cache and cache is not None and key is not None else None
         # An exact hit needs no embedding; otherwise the question is embedded once, for the
@@ -249,6 +249,12 @@ def create_app(
                 hit = cache.get(key, embedding=vector)
         if hit is not None:
             cached_result, cached_context = hit.value
+            if req.stream:
+                return StreamingResponse(
+                    _cached_sse(version, req, cached_result, cached_context, hit.kind, event_id, created, started),
+                    media_type="text/event-stream",
+                    headers={"x-atalaia-event-id": str(event_id), "x-atalaia-cache": hit.kind},
+                )
             latency_ms = (time.perf_counter() - started) * 1000.0
             emit_inference(version, req, cached_result, latency_ms, event_id, cached_context, hit.kind)
             return JSONResponse(
@@ -290,28 +296,50 @@ def create_app(
             )
 
         def sse() -> Iterator[str]:
-            def chunk(delta: dict[str, str], finish: str | None) -> str:
-                payload = {
-                    "id": completion_id(event_id),
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": version,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-                return f"data: {json.dumps(payload)}\n\n"
-
             with stream:
-                yield chunk({"role": "assistant"}, None)
+                yield _sse_chunk(event_id, created, version, {"role": "assistant"}, None)
                 for piece in stream:
                     if piece:
-                        yield chunk({"content": piece}, None)
+                        yield _sse_chunk(event_id, created, version, {"content": piece}, None)
                 final = stream.result
             if final is not None:
-                yield chunk({}, final.finish_reason)
+                yield _sse_chunk(event_id, created, version, {}, final.finish_reason)
+                # A completed stream is cached like a plain answer (a client that hung up
+                # mid-stream leaves no result, and nothing half-done is cached).
+                if use_cache and cache is not None and key is not None:
+                    cache.put(key, (final, context), embedding=vector)
                 emit_inference(version, req, final, (time.perf_counter() - started) * 1000.0, event_id, context)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})
+
+    def _sse_chunk(event_id: uuid.UUID, created: int, version: str, delta: dict[str, str], finish: str | None) -> str:
+        payload = {
+            "id": completion_id(event_id),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": version,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
+    def _cached_sse(
+        version: str,
+        req: ChatCompletionRequest,
+        result: ChatResult,
+        context: list[RetrievedPassage],
+        kind: str,
+        event_id: uuid.UUID,
+        created: int,
+        started: float,
+    ) -> Iterator[str]:
+        """A cached answer replayed as a stream: the whole text in one content chunk."""
+        yield _sse_chunk(event_id, created, version, {"role": "assistant"}, None)
+        if result.text:
+            yield _sse_chunk(event_id, created, version, {"content": result.text}, None)
+        yield _sse_chunk(event_id, created, version, {}, result.finish_reason)
+        emit_inference(version, req, result, (time.perf_counter() - started) * 1000.0, event_id, context, kind)
+        yield "data: [DONE]\n\n"
 
     def _completion_body(
         version: str, event_id: uuid.UUID, created: int, result: ChatResult, context: list[RetrievedPassage]

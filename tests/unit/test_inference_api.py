@@ -245,3 +245,34 @@ def test_rag_passages_go_into_the_prompt_and_the_event(tmp_path: Path) -> None:
     assert (
         'atalaia_cache_hits_total{kind="exact"} 1.0' in text and 'atalaia_cache_hits_total{kind="semantic"} 1.0' in text
     )
+
+
+def test_streamed_answers_are_cached_and_replayed_as_streams(tmp_path: Path) -> None:
+    from inference.cache import ResponseCache
+
+    settings = Settings(home=tmp_path, max_new_tokens_limit=32)
+    generator, producer = PromptRecordingGenerator(), RecordingProducer()
+    streams: list[object] = []
+    real_stream = generator.chat_stream
+    generator.chat_stream = lambda *a, **k: streams.append(a) or real_stream(*a, **k)  # type: ignore[method-assign]
+    client = TestClient(create_app(settings, generator, producer, cache=ResponseCache(semantic_threshold=None)))
+
+    def stream_text() -> tuple[str, dict[str, str]]:
+        with client.stream("POST", "/v1/chat/completions", json=_body(settings, max_tokens=8, stream=True)) as r:
+            assert r.status_code == 200
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+            headers = dict(r.headers)
+        assert lines[-1] == "data: [DONE]"
+        chunks = [json.loads(line[6:]) for line in lines[:-1]]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks), headers
+
+    first, headers = stream_text()
+    assert first == "Thirty days." and "x-atalaia-cache" not in headers
+    again, headers = stream_text()
+    assert again == first and headers["x-atalaia-cache"] == "exact"
+    assert len(streams) == 1 and generator.calls == []  # generated once, replayed from the cache
+    plain = client.post("/v1/chat/completions", json=_body(settings, max_tokens=8))
+    assert plain.headers["x-atalaia-cache"] == "exact" and plain.json()["choices"][0]["message"]["content"] == first
+    events = [e for e in producer.events if isinstance(e, InferenceEvent)]
+    assert [e.cache_hit for e in events] == [False, True, True]
