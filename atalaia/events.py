@@ -33,6 +33,7 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 # Keep events well under Kafka's default 1 MB message limit; larger ones are refused up front.
 MAX_EVENT_BYTES = 900_000
 ENVELOPE_FIELDS = ("schema_version", "event_id", "ts")
+MAX_INT32 = 2**31 - 1
 
 
 class EventError(ValueError):
@@ -107,18 +108,20 @@ class InferenceEvent(_Event):
     """One request to and response from a production LLM service."""
 
     type: Literal["inference"] = "inference"
-    service: str = Field(min_length=1)
-    model_version: str = Field(min_length=1)
+    # Bounds are those of the columns the worker writes (a value a column refuses would be
+    # retried forever): 200-character names, 32-bit token counts, finite numbers.
+    service: str = Field(min_length=1, max_length=200)
+    model_version: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1)
     response: str
     context: list[RetrievedPassage] = Field(default_factory=list)
-    latency_ms: float = Field(ge=0)
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-    cost: float = Field(ge=0)
+    latency_ms: float = Field(ge=0, allow_inf_nan=False)
+    prompt_tokens: int = Field(ge=0, le=MAX_INT32)
+    completion_tokens: int = Field(ge=0, le=MAX_INT32)
+    cost: float = Field(ge=0, allow_inf_nan=False)
     cache_hit: bool = False
     reference: str | None = None
-    request_id: str | None = None
+    request_id: str | None = Field(default=None, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -239,18 +242,28 @@ def _first_error(exc: ValidationError, kind: str) -> EventError:
     return EventError(f"invalid {kind} event: field '{loc}': {msg}{more}", field=loc or None)
 
 
-# A JSON escape of a UTF-16 surrogate. Paired ones encode an emoji and are fine; a lone one parses
-# into a string that no encoder, database or Kafka client can write, so it would block a worker.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# A JSON escape of NUL or of a UTF-16 surrogate. Paired surrogates encode an emoji and are fine; a
+# lone one, or NUL, parses into a string that PostgreSQL (and, for surrogates, every encoder)
+# cannot store, so the event would be retried forever and block its partition.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 
 
-def _refuse_lone_surrogates(data: Any) -> None:
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise EventError("message holds a lone UTF-16 surrogate (\\ud800-\\udfff): not Unicode text") from None
-    except RecursionError:
-        raise EventError("event is nested too deeply") from None
+def _refuse_unstorable_text(data: Any) -> None:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise EventError("message holds a NUL character (\\u0000), which text columns cannot store")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EventError("message holds a lone UTF-16 surrogate (\\ud800-\\udfff): not Unicode text") from None
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
@@ -283,8 +296,8 @@ def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
         raise EventError(f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EventError(f"event must be a JSON object, got {type(data).__name__}")
-    if _SURROGATE_ESCAPE.search(text) or not isinstance(raw, bytes):
-        _refuse_lone_surrogates(data)
+    if _UNSTORABLE_ESCAPE.search(text) or not isinstance(raw, bytes):
+        _refuse_unstorable_text(data)
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in EVENT_TYPES:  # a list or object is unhashable
         raise EventError(f"unknown or missing event type {kind!r:.80}; expected one of {sorted(EVENT_TYPES)}", "type")
