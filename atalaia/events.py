@@ -248,21 +248,30 @@ def _first_error(exc: ValidationError, kind: str) -> EventError:
 _UNSTORABLE_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 
 
-def _refuse_unstorable_text(data: Any) -> None:
+def check_storable_text(data: Any, what: str = "message") -> None:
+    """Raise :class:`EventError` if any string (key or value) in ``data`` holds a NUL character
+    or a lone UTF-16 surrogate: text no database column or JSON encoder can take.
+
+    >>> check_storable_text({"a": ["fine", "\U0001f600"]})
+    >>> check_storable_text({"a": "x" + chr(0)}, "request")
+    Traceback (most recent call last):
+    ...
+    atalaia.events.EventError: request holds a NUL character (\\u0000), which text columns cannot store
+    """
     stack = [data]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                raise EventError("message holds a NUL character (\\u0000), which text columns cannot store")
+                raise EventError(f"{what} holds a NUL character (\\u0000), which text columns cannot store")
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                raise EventError("message holds a lone UTF-16 surrogate (\\ud800-\\udfff): not Unicode text") from None
+                raise EventError(f"{what} holds a lone UTF-16 surrogate (\\ud800-\\udfff): not Unicode text") from None
         elif isinstance(item, dict):
             stack.extend(item)
             stack.extend(item.values())
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             stack.extend(item)
 
 
@@ -297,7 +306,7 @@ def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
     if not isinstance(data, dict):
         raise EventError(f"event must be a JSON object, got {type(data).__name__}")
     if _UNSTORABLE_ESCAPE.search(text) or not isinstance(raw, bytes):
-        _refuse_unstorable_text(data)
+        check_storable_text(data)
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in EVENT_TYPES:  # a list or object is unhashable
         raise EventError(f"unknown or missing event type {kind!r:.80}; expected one of {sorted(EVENT_TYPES)}", "type")

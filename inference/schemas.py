@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from atalaia.events import EventError, check_storable_text
+
+
+class _Request(BaseModel):
+    """A request body whose text can travel in an event: JSON may escape a NUL (``\\u0000``) or
+    a lone surrogate (``\\ud800``), which no event, spool or database can hold; refused as a 400
+    here instead of failing with a 500 when the request's event is written."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        try:
+            check_storable_text(data, "request")
+        except EventError as exc:
+            raise ValueError(exc.reason) from None
+        return data
 
 
 class Message(BaseModel):
@@ -15,7 +32,7 @@ class Message(BaseModel):
     content: str
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(_Request):
     """Body of ``POST /v1/chat/completions``; unknown OpenAI fields are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -27,11 +44,11 @@ class ChatCompletionRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stream: bool = False
     stop: str | list[str] | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=200)  # the event's request_id (a 200-character column)
     metadata: dict[str, Any] | None = None
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(_Request):
     """Body of ``POST /v1/feedback``: a judgement of an earlier completion."""
 
     model_config = ConfigDict(extra="forbid")
@@ -42,7 +59,7 @@ class FeedbackRequest(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class DeployRequest(BaseModel):
+class DeployRequest(_Request):
     """Body of ``POST /admin/deploy``: serve this model folder as this version."""
 
     model_config = ConfigDict(extra="forbid")
@@ -51,7 +68,7 @@ class DeployRequest(BaseModel):
     reason: str | None = Field(None, max_length=500)
 
 
-class RollbackRequest(BaseModel):
+class RollbackRequest(_Request):
     """Body of ``POST /admin/rollback``: go back to the previous version (optionally named)."""
 
     model_config = ConfigDict(extra="forbid")
