@@ -29,16 +29,20 @@ def dead_letter_for(
     field: str | None = None,
     consumer: str | None = None,
 ) -> DeadLetterEvent:
-    """A dead-letter event carrying the original bytes (text when UTF-8, else base64).
+    """A dead-letter event carrying the original bytes (text when UTF-8 without NUL, else base64).
 
     >>> dl = dead_letter_for(b"\\xff\\x00", "not UTF-8", "atalaia.inference", 0, 7)
     >>> dl.original_encoding, dl.original
     ('base64', '/wA=')
+    >>> dead_letter_for(b'{"a": "x\\u0000"}', "NUL", "t").original_encoding  # an escape is text
+    'utf-8'
     """
     raw = raw or b""
     try:
         original, encoding = raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
+        original, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    if "\x00" in original:  # valid UTF-8, but events refuse NUL (no text column stores it)
         original, encoding = base64.b64encode(raw).decode("ascii"), "base64"
     return DeadLetterEvent(
         reason=reason,

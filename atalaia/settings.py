@@ -82,6 +82,26 @@ class Settings(BaseSettings):
     rules_file: Path | None = Field(
         None, description="YAML file of alert rules; empty uses the built-in default rules."
     )
+    # -- alert routing (monitors/routing): empty URL = receiver off --
+    alert_renotify_s: Annotated[float, Field(ge=0)] = Field(
+        3600.0, description="Seconds between re-notifications of a firing alert (a rule's renotify overrides; 0: never)."
+    )
+    alertmanager_url: str = Field("", description="Prometheus Alertmanager base URL (POST /api/v2/alerts); empty: off.")
+    alertmanager_resend_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="Seconds between re-posts of a firing alert to Alertmanager (its endsAt is 4 times this ahead)."
+    )
+    webhook_url: str = Field("", description="URL that receives alert transitions as signed JSON; empty: off.")
+    webhook_secret: str = Field("", description="HMAC-SHA256 key of the webhook signature (required with the URL).")
+    slack_webhook_url: str = Field("", description="Slack-compatible incoming-webhook URL for alerts; empty: off.")
+    alert_retry_initial_s: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="First retry delay of a failed alert delivery; doubles per attempt."
+    )
+    alert_retry_max_s: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="Longest delay between two attempts of a failed alert delivery (retried forever)."
+    )
+    alert_delivery_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="HTTP timeout of one alert delivery attempt."
+    )
     price_per_1k_prompt_tokens: Annotated[float, Field(ge=0)] = Field(
         0.0005, description="Price (USD) per 1,000 prompt tokens, for the cost of each request."
     )
@@ -190,6 +210,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"rate of {group!r} must be between 0 and 1, got {rate}")
         return value
 
+    @field_validator("alertmanager_url", "webhook_url", "slack_webhook_url")
+    @classmethod
+    def _check_receiver_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("use an http:// or https:// URL, or leave it empty to turn the receiver off")
+        return value
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -280,7 +308,7 @@ def load_settings(**overrides: object) -> Settings:
             key = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
             value = err.get("input")
             shown = f"={value}" if value is not None and not isinstance(value, dict) else ""
-            if "TOKEN" in key:
+            if "TOKEN" in key or "SECRET" in key or "WEBHOOK_URL" in key:  # webhook URLs embed credentials
                 shown = "=<hidden>"
             problems.append(
                 f"{key}{shown} is invalid: {str(err['msg']).removeprefix('Value error, ')}. "

@@ -177,7 +177,7 @@ def monitor() -> None:
     settings = _settings()
     try:
         service = MonitorService(settings)
-    except RuleError as exc:
+    except (RuleError, ValueError) as exc:  # ValueError: a misconfigured alert receiver
         raise _fail(str(exc), 2) from None
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
@@ -291,41 +291,7 @@ def status() -> None:
     out.print(table)
 
 
-@app.command()
-def alerts(
-    state: Annotated[Optional[str], typer.Option(help="pending, firing or resolved.")] = None,  # noqa: UP045
-    rule: Annotated[Optional[str], typer.Option(help="Only this rule.")] = None,  # noqa: UP045
-    limit: Annotated[int, typer.Option(help="Most rows to show.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
-) -> None:
-    """List alert transitions, newest first."""
-    import json
-
-    from atalaia.storage.db import get_engine
-    from atalaia.storage.repository import recent_alerts
-
-    settings = _settings()
-    if state and state not in ("pending", "firing", "resolved"):
-        raise _fail("--state must be pending, firing or resolved", 2)
-    rows = recent_alerts(get_engine(settings.database_url), state, rule, limit)
-    if as_json:
-        for row in rows:
-            out.print(json.dumps(row, default=str))
-        return
-    table = Table("time", "rule", "state", "severity", "value", "threshold", "labels")
-    for row in rows:
-        value = "-" if row["value"] is None else f"{row['value']:.4g}"
-        threshold = "-" if row["threshold"] is None else f"{row['threshold']:.4g}"
-        table.add_row(
-            str(row["ts"])[:19],
-            row["rule"],
-            row["state"],
-            row["severity"],
-            value,
-            threshold,
-            ",".join(f"{k}={v}" for k, v in row["labels"].items()),
-        )
-    out.print(table)
+app.add_typer(__import__("atalaia.cli.alerts", fromlist=["app"]).app, name="alerts")
 
 
 @app.command()

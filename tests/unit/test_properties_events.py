@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from atalaia.deadletter import dead_letter_for, original_bytes
@@ -259,6 +259,8 @@ def test_worker_handler_dead_letters_every_bad_message(raws: list[bytes | None])
 
 @PROFILE
 @given(st.binary(max_size=200))
+@example(b"\x00")
+@example(b'{"ok": "a\x00b"}')
 def test_dead_letter_records_keep_the_original_bytes(raw: bytes) -> None:
     record = dead_letter_for(raw, "reason", "atalaia.inference", 0, 1)
     parsed = parse_event(record.to_json(), DeadLetterEvent)
