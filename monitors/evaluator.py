@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from atalaia.drift.base import DriftDetector
 from atalaia.events import AlertEvent, MetricEvent
 from monitors.aggregate import aggregate
 from monitors.rules import Rule
@@ -38,18 +39,40 @@ class OpenAlert:
     state: str
     started_at: datetime
     value: float | None = None
+    #: ``event_id`` of the latest transition (the firing one while firing): what receivers were told.
+    event_id: uuid.UUID | None = None
+    #: Since when a firing alert has been on the safe side (``resolve_for`` hysteresis).
+    clear_since: datetime | None = None
 
 
 @dataclass
 class Series:
-    """Samples of one rule and label set, kept in event-time order."""
+    """Samples of one rule and label set, kept in event-time order (or its detector's state)."""
 
     labels: dict[str, str]
     samples: deque[tuple[datetime, float]] = field(default_factory=deque)
+    detector: DriftDetector | None = None
+    detections: deque[datetime] = field(default_factory=deque)
+    #: First values of the series until the rule's baseline is complete, then its mean.
+    baseline_values: list[float] = field(default_factory=list)
+    baseline: float | None = None
+
+    @property
+    def keep(self) -> bool:
+        """Whether the series holds state beyond its window (a detector, a baseline)."""
+        return self.detector is not None or bool(self.baseline_values) or self.baseline is not None
 
 
 class RuleEvaluator:
-    """Evaluates threshold rules; emits pending/firing/resolved transitions.
+    """Evaluates rules; emits pending/firing/resolved transitions.
+
+    The lifecycle of one (rule, labels) series: ``pending`` when the threshold is first broken,
+    ``firing`` once it has stayed unresolved for ``for`` seconds and is breached at that moment,
+    ``resolved`` when the value is back on the safe side of ``resolve_threshold`` (for a firing
+    alert: continuously for ``resolve_for`` seconds). A value between the two thresholds keeps an
+    open alert as it is, so a value hovering at the threshold does not flap. No data (an empty
+    window) counts as safe. A detector rule is breached while its detector signalled a change
+    within the last ``window`` seconds.
 
     Examples
     --------
@@ -84,21 +107,48 @@ class RuleEvaluator:
         source = {"model_version": metric.model_version, "service": metric.service}
         return {k: source[k] for k in rule.group_by}
 
+    def _series_for(self, rule: Rule, key: tuple[str, str], labels: dict[str, str]) -> Series:
+        series = self._series.get(key)
+        if series is None:
+            detector = rule.detector.build() if rule.detector is not None else None
+            series = self._series[key] = Series(labels, detector=detector)
+        return series
+
     def observe(self, metric: MetricEvent) -> None:
-        """Add one metric sample to every rule that watches it."""
-        if metric.value is None or math.isnan(metric.value):
-            return
+        """Add one metric sample to every rule that watches it.
+
+        A metric with an error instead of a value counts only for ``error_share`` rules.
+        """
+        failed = metric.value is None or math.isnan(metric.value)
         for rule in self._by_metric.get(metric.name, ()):
+            error_share = rule.aggregation == "error_share" and rule.detector is None
+            if failed and not error_share:
+                continue
             if rule.filter.get("model_version", metric.model_version) != metric.model_version:
                 continue
             if rule.filter.get("service", metric.service) != metric.service:
                 continue
             labels = self._labels(rule, metric)
             key = (rule.name, fingerprint(rule.name, labels))
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = Series(labels)
-            sample = (metric.source_ts, float(metric.value))
+            series = self._series_for(rule, key, labels)
+            if error_share:
+                value = 1.0 if failed else 0.0
+            else:
+                assert metric.value is not None
+                value = float(metric.value)
+            if series.detector is not None:
+                # Detectors see samples in arrival order; a detection is stamped with event time.
+                series.detector.update(value)
+                if series.detector.drift_detected:
+                    series.detections.append(metric.source_ts)
+                    series.detector.reset()  # learn the new regime; a later change is a new detection
+                continue
+            if rule.baseline is not None and series.baseline is None:
+                series.baseline_values.append(value)
+                if len(series.baseline_values) >= rule.baseline.samples:
+                    series.baseline = sum(series.baseline_values) / len(series.baseline_values)
+                    series.baseline_values = []
+            sample = (metric.source_ts, value)
             if not series.samples or sample[0] >= series.samples[-1][0]:
                 series.samples.append(sample)
             else:  # late arrival: keep time order so pruning from the left stays correct
@@ -108,16 +158,65 @@ class RuleEvaluator:
             while len(series.samples) > self._max_samples:
                 series.samples.popleft()
 
-    def restore(self, rule: str, labels: dict[str, str], alert_id: uuid.UUID, state: str, started_at: datetime) -> None:
+    def restore(
+        self,
+        rule: str,
+        labels: dict[str, str],
+        alert_id: uuid.UUID,
+        state: str,
+        started_at: datetime,
+        event_id: uuid.UUID | None = None,
+    ) -> None:
         """Re-open an alert that was pending or firing before a restart (no transition emitted)."""
         if rule in self.rules:
             key = (rule, fingerprint(rule, labels))
-            self._open[key] = OpenAlert(alert_id, state, started_at)
-            self._series.setdefault(key, Series(labels))
+            self._open[key] = OpenAlert(alert_id, state, started_at, event_id=event_id)
+            self._series_for(self.rules[rule], key, labels)
+
+    def seed_baseline(self, rule: str, labels: dict[str, str], values: list[float]) -> bool:
+        """Set a series' baseline from its first values (after a restart); False if too few or unknown."""
+        spec = self.rules[rule].baseline if rule in self.rules else None
+        if spec is None or len(values) < spec.samples:
+            return False
+        key = (rule, fingerprint(rule, labels))
+        series = self._series_for(self.rules[rule], key, labels)
+        first = values[: spec.samples]
+        series.baseline, series.baseline_values = sum(first) / len(first), []
+        return True
 
     def open_alerts(self) -> dict[tuple[str, str], OpenAlert]:
         """Currently pending or firing alerts, keyed by (rule, fingerprint)."""
         return dict(self._open)
+
+    def _value(self, rule: Rule, series: Series, now: datetime) -> tuple[float, bool, bool]:
+        """(value, breached, clear) of one series at ``now``."""
+        horizon = now - timedelta(seconds=rule.window_s)
+        if series.detector is not None:
+            while series.detections and series.detections[0] < horizon:
+                series.detections.popleft()
+            # Only detections up to `now`: replayed history must not look like the future.
+            count = float(sum(1 for d in series.detections if d <= now))
+            return count, count > 0, count == 0
+        while series.samples and series.samples[0][0] < horizon:
+            series.samples.popleft()
+        n = len(series.samples)
+        if n < rule.min_samples:
+            return math.nan, False, True
+        values = [v for _, v in series.samples]
+        if rule.aggregation == "error_share":  # samples are 1 (error) or 0 (value)
+            value = sum(values) / n if n else math.nan
+        elif rule.aggregation == "share":
+            above = rule.share_above if rule.share_above is not None else math.inf
+            value = sum(1 for v in values if v > above) / n if n else math.nan
+        else:
+            value = aggregate(rule.aggregation, values, rule.window_s)
+        if rule.baseline is not None:
+            base = series.baseline
+            # No baseline yet (or a zero one, where a relative change means nothing): not evaluated.
+            value = (value - base) / abs(base) if base else math.nan
+        if math.isnan(value):
+            return value, False, True
+        return value, rule.breached(value), rule.cleared(value)
 
     def evaluate(self, now: datetime) -> list[AlertEvent]:
         """Evaluate every series at time ``now``; return the transitions that happened."""
@@ -126,39 +225,60 @@ class RuleEvaluator:
             rule_name, fp = key
             rule = self.rules[rule_name]
             series = self._series[key]
-            horizon = now - timedelta(seconds=rule.window_s)
-            while series.samples and series.samples[0][0] < horizon:
-                series.samples.popleft()
-            values = [v for _, v in series.samples]
-            value = aggregate(rule.aggregation, values, rule.window_s) if len(values) >= rule.min_samples else math.nan
-            breached = not math.isnan(value) and rule.breached(value)
+            value, breached, clear = self._value(rule, series, now)
+            shown = None if math.isnan(value) else value
             current = self._open.get(key)
-            if breached:
-                if current is None:
-                    current = self._open[key] = OpenAlert(uuid.uuid4(), "pending", now, value)
-                    out.append(self._transition(rule, series.labels, fp, current, now, value))
-                current.value = value
-                if current.state == "pending" and (now - current.started_at).total_seconds() >= rule.for_s:
-                    current.state = "firing"
-                    out.append(self._transition(rule, series.labels, fp, current, now, value))
-            elif current is not None:
-                current.state = "resolved"
-                out.append(
-                    self._transition(rule, series.labels, fp, current, now, None if math.isnan(value) else value)
-                )
-                del self._open[key]
-            if not series.samples and key not in self._open:
+            if current is None and breached:
+                current = self._open[key] = OpenAlert(uuid.uuid4(), "pending", now, value)
+                out.append(self._transition(rule, series.labels, fp, current, now, shown))
+            if current is not None:
+                if shown is not None:
+                    current.value = shown
+                if current.state == "pending":
+                    if clear:
+                        out.append(self._resolve(key, rule, series, fp, current, now, shown))
+                    elif breached and (now - current.started_at).total_seconds() >= rule.for_s:
+                        current.state = "firing"
+                        out.append(self._transition(rule, series.labels, fp, current, now, shown))
+                elif not clear:
+                    current.clear_since = None
+                else:
+                    current.clear_since = current.clear_since or now
+                    if (now - current.clear_since).total_seconds() >= rule.resolve_for_s:
+                        out.append(self._resolve(key, rule, series, fp, current, now, shown))
+            if not series.keep and not series.samples and key not in self._open:
                 del self._series[key]
         return out
+
+    def _resolve(
+        self,
+        key: tuple[str, str],
+        rule: Rule,
+        series: Series,
+        fp: str,
+        alert: OpenAlert,
+        now: datetime,
+        value: float | None,
+    ) -> AlertEvent:
+        alert.state = "resolved"
+        del self._open[key]
+        return self._transition(rule, series.labels, fp, alert, now, value)
 
     @staticmethod
     def _transition(
         rule: Rule, labels: dict[str, str], fp: str, alert: OpenAlert, now: datetime, value: float | None
     ) -> AlertEvent:
-        summary = rule.annotations.get(
-            "summary", f"{rule.aggregation}({rule.metric}) over {rule.window_s:g}s {rule.comparator} {rule.threshold:g}"
-        )
-        return AlertEvent(
+        annotations = dict(rule.annotations)
+        if rule.detector is not None:
+            default = f"{rule.detector.kind} detected a change in {rule.metric} within the last {rule.window_s:g}s"
+            annotations.setdefault("detector", rule.detector.kind)
+        else:
+            agg = f"share({rule.metric} > {rule.share_above:g})" if rule.share_above is not None else rule.aggregation
+            agg = agg if rule.share_above is not None else f"{agg}({rule.metric})"
+            vs = " relative to its baseline" if rule.baseline is not None else ""
+            default = f"{agg} over {rule.window_s:g}s{vs} {rule.comparator} {rule.threshold:g}"
+        annotations["summary"] = rule.annotations.get("summary", default)
+        event = AlertEvent(
             ts=now,
             alert_id=alert.alert_id,
             fingerprint=fp,
@@ -166,9 +286,11 @@ class RuleEvaluator:
             state=alert.state,  # type: ignore[arg-type]
             severity=rule.severity,
             labels={"alertname": rule.name, **rule.labels, **labels},
-            annotations={**rule.annotations, "summary": summary},
+            annotations=annotations,
             value=value,
             threshold=rule.threshold,
             action=rule.action,
             started_at=alert.started_at,
         )
+        alert.event_id = event.event_id
+        return event

@@ -20,6 +20,7 @@ from atalaia.storage import tables as t
 from atalaia.storage.db import get_engine
 from atalaia.storage.repository import as_utc
 from monitors.evaluator import RuleEvaluator
+from monitors.routing.delivery import DeliveryWorker, enqueue, receivers_from_settings
 from monitors.rules import Rule, load_rules
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,25 @@ class _SeenIds:
 
 
 class MonitorService:
-    """Runs a :class:`RuleEvaluator` on the live metric stream."""
+    """Runs a :class:`RuleEvaluator` on the live metric stream, delivers alerts, serves the web app.
 
-    def __init__(self, settings: Settings, rules: list[Rule] | None = None, engine: Engine | None = None) -> None:
+    ``serve_web=False`` skips the HTTP server (dashboard and alert API) for embedded use.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        rules: list[Rule] | None = None,
+        engine: Engine | None = None,
+        serve_web: bool = True,
+    ) -> None:
         self.settings = settings
         self.rules = rules if rules is not None else load_rules(settings.rules_file)
         self.engine = engine or get_engine(settings.database_url)
         self.evaluator = RuleEvaluator(self.rules)
+        self.receivers = receivers_from_settings(settings)  # ValueError: a receiver is misconfigured
+        self.delivery = DeliveryWorker(self.engine, self.receivers, settings, {r.name: r for r in self.rules})
+        self.serve_web = serve_web
         self._seen = _SeenIds(SEEN_IDS)
         self._stop = threading.Event()
         self.transitions = 0
@@ -70,6 +83,7 @@ class MonitorService:
             return 0
         now = utcnow()
         loaded = 0
+        self._seed_baselines()
         with self.engine.connect() as conn:
             for name, window_s in windows.items():
                 query = (
@@ -95,6 +109,30 @@ class MonitorService:
                         loaded += 1
         return loaded
 
+    def _seed_baselines(self) -> int:
+        """Give baseline rules their per-group baseline back: the first values in ``metrics``."""
+        seeded = 0
+        m = t.metrics
+        for rule in self.rules:
+            if rule.baseline is None:
+                continue
+            group_cols = [m.c[k] for k in rule.group_by]
+            with self.engine.connect() as conn:
+                where = [m.c.name == rule.metric, m.c.value.is_not(None)]
+                where += [m.c[k] == v for k, v in rule.filter.items()]
+                groups = conn.execute(select(*group_cols).where(*where).distinct()).all() if group_cols else [()]
+                for group in groups:
+                    labels = {k: str(v) for k, v in zip(rule.group_by, group, strict=True)}
+                    query = (
+                        select(m.c.value)
+                        .where(*where, *[m.c[k] == v for k, v in labels.items()])
+                        .order_by(m.c.ts, m.c.id)
+                        .limit(rule.baseline.samples)
+                    )
+                    values = [float(row[0]) for row in conn.execute(query)]
+                    seeded += self.evaluator.seed_baseline(rule.name, labels, values)
+        return seeded
+
     def restore_open_alerts(self) -> int:
         """Re-open alerts whose latest transition is pending or firing; return how many."""
         restored = 0
@@ -107,7 +145,12 @@ class MonitorService:
             if row["state"] in ("pending", "firing"):
                 labels = {k: v for k, v in row["labels"].items() if k in ("model_version", "service")}
                 self.evaluator.restore(
-                    row["rule"], labels, uuid.UUID(row["alert_id"]), row["state"], as_utc(row["started_at"])
+                    row["rule"],
+                    labels,
+                    uuid.UUID(row["alert_id"]),
+                    row["state"],
+                    as_utc(row["started_at"]),
+                    event_id=uuid.UUID(row["event_id"]),
                 )
                 restored += 1
         return restored
@@ -135,10 +178,15 @@ class MonitorService:
         for alert in transitions:
 
             def store(alert: AlertEvent = alert) -> int:
+                # The transition and its deliveries in one transaction: neither exists without the other.
                 with self.engine.begin() as conn:
-                    return repository.store_alert(conn, alert)
+                    new = repository.store_alert(conn, alert)
+                    if new:
+                        enqueue(conn, alert, self.delivery.receivers, utcnow())
+                    return new
 
             self._retry("store alert", store)
+            self.delivery.wake()
             self._retry(
                 "publish alert",
                 lambda alert=alert: producer.send(
@@ -178,8 +226,15 @@ class MonitorService:
         )
         log.info(
             "monitor started",
-            extra={"rules": [r.name for r in self.rules], "restored_alerts": restored, "samples_from_table": caught_up},
+            extra={
+                "rules": [r.name for r in self.rules],
+                "restored_alerts": restored,
+                "samples_from_table": caught_up,
+                "receivers": [r.name for r in self.receivers],
+            },
         )
+        self.delivery.start()
+        web, feed = self._start_web() if self.serve_web else (None, None)
         last_eval = 0.0
         try:
             while not self._stop.is_set():
@@ -219,3 +274,27 @@ class MonitorService:
         finally:
             consumer.close()
             producer.close(timeout=10)
+            self.delivery.stop()
+            if web is not None:
+                web.stop()
+            if feed is not None:
+                feed.stop()
+
+    def _start_web(self) -> tuple[Any, Any]:
+        """Serve the dashboard and alert API; a failure is logged, evaluation goes on without it."""
+        from monitors.model_feed import ModelEventFeed
+        from monitors.server import WebServer
+        from monitors.web import create_app
+
+        feed = ModelEventFeed(self.settings).start()
+        try:
+            app = create_app(self.settings, self.engine, feed)
+            web = WebServer(app, self.settings.monitor_host, self.settings.monitor_port).start()
+        except Exception as exc:  # noqa: BLE001 - alerts matter more than the page
+            log.error(
+                "monitor web server not started; evaluating without it",
+                extra={"error": f"{type(exc).__name__}: {exc}", "port": self.settings.monitor_port},
+            )
+            feed.stop()
+            return None, None
+        return web, feed
