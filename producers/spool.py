@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,20 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._count = sum(1 for _ in self._lines()) if path.exists() else 0
+        self._count = 0
+        #: Why the spool cannot be used (None when it can): the service still starts and answers,
+        #: and each event that then needs the spool is counted as lost by the producer.
+        self.error: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._count = sum(1 for _ in self._lines()) if path.exists() else 0
+        except OSError as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "spool unusable: events will be lost while Kafka is unreachable",
+                extra={"spool": str(path), "error": self.error},
+            )
 
     def __len__(self) -> int:
         return self._count
