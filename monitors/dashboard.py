@@ -11,6 +11,7 @@ PostgreSQL.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import BigInteger, Connection, Engine, Integer, and_, cast, extract, func, select
 
 from atalaia.events import utcnow
 from atalaia.storage import tables as t
@@ -165,15 +166,36 @@ def downsample(points: Sequence[tuple[int, float]], max_points: int) -> list[tup
     return out
 
 
-def _window_value(stat: str, row: Any, window_s: int) -> float | None:
-    """A statistic of one ``metric_windows`` row; ``None`` when the window has no value."""
+def _epoch_s(column: Any, dialect: str) -> Any:
+    """SQL for a stored time's whole seconds since the epoch (SQLite keeps UTC text)."""
+    if dialect == "postgresql":
+        return cast(extract("epoch", column), BigInteger)
+    return cast(func.strftime("%s", column), Integer)
+
+
+def _stat_sql(stat: str) -> Any:
+    """SQL aggregate of one statistic over the windows of a bucket (``rate``/``per_hour`` before scaling)."""
+    mw = t.metric_windows
     if stat == "rate":
-        # Requests per second: every scored request has a latency row, errors included.
-        return (row.count + row.errors) / window_s
+        # Requests per window: every scored request has a latency row, errors included.
+        return func.avg(mw.c.count + mw.c.errors)
     if stat == "per_hour":
-        return None if row.mean is None else row.mean * row.count * 3600.0 / window_s
-    value = getattr(row, stat)
-    return None if value is None else float(value)
+        return func.avg(mw.c.mean * mw.c.count)  # the window's sum of values
+    if stat in WINDOW_STATS:
+        return func.avg(getattr(mw.c, stat))
+    raise ValueError(f"unknown statistic {stat!r}; use one of {WINDOW_STATS + DERIVED_STATS}")
+
+
+def bucket_seconds(since: datetime, until: datetime, window_s: int, max_points: int = MAX_POINTS) -> int:
+    """Bucket length for a range: whole windows, at most ``max_points`` buckets.
+
+    >>> from datetime import UTC
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> bucket_seconds(t0, t0 + timedelta(hours=1), 60), bucket_seconds(t0, t0 + timedelta(days=7), 60)
+    (60, 840)
+    """
+    windows = (until - since).total_seconds() / window_s
+    return window_s * max(1, math.ceil(windows / max_points))
 
 
 def window_series(
@@ -186,37 +208,38 @@ def window_series(
     window_s: int = DEFAULT_WINDOW_S,
     max_points: int = MAX_POINTS,
 ) -> list[dict[str, Any]]:
-    """Series of ``metric``'s window statistics per model version, points at each window's middle."""
+    """Series of ``metric``'s window statistics per model version, one point per bucket's middle.
+
+    Up to :data:`MAX_POINTS` windows a bucket is one window; longer ranges average consecutive
+    windows in the database, so a week of 1-minute windows costs no more than an hour.
+    """
     mw = t.metric_windows
+    stats = list(stats)
+    bucket_s = bucket_seconds(since, until, window_s, max_points)
+    bucket = (_epoch_s(mw.c.window_start, conn.dialect.name) // bucket_s).label("bucket")
     query = (
-        select(mw.c.window_start, mw.c.model_version, mw.c.count, mw.c.errors, mw.c.mean, mw.c.p50, mw.c.p95, mw.c.p99)
+        select(bucket, mw.c.model_version, *[_stat_sql(stat).label(stat) for stat in stats])
         .where(
             mw.c.name == metric,
             mw.c.window_s == window_s,
             mw.c.window_start >= since - timedelta(seconds=window_s),
             mw.c.window_start <= until,
         )
-        .order_by(mw.c.model_version, mw.c.window_start)
+        .group_by(bucket, mw.c.model_version)
+        .order_by(mw.c.model_version, bucket)
     )
     if model_version:
         query = query.where(mw.c.model_version == model_version)
+    scale = {"rate": 1.0 / window_s, "per_hour": 3600.0 / window_s}
     points: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
-    half_ms = window_s * 500
-    stats = list(stats)
-    for row in conn.execute(query):
-        at = epoch_ms(row.window_start) + half_ms
+    for row in conn.execute(query).mappings():
+        at = int(row["bucket"]) * bucket_s * 1000 + bucket_s * 500
         for stat in stats:
-            value = _window_value(stat, row, window_s)
+            value = row[stat]
             if value is not None:
-                points[(row.model_version, stat)].append((at, value))
+                points[(row["model_version"], stat)].append((at, float(value) * scale.get(stat, 1.0)))
     return [
-        {
-            "model_version": version,
-            "metric": metric,
-            "stat": stat,
-            "role": "value",
-            "points": downsample(pts, max_points),
-        }
+        {"model_version": version, "metric": metric, "stat": stat, "role": "value", "points": pts}
         for (version, stat), pts in sorted(points.items())
     ]
 

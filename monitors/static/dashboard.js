@@ -356,6 +356,14 @@ function hideTooltip(svg) {
   document.getElementById("tooltip").hidden = true;
 }
 
+// Long ranges change little between two refreshes: poll them less often (at most every minute).
+function refreshInterval() {
+  const range = document.getElementById("range").value;
+  const unit = { m: 60e3, h: 3600e3, d: 86400e3 }[range.slice(-1)] || 1e3;
+  const spanMs = parseFloat(range) * unit;
+  return Math.max(REFRESH_MS, Math.min(60e3, spanMs / 1440));
+}
+
 // -- start ---------------------------------------------------------------------------------------
 async function start() {
   try {
@@ -367,12 +375,17 @@ async function start() {
   }
   for (const chart of state.charts) chartCard(chart);
   await refresh();
-  let timer = setInterval(refresh, REFRESH_MS);
-  document.getElementById("auto").addEventListener("change", (ev) => {
+  let timer;
+  const schedule = () => {
     clearInterval(timer);
-    if (ev.target.checked) timer = setInterval(refresh, REFRESH_MS);
+    if (document.getElementById("auto").checked) timer = setInterval(refresh, refreshInterval());
+  };
+  schedule();
+  document.getElementById("auto").addEventListener("change", schedule);
+  document.getElementById("range").addEventListener("change", () => {
+    refresh();
+    schedule();
   });
-  document.getElementById("range").addEventListener("change", refresh);
   document.getElementById("version").addEventListener("change", refresh);
   let resizeTimer;
   window.addEventListener("resize", () => {

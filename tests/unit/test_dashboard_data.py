@@ -374,3 +374,40 @@ def test_deploys_route_uses_the_model_event_feed(seeded_db: tuple[Engine, Seeded
     body = TestClient(create_app(settings, engine, model_events=feed)).get("/api/dashboard/deploys").json()
     assert body["model_events_followed"] is True
     assert [(d["kind"], d["model_version"]) for d in body["deploys"]] == [("activated", NEW), ("rollback", OLD)]
+
+
+def test_long_ranges_are_averaged_in_the_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    upgrade(url)
+    engine = create_engine(url)
+    now = utcnow()
+    first = window_start(now - timedelta(days=2), 60)
+    rows = [
+        {
+            "window_start": first + timedelta(minutes=i),
+            "window_s": 60,
+            "model_version": OLD,
+            "name": "latency_ms",
+            "count": 10,
+            "errors": 2,
+            "mean": float(i % 2),  # alternating 0, 1: a bucket of whole pairs averages 0.5
+            "p50": None,
+            "p95": 100.0,
+            "p99": None,
+            "updated_at": now,
+        }
+        for i in range(2 * 1440)
+    ]
+    with engine.begin() as conn:
+        insert_ignoring_duplicates(conn, t.metric_windows, rows)
+        series = dashboard.window_series(
+            conn, "latency_ms", ("mean", "p95", "p50", "rate"), now - timedelta(days=2), now, max_points=100
+        )
+    by_stat = {s["stat"]: s["points"] for s in series}
+    assert set(by_stat) == {"mean", "p95", "rate"}  # p50 is NULL everywhere: no series
+    bucket_s = dashboard.bucket_seconds(now - timedelta(days=2), now, 60, 100)
+    assert bucket_s == 1740 and len(by_stat["mean"]) <= 101
+    inner = by_stat["mean"][1:-1]  # the edge buckets are partial
+    assert all(abs(v - 0.5) < 0.02 for _, v in inner)
+    assert all(v == 100.0 for _, v in by_stat["p95"]) and all(v == 12 / 60 for _, v in by_stat["rate"])
+    assert all(ts % (bucket_s * 1000) == bucket_s * 500 for ts, _ in by_stat["p95"])
