@@ -11,6 +11,7 @@ passes by skipping.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -132,6 +133,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is None:
             continue
-        env[f"ATALAIA_{name.upper()}"] = str(value)
+        # Map- and list-valued settings are JSON in the environment (str() of a dict is not JSON).
+        env[f"ATALAIA_{name.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     env["ATALAIA_LOG_JSON"] = "true"
     return env

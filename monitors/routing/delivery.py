@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, exists, select, update
+from sqlalchemy import Connection, Engine, and_, exists, func, select, update
 from sqlalchemy.orm import aliased
 
 from atalaia.events import AlertEvent, utcnow
@@ -207,10 +207,28 @@ class DeliveryWorker:
                     self.requeue(now)
                     self._last_requeue = now
                 self.run_once()
+                wait = self._seconds_to_next_due(self.clock())
             except Exception as exc:  # noqa: BLE001 - a database outage must not kill the thread
                 log.warning("alert delivery round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-            self._wake.wait(POLL_S)
+                wait = POLL_S
+            self._wake.wait(wait)
             self._wake.clear()
+
+    def _seconds_to_next_due(self, now: datetime) -> float:
+        """Sleep until the next row is due (so short backoff delays are kept), at most ``POLL_S``."""
+        d = t.alert_deliveries
+        ready = [n for n in self.receivers if self._blocked_until.get(n, now) <= now]
+        wakeups = [b for n, b in self._blocked_until.items() if n in self.receivers and b > now]
+        if ready:
+            with self.engine.connect() as conn:
+                nxt = conn.execute(
+                    select(func.min(d.c.next_attempt_at)).where(d.c.status == PENDING, d.c.receiver.in_(ready))
+                ).scalar()
+            if nxt is not None:
+                wakeups.append(as_utc(nxt))
+        if not wakeups:
+            return POLL_S
+        return min(max((min(wakeups) - now).total_seconds(), 0.02), POLL_S)
 
     # -- sending ---------------------------------------------------------------------------------
     def _due(self, now: datetime) -> list[dict[str, Any]]:
