@@ -1,5 +1,7 @@
-# The Atalaia image: every service (`serve`, `worker`, `monitor`) and chore (`db upgrade`,
-# `kafka topics`) is `docker run <image> <sub-command>`; docker-compose.yml wires them up.
+# The Atalaia image: every service (`serve`, `worker`, `monitor`, `scheduler`) and chore
+# (`db upgrade`, `kafka topics`, `retrain --now`, `report`) is `docker run <image> <sub-command>`;
+# docker-compose.yml wires them up. For retraining on an NVIDIA GPU, build with a CUDA wheel index,
+# e.g. --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 (docs/operations.md).
 #
 #   docker build -t atalaia:local .
 #   docker run --rm atalaia:local --help
@@ -25,7 +27,15 @@ COPY producers ./producers
 COPY consumers ./consumers
 COPY monitors ./monitors
 COPY retrain ./retrain
-RUN pip install . && rm -rf /tmp/atalaia-src
+# The data set (regulations for RAG and training, QA pairs for training and the holdout) goes
+# where the installed package looks for it by default: `data/` next to the `atalaia` package
+# (a link to /opt/atalaia/data; `cd /` so that the installed package is the one imported).
+COPY data /opt/atalaia/data
+RUN pip install . \
+    && cd / \
+    && ln -s /opt/atalaia/data "$(python -c 'import atalaia, pathlib; print(pathlib.Path(atalaia.__file__).resolve().parents[1])')/data" \
+    && rm -rf /tmp/atalaia-src
+WORKDIR /
 
 # The default alert rules as a file the monitor reads (ATALAIA_RULES_FILE in docker-compose.yml);
 # mount another file over it to change the rules without rebuilding.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Atalaia needs, from Debian, when they are missing.
 #   scripts/system-deps.sh demo   -> Java 17+ and Maven (for the local Kafka broker)
-#   scripts/system-deps.sh test   -> the same plus PostgreSQL, kcat and Prometheus Alertmanager
+#   scripts/system-deps.sh test   -> the same plus PostgreSQL, kcat, Chromium, Prometheus Alertmanager
+#                                    (amtool) and Prometheus (promtool)
 # Idempotent: installs nothing when everything is there.
 set -euo pipefail
 what=${1:-demo}
@@ -22,6 +23,8 @@ if [ "$what" = "test" ]; then
   # Headless browser for the dashboard test (driven by Playwright with this executable).
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+  # promtool (in Debian's prometheus package) validates prometheus/ for docker-compose.yml.
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

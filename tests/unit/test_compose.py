@@ -1,10 +1,16 @@
-"""docker-compose.yml and the Dockerfile, checked by reading them (no Docker engine needed).
+"""docker-compose.yml, the Dockerfile and the Prometheus, Alertmanager and Grafana files they mount,
+checked by reading them (no Docker engine needed).
 
 The compose file is parsed with PyYAML (anchors and ``<<`` merge keys included) and checked
 against the code it runs: environment variables must be real settings with valid values,
-commands must be real CLI commands, and the wiring (dependencies, ports, Kafka listeners) must
-be consistent. If a ``docker compose`` CLI is installed, ``docker compose config -q`` validates
-the file against the Compose specification as well; without one that test is skipped.
+commands must be real CLI commands, and the wiring (dependencies, ports, Kafka listeners, health
+checks, mounted files, scrape targets, the Alertmanager URL, the Grafana datasource) must be
+consistent. ``promtool`` (Debian package ``prometheus``) validates the Prometheus configuration
+and runs the alert rules' unit tests, and ``amtool`` (``prometheus-alertmanager``) validates the
+Alertmanager configuration and its routing; without them those tests are skipped (they fail
+under ``ATALAIA_REQUIRE_SERVICES=1``). If a ``docker compose`` CLI is installed, ``docker compose
+config -q`` validates the file against the Compose specification as well; without one that test
+is skipped.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-ATALAIA_SERVICES = ("topics", "migrate", "inference", "worker", "monitor")
-LONG_RUNNING = ("inference", "worker", "monitor")
+ATALAIA_SERVICES = ("topics", "migrate", "inference", "worker", "monitor", "scheduler")
+LONG_RUNNING = ("inference", "worker", "monitor", "scheduler")
+OBSERVABILITY = ("prometheus", "alertmanager", "grafana")
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
@@ -107,7 +114,7 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str | None, str, str]
 
 # -- every service -----------------------------------------------------------------------------
 def test_expected_services_exist(services: dict[str, Any]) -> None:
-    assert {"kafka", "postgres", *ATALAIA_SERVICES} <= set(services)
+    assert {"kafka", "postgres", *ATALAIA_SERVICES, *OBSERVABILITY} <= set(services)
 
 
 def test_every_service_has_an_image_or_a_build(services: dict[str, Any]) -> None:
@@ -137,7 +144,7 @@ def test_startup_order(services: dict[str, Any]) -> None:
     for name in LONG_RUNNING:
         deps = depends_on(services[name])
         assert deps.get("topics") == "service_completed_successfully", name
-    for name in ("worker", "monitor"):  # they write to the database
+    for name in ("inference", "worker", "monitor", "scheduler"):  # they read or write the database
         assert depends_on(services[name]).get("migrate") == "service_completed_successfully", name
 
 
@@ -213,6 +220,7 @@ def test_atalaia_services_agree_on_the_partition_count(services: dict[str, Any])
         ("inference", ["serve"]),
         ("worker", ["worker"]),
         ("monitor", ["monitor"]),
+        ("scheduler", ["scheduler"]),
     ],
 )
 def test_commands_are_real_cli_commands(services: dict[str, Any], name: str, expected: list[str]) -> None:
@@ -376,6 +384,322 @@ def test_dockerignore_keeps_local_state_out() -> None:
     ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()}
     assert {".venv", ".atalaia", ".git"} <= ignored
     assert any("__pycache__" in line for line in ignored)
+
+
+# -- health checks, images, mounts ---------------------------------------------------------------
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read-only) of every bind mount (a source that is a path), short or long syntax."""
+    out = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            if volume.get("type") == "bind":
+                out.append((str(volume["source"]), str(volume["target"]), bool(volume.get("read_only"))))
+            continue
+        parts = str(volume).split(":")
+        if parts[0].startswith((".", "/", "~")):
+            out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return out
+
+
+def mounted_source(service: dict[str, Any], container_path: str) -> Path:
+    """The repository file or folder a service sees at ``container_path`` (through a bind mount)."""
+    for source, target, _ in bind_mounts(service):
+        target = target.rstrip("/")
+        if container_path == target or container_path.startswith(target + "/"):
+            return (ROOT / source / container_path[len(target) :].lstrip("/")).resolve()
+    raise AssertionError(f"{container_path} is not bind-mounted")
+
+
+def flag(service: dict[str, Any], name: str) -> str | None:
+    """The value of ``--name=value`` in a service's command."""
+    for arg in service.get("command") or []:
+        if str(arg).startswith(f"--{name}="):
+            return str(arg).split("=", 1)[1]
+    return None
+
+
+def listening_ports(services: dict[str, Any], name: str) -> set[str]:
+    """Container ports a service listens on, from its settings or flags (the images' defaults otherwise)."""
+    service = services[name]
+    env = env_of(service)
+    if name == "inference":
+        return {env.get("ATALAIA_INFERENCE_PORT", str(Settings.model_fields["inference_port"].default))}
+    if name == "monitor":
+        return {env.get("ATALAIA_MONITOR_PORT", str(Settings.model_fields["monitor_port"].default))}
+    if name in ("prometheus", "alertmanager"):
+        default = {"prometheus": ":9090", "alertmanager": ":9093"}[name]
+        return {(flag(service, "web.listen-address") or default).rpartition(":")[2]}
+    if name == "grafana":
+        return {env.get("GF_SERVER_HTTP_PORT", "3000")}
+    if name == "postgres":
+        return {"5432"}
+    if name == "kafka":
+        return {port for _, port in _listeners(env["KAFKA_LISTENERS"]).values()}
+    return set()
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    long_running = [n for n, s in services.items() if s.get("restart", "no") != "no"]
+    assert set(long_running) >= {"kafka", "postgres", *LONG_RUNNING, *OBSERVABILITY}
+    for name in long_running:
+        check = services[name].get("healthcheck") or {}
+        assert check.get("test") and not check.get("disable"), f"{name} has no health check"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert {"interval", "timeout", "retries"} <= set(check), name
+
+
+def test_http_healthchecks_probe_a_port_the_service_listens_on(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        test = " ".join(str(x) for x in (service.get("healthcheck") or {}).get("test", []))
+        for port in re.findall(r"https?://(?:127\.0\.0\.1|localhost):(\d+)/", test):
+            assert port in listening_ports(services, name), f"{name}'s health check probes port {port}"
+
+
+def test_third_party_images_are_pinned(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if service.get("build"):
+            continue
+        image = str(service["image"])
+        assert re.search(r":[\w.-]+$", image) and not image.endswith(":latest"), f"{name}: pin {image}"
+
+
+def test_bind_mounted_files_exist_in_the_repository_and_are_read_only(services: dict[str, Any]) -> None:
+    mounts = 0
+    for name, service in services.items():
+        for source, target, read_only in bind_mounts(service):
+            path = (ROOT / source).resolve()
+            assert path.is_relative_to(ROOT), f"{name} mounts {source}, outside the repository"
+            assert path.exists(), f"{name} mounts {source}, which does not exist"
+            assert read_only, f"{name} mounts {source} at {target} writable; add :ro"
+            mounts += 1
+    assert mounts >= 6
+
+
+def test_stateful_services_keep_their_data_in_named_volumes(services: dict[str, Any]) -> None:
+    for name, path in (
+        ("prometheus", flag(services["prometheus"], "storage.tsdb.path")),
+        ("alertmanager", flag(services["alertmanager"], "storage.path")),
+        ("grafana", "/var/lib/grafana"),
+    ):
+        assert path, name
+        assert any(str(v).split(":")[1:2] == [path] for v in services[name]["volumes"]), f"{name}: {path}"
+
+
+def test_dockerfile_ships_the_data_set() -> None:
+    # The inference service indexes data/regulations for RAG at start and retraining reads data/qa:
+    # the image must carry them where the installed package looks (next to the package).
+    instructions = dockerfile_instructions()
+    assert ("COPY", "data /opt/atalaia/data") in instructions
+    assert any(w == "RUN" and "ln -s /opt/atalaia/data" in rest and "cd /" in rest for w, rest in instructions)
+
+
+# -- the monitor, the scheduler and Alertmanager ---------------------------------------------------
+def test_monitor_serves_its_web_app_published_on_loopback(services: dict[str, Any]) -> None:
+    monitor = services["monitor"]
+    env = env_of(monitor)
+    assert env["ATALAIA_MONITOR_HOST"] == "0.0.0.0"
+    (port,) = listening_ports(services, "monitor")
+    assert ("127.0.0.1", port, port) in published_ports(monitor)
+    assert f"127.0.0.1:{port}/healthz" in " ".join(monitor["healthcheck"]["test"])
+
+
+def test_monitor_posts_alerts_to_the_compose_alertmanager(services: dict[str, Any]) -> None:
+    url = env_of(services["monitor"])["ATALAIA_ALERTMANAGER_URL"]
+    match = re.fullmatch(r"http://([\w-]+):(\d+)/?", url)
+    assert match, url
+    host, port = match.groups()
+    assert host == "alertmanager" and port in listening_ports(services, "alertmanager")
+    assert "alertmanager" in depends_on(services["monitor"])
+
+
+def test_scheduler_healthcheck_is_valid_python_on_its_group(services: dict[str, Any]) -> None:
+    test = services["scheduler"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    compile(test[3], "scheduler-healthcheck", "exec")
+    assert "scheduler_group" in test[3] and "bootstrap_servers" in test[3]
+
+
+@pytest.mark.integration
+def test_scheduler_healthcheck_against_kafka(
+    services: dict[str, Any], kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The health check fails while no scheduler is in the group and passes once one is."""
+    import os
+    import sys
+    import uuid
+
+    from kafka import KafkaConsumer
+
+    group = f"test-scheduler-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "ATALAIA_KAFKA_BOOTSTRAP": kafka_bootstrap, "ATALAIA_SCHEDULER_GROUP": group}
+    env["ATALAIA_HOME"] = str(tmp_path)
+    script = services["scheduler"]["healthcheck"]["test"][3]
+
+    def check() -> int:
+        return subprocess.run([sys.executable, "-c", script], env=env, timeout=60, check=False).returncode
+
+    assert check() == 1
+    consumer = KafkaConsumer(
+        "atalaia.alerts", bootstrap_servers=[kafka_bootstrap], group_id=group, session_timeout_ms=10_000
+    )
+    try:
+        for _ in range(20):
+            consumer.poll(timeout_ms=500)
+            if consumer.assignment():
+                break
+        assert check() == 0
+    finally:
+        consumer.close()
+
+
+def alertmanager_config(services: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    path = mounted_source(services["alertmanager"], flag(services["alertmanager"], "config.file") or "")
+    return path, yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _routes(route: dict[str, Any]) -> list[dict[str, Any]]:
+    return [route, *(r for child in route.get("routes") or [] for r in _routes(child))]
+
+
+def test_alertmanager_config_routes_to_declared_receivers(services: dict[str, Any]) -> None:
+    _, config = alertmanager_config(services)
+    receivers = {r["name"] for r in config["receivers"]}
+    root = config["route"]
+    assert root["receiver"] in receivers
+    assert "alertname" in root["group_by"] and "model_version" in root["group_by"]
+    for route in _routes(root):
+        assert route.get("receiver", root["receiver"]) in receivers, route
+        for matcher in route.get("matchers") or []:
+            assert re.fullmatch(r'\w+\s*(=|!=|=~|!~)\s*"[^"]*"', matcher), matcher
+    for rule in config.get("inhibit_rules") or []:
+        assert rule["source_matchers"] and rule["target_matchers"] and rule["equal"]
+
+
+def test_alertmanager_routes_name_real_monitor_rules(services: dict[str, Any]) -> None:
+    """A route matching rule names (``alertname =~ "a|b"``) names rules of the default rule file."""
+    _, config = alertmanager_config(services)
+    rules = {r["name"] for r in yaml.safe_load((ROOT / "monitors/default_rules.yaml").read_text())["rules"]}
+    named = []
+    for route in _routes(config["route"]):
+        for matcher in route.get("matchers") or []:
+            match = re.fullmatch(r'alertname\s*=~?\s*"([^"]*)"', matcher)
+            if match:
+                named += match.group(1).split("|")
+    assert named
+    assert set(named) <= rules, set(named) - rules
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        from tests.conftest import _missing
+
+        _missing(f"{name} (apt-get install {'prometheus' if name == 'promtool' else 'prometheus-alertmanager'})")
+    return str(path)
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+
+
+def test_amtool_checks_the_config_and_its_routing(services: dict[str, Any]) -> None:
+    amtool = _tool("amtool")
+    path, _ = alertmanager_config(services)
+    proc = _run([amtool, "check-config", str(path)])
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+    for labels, receiver in (
+        (["alertname=toxicity_share_high", "severity=critical"], "oncall"),
+        (["alertname=AtalaiaEventsLost", "severity=critical"], "oncall"),
+        (["alertname=embedding_drift", "severity=warning", "model_version=m@1"], "model-owners"),
+        (["alertname=latency_p95_high", "severity=warning"], "default"),
+    ):
+        proc = _run([amtool, "config", "routes", "test", f"--config.file={path}", *labels])
+        assert proc.stdout.strip() == receiver, (labels, proc.stdout, proc.stderr)
+
+
+# -- Prometheus ----------------------------------------------------------------------------------
+def prometheus_config(services: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    path = mounted_source(services["prometheus"], flag(services["prometheus"], "config.file") or "")
+    return path, yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _targets(static_configs: list[dict[str, Any]]) -> list[str]:
+    return [str(t) for sc in static_configs for t in sc.get("targets") or []]
+
+
+def test_prometheus_scrapes_real_services_and_ports(services: dict[str, Any]) -> None:
+    _, config = prometheus_config(services)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert "atalaia-inference" in jobs
+    for job in jobs.values():
+        for target in _targets(job["static_configs"]):
+            host, _, port = target.rpartition(":")
+            name = "prometheus" if host in ("localhost", "127.0.0.1") else host
+            assert name in services, f"job {job['job_name']}: {host} is not a compose service"
+            assert port in listening_ports(services, name), f"job {job['job_name']}: {name} does not listen on {port}"
+    inference = jobs["atalaia-inference"]
+    assert _targets(inference["static_configs"]) == [f"inference:{p}" for p in listening_ports(services, "inference")]
+    path = inference.get("metrics_path", "/metrics")
+    assert f'@app.get("{path}")' in (ROOT / "inference" / "app.py").read_text(encoding="utf-8")
+
+
+def test_prometheus_alerts_go_to_the_compose_alertmanager(services: dict[str, Any]) -> None:
+    _, config = prometheus_config(services)
+    targets = [t for am in config["alerting"]["alertmanagers"] for t in _targets(am["static_configs"])]
+    assert targets == [f"alertmanager:{p}" for p in listening_ports(services, "alertmanager")]
+
+
+def test_prometheus_rule_files_are_mounted_and_use_exported_metrics(services: dict[str, Any]) -> None:
+    path, config = prometheus_config(services)
+    files = [f for pattern in config["rule_files"] for f in sorted(path.parent.glob(pattern))]
+    assert files, config["rule_files"]
+    telemetry = (ROOT / "inference" / "telemetry.py").read_text(encoding="utf-8")
+    exported = set(re.findall(r'"(atalaia_\w+)"', telemetry))
+    for file in files:
+        mounted_source(services["prometheus"], f"/etc/prometheus/{file.relative_to(path.parent)}")
+        for group in yaml.safe_load(file.read_text(encoding="utf-8"))["groups"]:
+            for rule in group["rules"]:
+                assert rule["labels"]["severity"] in ("info", "warning", "critical"), rule["alert"]
+                for metric in re.findall(r"\batalaia_\w+", rule["expr"]):
+                    base = re.sub(r"_(total|bucket|sum|count|created)$", "", metric)
+                    assert base in exported, f"{rule['alert']}: {metric} is not exported by the inference service"
+
+
+def test_promtool_checks_the_config_and_tests_the_rules(services: dict[str, Any]) -> None:
+    promtool = _tool("promtool")
+    path, _ = prometheus_config(services)
+    proc = _run([promtool, "check", "config", str(path)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"SUCCESS: [1-9]\d* rule files? found", proc.stdout + proc.stderr), proc.stdout
+    tests = sorted((ROOT / "prometheus" / "tests").glob("*.yml"))
+    assert tests
+    proc = _run([promtool, "test", "rules", *map(str, tests)])
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+
+
+# -- Grafana -------------------------------------------------------------------------------------
+def test_grafana_mounts_the_provisioning_and_the_dashboards(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]
+    for kind in ("datasources", "dashboards"):
+        assert mounted_source(grafana, f"/etc/grafana/provisioning/{kind}") == ROOT / "grafana" / "provisioning" / kind
+    provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/atalaia.yaml").read_text())["providers"][0]
+    dashboards = mounted_source(grafana, provider["options"]["path"])
+    assert (dashboards / "atalaia.json").is_file()
+    home = env_of(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert mounted_source(grafana, home).is_file()
+    assert depends_on(grafana).get("migrate") == "service_completed_successfully"  # the tables it queries
+
+
+def test_grafana_datasource_is_the_compose_postgres(services: dict[str, Any]) -> None:
+    grafana, pg = env_of(services["grafana"]), env_of(services["postgres"])
+    (datasource,) = yaml.safe_load((ROOT / "grafana/provisioning/datasources/atalaia.yaml").read_text())["datasources"]
+    host, _, port = datasource["url"].rpartition(":")
+    assert host == "postgres" and port in listening_ports(services, "postgres")
+    assert datasource["user"] == pg["POSTGRES_USER"]
+    assert datasource["jsonData"]["database"] == pg["POSTGRES_DB"]
+    variable = re.fullmatch(r"\$\{?(\w+)\}?", datasource["secureJsonData"]["password"])
+    assert variable, "the password comes from Grafana's environment"
+    assert interpolate(grafana[variable.group(1)]) == interpolate(pg["POSTGRES_PASSWORD"])
 
 
 # -- the real Compose validator, when a docker compose CLI is installed ----------------------------
