@@ -124,6 +124,7 @@ def isolated_settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
         models_dir=MAIN_SETTINGS.models_dir,
         inference_port=free_port(),
         worker_web_port=free_port(),
+        monitor_port=free_port(),
     )
 
 

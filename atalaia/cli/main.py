@@ -168,8 +168,12 @@ def worker() -> None:
 
 
 @app.command()
-def monitor() -> None:
-    """Run the monitor: evaluates alert rules on the metric stream."""
+def monitor(
+    web: Annotated[
+        bool, typer.Option("--web/--no-web", help="Serve the dashboard and alert API on ATALAIA_MONITOR_PORT.")
+    ] = True,
+) -> None:
+    """Run the monitor: evaluates alert rules on the metric stream and serves the dashboard."""
     import signal
 
     from monitors.rules import RuleError
@@ -177,11 +181,13 @@ def monitor() -> None:
 
     settings = _settings()
     try:
-        service = MonitorService(settings)
+        service = MonitorService(settings, serve_web=web)
     except (RuleError, ValueError) as exc:  # ValueError: a misconfigured alert receiver
         raise _fail(str(exc), 2) from None
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
+    if web:
+        console.print(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
     service.run()
 
 

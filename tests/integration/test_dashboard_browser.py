@@ -153,3 +153,47 @@ def test_dashboard_routes_on_postgres(fresh_pg: str, tmp_path: Path) -> None:
         assert client.get("/api/dashboard/versions").json()["model_versions"] == [OLD, NEW]
     finally:
         engine.dispose()
+
+
+def test_atalaia_monitor_serves_the_dashboard_and_follows_deploys(isolated_settings: Settings) -> None:
+    """`atalaia monitor` serves the app on ATALAIA_MONITOR_PORT; a deploy event on the models topic
+    becomes a deploy line, and a second monitor on the same port keeps evaluating without it."""
+    import httpx
+    from kafka import KafkaProducer
+
+    from atalaia.events import ModelEvent
+    from atalaia.topics import ensure_topics
+    from tests.integration.services import log_text, service, wait_until
+
+    settings = isolated_settings
+    upgrade(settings.database_url)
+    ensure_topics(settings)
+    base = f"http://127.0.0.1:{settings.monitor_port}"
+    deploy = ModelEvent(type="deploy", model_version="smollm2@7", artefact_path="/m/7", reason="test")
+
+    def health() -> dict[str, Any] | None:
+        try:
+            response = httpx.get(f"{base}/healthz", timeout=2)
+        except httpx.HTTPError:
+            return None
+        return dict(response.json()) if response.status_code == 200 else None
+
+    with service("monitor", settings):
+        wait_until(lambda: (h := health()) and h["model_events"] == "caught up", 60, "the monitor's /healthz")
+        assert "<title>Atalaia monitor</title>" in httpx.get(f"{base}/dashboard", timeout=5).text
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+        producer.send(settings.topic("models"), value=deploy.to_json()).get(timeout=30)
+        producer.close()
+
+        def deployed() -> list[Any]:
+            body = httpx.get(f"{base}/api/dashboard/deploys", params={"since": "10m"}, timeout=5).json()
+            return [d for d in body["deploys"] if d["model_version"] == "smollm2@7"]
+
+        found = wait_until(deployed, 30, "the deploy event on the dashboard")
+        assert found[0]["kind"] == "deploy" and found[0]["source"] == "models topic"
+
+        # The port is taken: a second monitor logs it and still starts evaluating.
+        second = settings.model_copy(update={"home": settings.home / "second"})
+        with service("monitor", second):
+            wait_until(lambda: "monitor web server not started" in log_text(second, "monitor"), 60, "the port error")
+            assert "monitor started" in log_text(second, "monitor")
