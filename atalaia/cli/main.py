@@ -191,14 +191,8 @@ def monitor(
     service.run()
 
 
-@app.command()
-def scheduler() -> None:
-    """Run the retraining scheduler (not part of this release: see the roadmap in docs/)."""
-    raise _fail(
-        "the retraining scheduler is not part of this release yet (tracked as the retraining-loop "
-        "issue); `atalaia up` runs the inference, worker and monitor services meanwhile",
-        3,
-    )
+app.command("retrain")(__import__("atalaia.cli.retrain", fromlist=["retrain"]).retrain)
+app.command("scheduler")(__import__("atalaia.cli.retrain", fromlist=["scheduler"]).scheduler)
 
 
 @app.command()
@@ -303,14 +297,15 @@ app.add_typer(__import__("atalaia.cli.alerts", fromlist=["app"]).app, name="aler
 
 @app.command()
 def demo(
-    requests: Annotated[int, typer.Option(help="Simulated requests.")] = 16,
-    max_tokens: Annotated[int, typer.Option(help="max_tokens per request.")] = 32,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A shorter run (about 3 minutes; fewer steps and requests).")
+    ] = False,
 ) -> None:
-    """Run the whole slice locally: Kafka, SQLite, services, simulated traffic, metrics, alerts."""
+    """Run the closed loop locally: traffic, drift, alerts, retraining, redeploy, recovery, report."""
     from atalaia.cli.demo import run_demo
 
     settings = _settings()
-    code = run_demo(settings, console, out, requests=requests, max_tokens=max_tokens)
+    code = run_demo(settings, console, out, quick=quick)
     raise typer.Exit(code)
 
 

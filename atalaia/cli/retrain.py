@@ -18,7 +18,7 @@ EXIT_CODES = {"deployed": 0, "rejected": 4, "skipped": 5, "failed": 1}
 
 def retrain(
     now: Annotated[bool, typer.Option("--now", help="Start a run now (otherwise list recent runs).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Ignore the cooldown and the minimum amount of new data.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Ignore the cooldown and the minimum of new data.")] = False,
     trigger: Annotated[str, typer.Option(help="Why this run starts; stored with the run.")] = "manual",
     limit: Annotated[int, typer.Option(help="Runs listed (without --now).")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
