@@ -35,9 +35,7 @@ def publish_model_event(settings: Settings, event: ModelEvent, *, deadline_s: fl
                 client_id="atalaia-retrain",
                 request_timeout_ms=15_000,
             )
-            producer.send(settings.topic("models"), key=event.model_version.encode(), value=event.to_json()).get(
-                timeout=30
-            )
+            producer.send(settings.topic("models"), key=event.key, value=event.to_json()).get(timeout=30)
             producer.flush(timeout=10)
             log.info(
                 "model event published",
