@@ -237,6 +237,7 @@ function renderChart(chart, data) {
     axis.appendChild(svgEl("text", { x: MARGIN.left - 6, y: sy(v) + 4, "text-anchor": "end" }, tickLabel(v, y.step)));
   }
   for (const ms of timeTicks(x0, x1, Math.max(2, Math.floor(plotW / 90)))) {
+    if (sx(ms) < MARGIN.left + 14) continue; // a label at the very edge would sit on the y axis
     axis.appendChild(svgEl("line", { x1: sx(ms), x2: sx(ms), y1: MARGIN.top + plotH, y2: MARGIN.top + plotH + 4 }));
     axis.appendChild(
       svgEl("text", { x: sx(ms), y: MARGIN.top + plotH + 16, "text-anchor": "middle" }, timeLabel(ms, x1 - x0)),
