@@ -1,7 +1,7 @@
 # The Atalaia image: every service (`serve`, `worker`, `monitor`, `scheduler`) and chore
 # (`db upgrade`, `kafka topics`, `retrain --now`, `report`) is `docker run <image> <sub-command>`;
 # docker-compose.yml wires them up. For retraining on an NVIDIA GPU, build with a CUDA wheel index,
-# e.g. --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 (docs/operations.md).
+# e.g. --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 (docs/operations.md).
 #
 #   docker build -t atalaia:local .
 #   docker run --rm atalaia:local --help
