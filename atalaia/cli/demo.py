@@ -343,17 +343,6 @@ def _finish(
     if state.errors:
         out.print(f"first error: {state.errors[0]}")
     with engine.connect() as conn:
-        per_version = conn.execute(
-            select(t.metrics.c.model_version, t.metrics.c.name, func.count(), func.avg(t.metrics.c.value))
-            .where(t.metrics.c.ts >= since, t.metrics.c.name.in_(("rougeL", "toxicity_prompt", "latency_ms", "cost")))
-            .group_by(t.metrics.c.model_version, t.metrics.c.name)
-            .order_by(t.metrics.c.model_version, t.metrics.c.name)
-        ).all()
-        alert_rows = conn.execute(
-            select(t.alerts.c.ts, t.alerts.c.rule, t.alerts.c.state, t.alerts.c.action)
-            .where(t.alerts.c.ts >= since)
-            .order_by(t.alerts.c.ts)
-        ).all()
         runs = (
             conn.execute(
                 select(t.retrain_runs).where(t.retrain_runs.c.started_at >= since).order_by(t.retrain_runs.c.started_at)
@@ -361,14 +350,6 @@ def _finish(
             .mappings()
             .all()
         )
-    table = Table("model version", "metric", "rows", "mean", title="live scores per version")
-    for version, name, count, mean in per_version:
-        table.add_row(version, name, str(count), "-" if mean is None else f"{mean:.4g}")
-    out.print(table)
-    at = Table("time", "rule", "state", "action", title="alert transitions")
-    for row in alert_rows:
-        at.add_row(str(row.ts)[11:19], row.rule, row.state, row.action or "")
-    out.print(at if alert_rows else "no alert transitions")
     for run in runs:
         gate = next((s for s in run["steps"] or [] if s["name"] == "gate"), None)
         out.print(f"retrain run {run['run_id'][:8]}: {run['status']} (trigger {run['trigger']})")
@@ -377,10 +358,10 @@ def _finish(
             out.print(f"  gate: active {details.get('active')} → candidate {details.get('candidate')}")
             for reason in details.get("reasons", []):
                 out.print(f"  reason: {reason}")
-    try:
-        from atalaia.report import build_report
+    from atalaia.cli.report import summary_tables
+    from atalaia.report import build_report, summarize
 
-        path = build_report(engine, settings, since=since)
-        out.print(f"report: {path}")
-    except ImportError:
-        out.print("report: not available in this build")
+    for table in summary_tables(summarize(engine, since)):
+        out.print(table)
+    path = build_report(engine, settings, since=since)
+    out.print(f"report: {path}")
