@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -164,6 +164,82 @@ class Settings(BaseSettings):
         False,
         description="Redact emails, phone numbers, CPF/SSN and card numbers from events before they leave the process.",
     )
+
+    # -- retraining: data set, LoRA fine-tuning, evaluation gate, quantization (retrain/) --
+    qa_train_file: Path | None = Field(
+        None, description="Curated QA pairs added to every retraining data set; default data/qa/train.jsonl."
+    )
+    qa_holdout_file: Path | None = Field(
+        None, description="Holdout QA pairs the evaluation gate scores (never trained on); default data/qa/holdout.jsonl"
+    )
+    dataset_val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.05, description="Share of retraining pairs held out for validation loss (split by a hash of the question)."
+    )
+    dataset_max_answer_words: Annotated[int, Field(ge=1)] = Field(
+        80, description="Longest answer (words) kept in a retraining data set; longer pairs are dropped."
+    )
+    lora_rank: Annotated[int, Field(ge=1, le=256)] = Field(16, description="LoRA rank r.")
+    lora_alpha: Annotated[int, Field(ge=1)] = Field(32, description="LoRA alpha (the update is scaled by alpha/r).")
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.05, description="Dropout on the LoRA input.")
+    lora_targets: str = Field(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        description="Comma-separated module names that get LoRA adapters.",
+    )
+    lora_steps: Annotated[int, Field(ge=1)] = Field(60, description="Optimizer steps of a fine-tuning run.")
+    lora_lr: Annotated[float, Field(gt=0)] = Field(1e-3, description="Peak learning rate (AdamW, linear decay).")
+    lora_batch_size: Annotated[int, Field(ge=1)] = Field(8, description="Examples per optimizer step.")
+    lora_max_seq_len: Annotated[int, Field(ge=16)] = Field(
+        128, description="Longest training example in tokens (prompt + answer); longer ones are cut."
+    )
+    lora_gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about a third slower."
+    )
+    lora_seed: int = Field(0, description="Seed of LoRA initialisation, dropout and batch order.")
+    gate_min_improvement: Annotated[float, Field(ge=0)] = Field(
+        0.02, description="Holdout ROUGE-L gain (absolute) a candidate needs over the active version to be promoted."
+    )
+    gate_guards: dict[str, float] = Field(
+        default_factory=lambda: {"similarity": 0.03, "toxicity": 0.02, "perplexity": 0.25, "latency_p50_ms": 0.5},
+        description="JSON map of guard metric to the largest regression allowed: absolute for similarity, toxicity "
+        "and rouge_l; relative (0.25 = 25 %) for perplexity, latency_p50_ms and tokens_per_s.",
+    )
+    quantization_method: Literal["int8-weight-only"] = Field(
+        "int8-weight-only", description="How retrained models are quantized for serving."
+    )
+    eval_max_tokens: Annotated[int, Field(ge=1, le=1024)] = Field(
+        64, description="Tokens generated per holdout question when evaluating a model."
+    )
+
+    @field_validator("qa_train_file", "qa_holdout_file", mode="before")
+    @classmethod
+    def _empty_qa_file(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _check_targets(cls, value: str) -> str:
+        targets = [t.strip() for t in value.split(",") if t.strip()]
+        if not targets:
+            raise ValueError("name at least one module, e.g. q_proj,v_proj")
+        return ",".join(targets)
+
+    @field_validator("gate_guards")
+    @classmethod
+    def _check_guards(cls, value: dict[str, float]) -> dict[str, float]:
+        known = ("rouge_l", "similarity", "perplexity", "toxicity", "latency_p50_ms", "tokens_per_s")
+        for name, limit in value.items():
+            if name not in known:
+                raise ValueError(f"unknown guard metric {name!r}; choose from {list(known)}")
+            if limit < 0:
+                raise ValueError(f"guard {name!r} must be >= 0, got {limit}")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_qa_files(self) -> Settings:
+        qa = Path(__file__).resolve().parents[1] / "data" / "qa"
+        self.qa_train_file = (self.qa_train_file or qa / "train.jsonl").expanduser().resolve()
+        self.qa_holdout_file = (self.qa_holdout_file or qa / "holdout.jsonl").expanduser().resolve()
+        return self
 
     producer_linger_ms: Annotated[int, Field(ge=0, le=60000)] = Field(20, description="Producer batching delay.")
     spool_dir: Path | None = Field(

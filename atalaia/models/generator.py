@@ -167,13 +167,14 @@ class Generator:
 
     @classmethod
     def load(cls, path: Path | str, threads: int = 0) -> Generator:
-        """Load a prepared generator folder on CPU in float32.
+        """Load a prepared generator folder on CPU: float32, or int8 when the folder is quantized.
 
         Parameters
         ----------
         path
             Folder with ``config.json``, safetensors and tokenizer files (normally
-            ``settings.generator_path``).
+            ``settings.generator_path``), or a weight-only int8 folder written by
+            ``retrain.quantize.quantize_model`` (see :mod:`atalaia.models.quantized`).
         threads
             torch intra-op threads; 0 keeps torch's default. This is process-wide in torch.
 
@@ -199,12 +200,18 @@ class Generator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from atalaia.models.quantized import is_quantized_dir, load_quantized_model
+
         if threads > 0:
             torch.set_num_threads(threads)
         t0 = time.perf_counter()
         with _quiet_transformers_bars():  # a tqdm bar per load is noise in service logs
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+            if is_quantized_dir(path):
+                # A folder written by retrain.quantize: int8 weights, served like any version.
+                model = load_quantized_model(path)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
         model.eval()
         logger.info(
             "generator loaded from %s in %.2f s (%d torch threads)",

@@ -1,0 +1,112 @@
+"""Unit tests of weight-only int8 quantization on a tiny random Llama (no prepared model needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from atalaia.models.quantized import (
+    QUANT_MANIFEST,
+    QUANT_WEIGHTS,
+    Int8Embedding,
+    Int8Linear,
+    PackedHead,
+    is_quantized_dir,
+    load_quantized_model,
+    quantize_rows,
+    read_quant_manifest,
+)
+from retrain.quantize import dir_size, quantize_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("tiny") / "fp32"
+    model.save_pretrained(path)
+    return path
+
+
+def test_quantize_rows_round_trip_error_is_small() -> None:
+    w = torch.randn(32, 64)
+    q, s = quantize_rows(w)
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127
+    err = (q.float() * s[:, None] - w).abs().max(dim=1).values
+    assert torch.all(err <= s / 2 + 1e-6)  # at most half a quantization step per row
+    zero_q, zero_s = quantize_rows(torch.zeros(2, 4))
+    assert zero_q.abs().sum() == 0 and torch.all(zero_s == 1)
+
+
+def test_int8_layers_match_float_layers() -> None:
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(3, 7, 64)
+    with torch.no_grad():
+        ref, out = linear(x), layer(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=0.05 * float(ref.abs().max()))
+    emb = torch.nn.Embedding(20, 16)
+    qemb = Int8Embedding.from_embedding(emb)
+    ids = torch.tensor([[0, 5, 19]])
+    assert torch.allclose(qemb(ids), emb(ids), atol=0.02 * float(emb.weight.abs().max()))
+    head = PackedHead(emb.weight)
+    h = torch.randn(2, 16)
+    assert torch.allclose(head(h), h @ emb.weight.T, atol=0.02 * float((h @ emb.weight.T).abs().max()))
+
+
+def test_quantize_model_writes_a_complete_int8_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = quantize_model(tiny_model_dir, tmp_path / "int8")
+    assert out.path == tmp_path / "int8" and out.method == "int8-weight-only"
+    assert is_quantized_dir(out.path) and not is_quantized_dir(tiny_model_dir)
+    assert (out.path / QUANT_WEIGHTS).is_file() and not (out.path / "model.safetensors").exists()
+    assert (out.path / "config.json").is_file()
+    assert out.size_bytes == dir_size(out.path) < dir_size(tiny_model_dir)
+    manifest = read_quant_manifest(out.path)
+    assert manifest["tied_head"] is True and manifest["quantized_modules"] == 2 * 7 + 1
+    assert not list(tmp_path.glob(".int8.tmp-*"))  # written under a temporary name, then renamed
+    again = quantize_model(tiny_model_dir, tmp_path / "int8")  # replaces an existing folder
+    assert again.size_bytes == out.size_bytes
+
+
+def test_loaded_int8_model_predicts_like_the_float_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    fp32 = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    q = load_quantized_model(quantize_model(tiny_model_dir, tmp_path / "int8").path)
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.inference_mode():
+        ref = fp32(input_ids=ids).logits
+        out = q(input_ids=ids).logits
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    corr = torch.corrcoef(torch.stack([ref.flatten(), out.flatten()]))[0, 1]
+    assert corr > 0.99
+    assert (ref.argmax(-1) == out.argmax(-1)).float().mean() > 0.85
+    with torch.inference_mode():
+        gen = q.generate(input_ids=ids[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert gen.shape == (1, 9)
+
+
+def test_bad_folders_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown quantization method"):
+        quantize_model(tiny_model_dir, tmp_path / "x", method="int3")
+    with pytest.raises(FileNotFoundError):
+        quantize_model(tmp_path / "missing", tmp_path / "x")
+    out = quantize_model(tiny_model_dir, tmp_path / "int8").path
+    manifest = json.loads((out / QUANT_MANIFEST).read_text())
+    (out / QUANT_MANIFEST).write_text(json.dumps({**manifest, "format": 99}))
+    with pytest.raises(ValueError, match="format"):
+        load_quantized_model(out)
