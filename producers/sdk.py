@@ -39,6 +39,7 @@ _TOPIC_OF: dict[type, str] = {
     DeadLetterEvent: "deadletter",
 }
 RECONNECT_EVERY_S = 2.0
+REPLAY_CHUNK = 1000
 
 
 @dataclass
@@ -250,13 +251,22 @@ class EventProducer:
             self._spool(message)
 
     def _replay(self) -> None:
-        """Send spooled events in order, synchronously; stop at the first failure."""
+        """Send spooled events in order, a chunk at a time; stop at the first failure.
+
+        A chunk is sent as one batch and then confirmed message by message: waiting for each
+        message before sending the next cost a round trip plus ``linger_ms`` apiece (43 events/s
+        measured), slower than moderate traffic, so a spool could never drain.
+        """
         pending = self.spool.read()
         delivered = 0
         try:
-            for message in pending:
-                self._producer.send(message.topic, key=message.key, value=message.value).get(timeout=15)
-                delivered += 1
+            for start in range(0, len(pending), REPLAY_CHUNK):
+                chunk = pending[start : start + REPLAY_CHUNK]
+                futures = [self._producer.send(m.topic, key=m.key, value=m.value) for m in chunk]
+                self._producer.flush(timeout=30)
+                for future in futures:
+                    future.get(timeout=15)  # in order: what follows a failure is sent again later
+                    delivered += 1
         except Exception as exc:  # noqa: BLE001 - still down: keep the rest for later
             self._mark_degraded(exc)
         else:
