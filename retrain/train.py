@@ -380,7 +380,8 @@ def train_lora(
     ----------
     base_model_dir
         The model to fine-tune: a float model folder (``settings.generator_path`` or a
-        registered version's merged folder). Not a quantized folder.
+        registered version's merged folder), or a quantized folder, whose int8 weights are
+        dequantized to float32 first.
     dataset
         From :func:`retrain.dataset.build_dataset`.
     out_dir
@@ -403,8 +404,7 @@ def train_lora(
     Raises
     ------
     ValueError
-        When no example of the data set fits ``config.max_seq_len``, or the base folder is a
-        quantized model.
+        When no example of the data set fits ``config.max_seq_len``.
     """
     import torch
     from peft import LoraConfig as PeftLoraConfig
@@ -412,12 +412,10 @@ def train_lora(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from atalaia.models.prepare import _quiet_transformers_bars, write_manifest
-    from atalaia.models.quantized import is_quantized_dir
+    from atalaia.models.quantized import is_quantized_dir, load_dequantized_model
 
     t0 = time.perf_counter()
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    if is_quantized_dir(base_model_dir):
-        raise ValueError(f"{base_model_dir} is a quantized model; fine-tune its float parent instead")
     out_dir.mkdir(parents=True, exist_ok=True)
     device, dtype_name = select_device()
     if threads > 0:
@@ -427,7 +425,11 @@ def train_lora(
 
     with _quiet_transformers_bars():
         tokenizer: Any = AutoTokenizer.from_pretrained(base_model_dir, local_files_only=True)
-        model: Any = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32, local_files_only=True)
+        if is_quantized_dir(base_model_dir):
+            # The active version may be kept only as its int8 artefact: start from its dequantized weights.
+            model: Any = load_dequantized_model(base_model_dir)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32, local_files_only=True)
     pad_id = int(tokenizer.convert_tokens_to_ids(IM_END))
 
     def encode(records: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:

@@ -357,7 +357,7 @@ def _no_init() -> Any:
     return no_init_weights()
 
 
-def load_quantized_model(path: Path | str) -> Any:
+def load_quantized_model(path: Path | str, *, bfloat16_stream: bool = True) -> Any:
     """Load a quantized model folder as a transformers causal LM (CPU, eval mode).
 
     The architecture is built from ``config.json`` without initialising weights, its layers are
@@ -367,6 +367,9 @@ def load_quantized_model(path: Path | str) -> Any:
     ----------
     path
         Folder with ``config.json``, ``model-int8.safetensors`` and ``atalaia-quant.json``.
+    bfloat16_stream
+        Run the residual stream in bfloat16 where the int8 kernel takes it (see
+        :func:`_run_in_bfloat16`); ``False`` keeps float32 activations throughout.
 
     Returns
     -------
@@ -402,8 +405,49 @@ def load_quantized_model(path: Path | str) -> Any:
     if tied:
         emb = model.get_input_embeddings()
         model.set_output_embeddings(PackedHead(emb.dequantized()))
-    if _int8pack_available():
+    if bfloat16_stream and _int8pack_available():
         _run_in_bfloat16(model)
     model.eval()
     logger.info("quantized model (%s) loaded from %s in %.2f s", manifest["method"], path, time.perf_counter() - t0)
     return model
+
+
+def load_dequantized_model(path: Path | str) -> Any:
+    """Load a quantized folder as an ordinary float32 model (int8 weights times their scales).
+
+    For fine-tuning a version that was only kept quantized: the result has plain ``nn.Linear``
+    and ``nn.Embedding`` layers (and a tied head), so peft can wrap it and ``save_pretrained``
+    writes a normal model folder. The weights carry the int8 rounding of the quantized model.
+
+    Parameters
+    ----------
+    path
+        A folder written by ``retrain.quantize.quantize_model``.
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        In float32, eval mode.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tied = bool(read_quant_manifest(path).get("tied_head"))
+    quantized = load_quantized_model(path, bfloat16_stream=False)
+    state: dict[str, torch.Tensor] = {}
+    for name, module in quantized.named_modules():
+        if isinstance(module, Int8Linear | Int8Embedding):
+            state[f"{name}.weight"] = module.dequantized()
+    for name, param in quantized.named_parameters():  # norms, biases
+        state[name] = param.detach().float()
+    config = AutoConfig.from_pretrained(Path(path), local_files_only=True)
+    with _no_init():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    persistent = set(model.state_dict())
+    # A tied head has no weight of its own: tie_weights() below points it at the embedding.
+    missing = [k for k in missing if k in persistent and not (tied and k.startswith("lm_head."))]
+    if missing or unexpected:
+        raise ValueError(f"cannot dequantize {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if tied:
+        model.tie_weights()
+    return model.eval()

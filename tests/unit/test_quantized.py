@@ -16,6 +16,7 @@ from atalaia.models.quantized import (
     Int8Linear,
     PackedHead,
     is_quantized_dir,
+    load_dequantized_model,
     load_quantized_model,
     quantize_rows,
     read_quant_manifest,
@@ -61,7 +62,7 @@ def test_int8_layers_match_float_layers() -> None:
         ref, out = linear(x), layer(x)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert torch.allclose(out, ref, atol=0.05 * float(ref.abs().max()))
-    emb = torch.nn.Embedding(20, 16)
+    emb = torch.nn.Embedding(20, 16).requires_grad_(False)
     qemb = Int8Embedding.from_embedding(emb)
     ids = torch.tensor([[0, 5, 19]])
     assert torch.allclose(qemb(ids), emb(ids), atol=0.02 * float(emb.weight.abs().max()))
@@ -110,3 +111,17 @@ def test_bad_folders_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     (out / QUANT_MANIFEST).write_text(json.dumps({**manifest, "format": 99}))
     with pytest.raises(ValueError, match="format"):
         load_quantized_model(out)
+
+
+def test_dequantized_model_is_a_plain_float_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = quantize_model(tiny_model_dir, tmp_path / "int8").path
+    q = load_quantized_model(path, bfloat16_stream=False)
+    plain = load_dequantized_model(path)
+    assert not any(isinstance(m, Int8Linear | Int8Embedding | PackedHead) for m in plain.modules())
+    assert plain.lm_head.weight is plain.get_input_embeddings().weight  # tied again
+    ids = torch.randint(0, 128, (1, 10))
+    with torch.inference_mode():
+        a, b = q(input_ids=ids).logits, plain(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-2 * float(b.abs().max()))
+    plain.save_pretrained(tmp_path / "float")  # an ordinary model folder again
+    assert (tmp_path / "float" / "model.safetensors").is_file()

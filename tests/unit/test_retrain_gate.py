@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def test_collate_pads_right_with_ignored_labels() -> None:
 def test_learning_rate_schedule() -> None:
     rates = [lr_at(s, 100, 1e-3) for s in range(100)]
     assert rates[4] == pytest.approx(1e-3)  # end of the 5-step warm-up
-    assert rates[0] < rates[4] and all(a >= b for a, b in zip(rates[4:], rates[5:], strict=False))
+    assert rates[0] < rates[4] and all(a >= b for a, b in itertools.pairwise(rates[4:]))
     assert rates[-1] > 0
 
 
