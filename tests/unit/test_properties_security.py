@@ -17,6 +17,7 @@ import ast
 import io
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ from tests.unit.test_inference_api import FakeGenerator, RecordingProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("atalaia", "consumers", "monitors", "inference", "producers", "retrain", "bench")
-SECRET_NAMES = ("token", "secret", "signature", "password")
+# A name that holds a secret: `token`, `admin_token`, `webhook_secret`, `expected_signature`...
+# (not `max_tokens` or `prompt_tokens`, which are counts).
+SECRET_NAME = re.compile(r"(^|_)(token|secret|signature|password)$")
 SQL_CALLS = {"text", "execute", "exec_driver_sql", "executemany", "executescript", "literal_column"}
 TOKEN = "adm-7d1e5c2b9a40"
 
@@ -62,7 +65,7 @@ def secret_equality_checks(tree: ast.AST) -> list[int]:
             names = [_name(n).lower() for n in (node.left, *node.comparators)]
             constants = [isinstance(n, ast.Constant) for n in (node.left, *node.comparators)]
             # `token == ""` style emptiness checks leak nothing; a comparison of two values does.
-            if any(w in n for n in names for w in SECRET_NAMES) and not any(constants):
+            if any(SECRET_NAME.search(n) for n in names) and not any(constants):
                 lines.append(node.lineno)
     return lines
 
@@ -94,6 +97,7 @@ def test_the_checkers_find_what_they_look_for() -> None:
         'cur.execute("select {}".format(x))\n'
         "if supplied == settings.admin_token: pass\n"
         "ok = signature != expected_signature\n"
+        "assert out.shape[1] - n == new_tokens\n"
     )
     assert sorted(formatted_sql(bad)) == [1, 2, 3, 4] and secret_equality_checks(bad) == [5, 6]
     good = ast.parse(
