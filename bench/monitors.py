@@ -28,7 +28,7 @@
 
 Usage::
 
-    .venv/bin/python bench/monitors.py                     # everything, ~3 min on 2 cores
+    .venv/bin/python bench/monitors.py     # everything: ~3 min on the idle 2-core box (6 when cores are shared)
     .venv/bin/python bench/monitors.py --only calibrate --calibrate 1000 --grid   # docstring tables
 """
 
