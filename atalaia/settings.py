@@ -165,6 +165,52 @@ class Settings(BaseSettings):
         description="Redact emails, phone numbers, CPF/SSN and card numbers from events before they leave the process.",
     )
 
+    # -- retraining loop: scheduler, run checks, canary (issue: retraining loop) --
+    retrain_cron: str = Field(
+        "0 3 * * *",
+        description="Crontab (UTC) of the periodic retrain check; empty disables it (alerts and "
+        "`atalaia retrain --now` still start runs).",
+    )
+    retrain_cooldown_s: Annotated[float, Field(ge=0)] = Field(
+        3600.0, description="Seconds after a run ends before the next one may start (--force ignores it)."
+    )
+    retrain_min_feedback: Annotated[int, Field(ge=0)] = Field(
+        20, description="Corrected answers needed since the last deployed run before training (--force ignores it)."
+    )
+    retrain_lock_stale_s: Annotated[float, Field(ge=5)] = Field(
+        120.0, description="A retrain lock whose heartbeat is older than this belongs to a crashed run and is recovered."
+    )
+    retrain_eval_limit: Annotated[int, Field(ge=0)] = Field(
+        24, description="Holdout questions the gate evaluates per model (0: all of them)."
+    )
+    retrain_eval_rag: bool = Field(True, description="Evaluate candidates on the holdout with RAG, as they are served.")
+    retrain_alert_max_age_s: Annotated[float, Field(gt=0)] = Field(
+        3600.0, description="Alerts with action retrain older than this are not acted on (a scheduler catching up)."
+    )
+    quantized_ppl_tolerance: Annotated[float, Field(ge=0)] = Field(
+        0.05, description="Largest relative rise of holdout perplexity of the quantized model over its fp32 merge."
+    )
+    scheduler_group: str = Field("atalaia-scheduler", description="Consumer group of the scheduler on the alerts topic.")
+    canary_min_events: Annotated[int, Field(ge=1)] = Field(
+        30, description="Live samples of a metric needed on both sides before the canary judges it."
+    )
+    canary_baseline_events: Annotated[int, Field(ge=1)] = Field(
+        500, description="Samples per metric read for the canary (the parent's most recent, the new version's first)."
+    )
+    canary_window_s: Annotated[float, Field(gt=0)] = Field(
+        1800.0, description="Seconds after a deploy during which the canary may roll back."
+    )
+    canary_interval_s: Annotated[float, Field(gt=0)] = Field(30.0, description="Seconds between canary checks.")
+    canary_max_drop: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.10, description="Relative fall of live ROUGE-L or reference similarity that rolls a new version back."
+    )
+    canary_max_latency_ratio: Annotated[float, Field(ge=1)] = Field(
+        1.5, description="Live latency p95 above this multiple of the parent's rolls a new version back."
+    )
+    canary_max_toxicity_increase: Annotated[float, Field(ge=0)] = Field(
+        0.05, description="Absolute rise of mean response toxicity that rolls a new version back."
+    )
+
     # -- retraining: data set, LoRA fine-tuning, evaluation gate, quantization (retrain/) --
     qa_train_file: Path | None = Field(
         None, description="Curated QA pairs added to every retraining data set; default data/qa/train.jsonl."
@@ -195,8 +241,10 @@ class Settings(BaseSettings):
         False, description="Recompute activations in the backward pass: less memory, about a third slower."
     )
     lora_seed: int = Field(0, description="Seed of LoRA initialisation, dropout and batch order.")
-    gate_min_improvement: Annotated[float, Field(ge=0)] = Field(
-        0.02, description="Holdout ROUGE-L gain (absolute) a candidate needs over the active version to be promoted."
+    gate_min_improvement: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.02,
+        description="Holdout ROUGE-L gain (absolute) a candidate needs over the active version to be promoted; "
+        "a negative value accepts a candidate up to that much worse (pipeline tests, canary-only rollouts).",
     )
     gate_guards: dict[str, float] = Field(
         default_factory=lambda: {"similarity": 0.03, "toxicity": 0.02, "perplexity": 0.25, "latency_p50_ms": 0.5},
@@ -285,6 +333,19 @@ class Settings(BaseSettings):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"rate of {group!r} must be between 0 and 1, got {rate}")
         return value
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression (minute hour day month weekday): {exc}") from None
+        return value.strip()
 
     @field_validator("alertmanager_url", "webhook_url", "slack_webhook_url")
     @classmethod

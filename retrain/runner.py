@@ -143,6 +143,8 @@ def run_retrain(
         crashed = mark_crashed_runs(engine, recorder.run_id)
         assert settings.models_dir is not None
         partial = registry.remove_partial_folders(settings.models_dir)
+        for run_id in crashed:  # a crashed run's adapter and merged copy are of no further use
+            shutil.rmtree(settings.home / "retrain" / run_id, ignore_errors=True)
         if crashed or partial:
             recorder.metrics["recovered"] = {"crashed_runs": crashed, "removed_folders": [str(p) for p in partial]}
         return _run(settings, engine, steps, recorder, force)
