@@ -40,6 +40,7 @@ _TOPIC_OF: dict[type, str] = {
 }
 RECONNECT_EVERY_S = 2.0
 REPLAY_CHUNK = 1000
+SPOOL_BATCH = 500
 
 
 @dataclass
@@ -88,6 +89,9 @@ class EventProducer:
         # The message the sender thread holds between queue and Kafka/spool; close() spools it if
         # the thread is stuck (for example in a blocking metadata fetch) when time runs out.
         self._current: SpooledMessage | None = None
+        # Messages taken from the queue to be spooled with the current one in one fsync; close()
+        # spools them too if the thread is stuck (a duplicate on disk is harmless, a loss is not).
+        self._held: list[SpooledMessage] = []
         self._last_connect = 0.0
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -152,11 +156,11 @@ class EventProducer:
                 log.debug("producer close failed", exc_info=True)
             self._producer = None
         with self._lock:
-            unconfirmed = list(self._in_flight.values())
+            head = [self._current] if self._current is not None else []
+            unconfirmed = [*head, *self._held, *self._in_flight.values()]
+            self._current = None
+            self._held = []
             self._in_flight.clear()
-            if self._current is not None:
-                unconfirmed.insert(0, self._current)
-                self._current = None
         for message in unconfirmed:
             self._spool(message)
 
@@ -171,6 +175,32 @@ class EventProducer:
                 "event lost: spool unwritable",
                 extra={"topic": message.topic, "spool": str(self.spool.path), "error": str(exc)},
             )
+
+    def _spool_batch(self, first: SpooledMessage) -> None:
+        """Spool ``first`` and whatever else is queued (up to ``SPOOL_BATCH``) with one fsync, in order."""
+        drained: list[SpooledMessage] = []
+        while len(drained) < SPOOL_BATCH - 1:
+            try:
+                drained.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        with self._lock:
+            self._held = drained
+        batch = [first, *drained]
+        try:
+            self.spool.append_many(batch)
+            self.stats.spooled += len(batch)
+        except OSError as exc:
+            self.stats.lost += len(batch)
+            log.error(
+                "event lost: spool unwritable",
+                extra={"events": len(batch), "spool": str(self.spool.path), "error": str(exc)},
+            )
+        finally:
+            with self._lock:
+                self._held = []
+            for _ in drained:
+                self._queue.task_done()
 
     def _connect(self) -> None:
         if self._producer is not None or time.monotonic() - self._last_connect < RECONNECT_EVERY_S:
@@ -298,7 +328,7 @@ class EventProducer:
                     # While older events wait on disk, newer ones queue behind them to keep order.
                     if self._producer is None or self._degraded or len(self.spool):
                         if self._claim(message):
-                            self._spool(message)
+                            self._spool_batch(message)
                     else:
                         self._send(message)
             except Exception as exc:  # noqa: BLE001 - the sender thread must survive anything

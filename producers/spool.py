@@ -80,6 +80,31 @@ class Spool:
                 os.fsync(fh.fileno())
             self._count += 1
 
+    def append_many(self, messages: list[SpooledMessage]) -> None:
+        """Append ``messages`` with a single fsync (group commit); raises OSError if the disk refuses.
+
+        One fsync per message caps a spool at the disk's sync rate (~100-200 events/s measured);
+        one per batch lets the sender keep up with a backlog while Kafka is away.
+        """
+        lines = [
+            json.dumps(
+                {
+                    "topic": m.topic,
+                    "key": base64.b64encode(m.key).decode() if m.key is not None else None,
+                    "value": base64.b64encode(m.value).decode(),
+                },
+                separators=(",", ":"),
+            )
+            + "\n"
+            for m in messages
+        ]
+        with self._lock:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write("".join(lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._count += len(lines)
+
     def read(self) -> list[SpooledMessage]:
         """All spooled messages, oldest first. A torn last line (crash mid-write) is skipped."""
         if not self.path.exists():

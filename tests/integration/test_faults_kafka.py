@@ -193,4 +193,4 @@ def test_unwritable_spool_is_counted_and_the_service_answers(tmp_path: Path, mod
     assert health is not None and health["status"] == "ok"
     log = log_text(settings, "serve")
     assert "spool unusable: events will be lost while Kafka is unreachable" in log
-    assert log.count("event lost: spool unwritable") >= 5
+    assert "event lost: spool unwritable" in log  # one line per batch the spool refused
