@@ -21,6 +21,20 @@ RETRAIN_JOB = "retrain-now"
 PERIODIC_JOB = "retrain-periodic"
 CANARY_PREFIX = "canary:"
 
+#: Retrain runs this process started and that are still running.
+_children: set[subprocess.Popen[bytes]] = set()
+
+
+def stop_children(timeout: float = 10.0) -> None:
+    """Stop running retrain runs when the scheduler stops (the next run recovers their lock)."""
+    for proc in list(_children):
+        proc.terminate()
+    for proc in list(_children):
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
 
 def retrain_in_subprocess(trigger: str, force: bool = False) -> int:
     """Run ``atalaia retrain --now`` in a child process and return its exit code.
@@ -32,7 +46,12 @@ def retrain_in_subprocess(trigger: str, force: bool = False) -> int:
     if force:
         cmd.append("--force")
     log.info("starting a retrain run", extra={"trigger": trigger})
-    code = subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
+    proc = subprocess.Popen(cmd, env=os.environ.copy())
+    _children.add(proc)
+    try:
+        code = proc.wait()
+    finally:
+        _children.discard(proc)
     log.info("retrain run ended", extra={"trigger": trigger, "exit_code": code})
     if code == 0:
         schedule_canary_for_latest_deploy()

@@ -154,6 +154,9 @@ def run_scheduler(settings: Settings, stop: threading.Event) -> None:
     try:
         follow_alerts(settings, scheduler, stop)
     finally:
+        from retrain.jobs import stop_children
+
         scheduler.shutdown(wait=False)
+        stop_children()
         _running = None
         log.info("scheduler stopped")

@@ -360,6 +360,10 @@ def _copy_extras(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+#: Validation examples scored before and after training.
+MAX_VAL_EXAMPLES = 24
+
+
 def train_lora(
     base_model_dir: Path,
     dataset: DatasetVersion,
@@ -441,7 +445,9 @@ def train_lora(
         return out
 
     train_examples = encode(dataset.records("train"))
-    val_examples = encode(dataset.records("val")) if dataset.n_val else []
+    # The validation loss is a before/after check, not a search: a fixed sample of the split keeps
+    # its cost bounded (two passes over it) whatever the data set's size.
+    val_examples = encode(dataset.records("val")[:MAX_VAL_EXAMPLES]) if dataset.n_val else []
     if not train_examples:
         raise ValueError(f"no training example of {dataset.path} fits max_seq_len={config.max_seq_len}")
 

@@ -68,8 +68,8 @@ def _env(lora_steps: int, eval_limit: int, drift_ref: int, drift_window: int, dr
 
 
 PLANS = {
-    "full": DemoPlan("full", 45, 480.0, 40, 90.0, 32, 128, _env(60, 12, 30, 20, 5)),
-    "quick": DemoPlan("quick", 20, 150.0, 12, 40.0, 24, 96, _env(12, 4, 20, 12, 4)),
+    "full": DemoPlan("full", 45, 900.0, 40, 90.0, 32, 128, _env(40, 8, 30, 20, 5)),
+    "quick": DemoPlan("quick", 20, 600.0, 12, 40.0, 24, 96, _env(8, 3, 20, 12, 4)),
 }
 
 
@@ -119,7 +119,7 @@ def _served_version(client: httpx.Client) -> str:
 
 def _ask(client: httpx.Client, state: DemoState, question: Any) -> None:
     body: dict[str, Any] = {
-        "model": "default",
+        "model": state.served_version,
         "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question.text}],
         "max_tokens": question.max_tokens,
     }
@@ -132,11 +132,15 @@ def _ask(client: httpx.Client, state: DemoState, question: Any) -> None:
     except httpx.HTTPError as exc:
         state.failed += 1
         state.errors.append(f"{type(exc).__name__}: {exc}")
+        time.sleep(1.0)  # a restarting service: do not spin
         return
     state.latencies.append((time.perf_counter() - started) * 1000)
     if resp.status_code != 200:
         state.failed += 1
         state.errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        if state.failed > 20 and state.failed > state.ok:
+            state.stop.set()  # the service refuses everything: stop and report instead of spinning
+        time.sleep(1.0)
         return
     state.ok += 1
     state.answered_at.append(time.monotonic())
@@ -150,7 +154,17 @@ def _ask(client: httpx.Client, state: DemoState, question: Any) -> None:
             state.feedback += 1
 
 
-def _traffic(base: str, plan: DemoPlan, state: DemoState, on_request: Any) -> None:
+def _retraining(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return (
+            conn.execute(
+                select(func.count()).select_from(t.retrain_runs).where(t.retrain_runs.c.status == "running")
+            ).scalar_one()
+            > 0
+        )
+
+
+def _traffic(base: str, plan: DemoPlan, state: DemoState, on_request: Any, engine: Engine) -> None:
     """The traffic thread: normal → drift (until a new version serves) → recovered."""
     rng = random.Random(7)
     mixes = phase_mixes(load_qa(), load_off_topic())
@@ -171,6 +185,9 @@ def _traffic(base: str, plan: DemoPlan, state: DemoState, on_request: Any) -> No
             if version and version != state.first_version:
                 state.served_version, state.swapped_at = version, time.monotonic()
                 break
+            if _retraining(engine):
+                # Live traffic goes on during training, at a pace that leaves the CPU to it.
+                state.stop.wait(3.0)
         if state.swapped_at is None:
             state.enter("no new version")
             return
@@ -305,7 +322,7 @@ def run_demo(settings: Settings, console: Console, out: Console, quick: bool = F
             console.print("[red]inference service did not come up; see its log[/red]")
             return 1
         console.print("5/5 traffic: normal → drift (+ feedback) → retrain → recovered")
-        traffic = threading.Thread(target=_traffic, args=(base, plan, state, sup.check), daemon=True)
+        traffic = threading.Thread(target=_traffic, args=(base, plan, state, sup.check, engine), daemon=True)
         traffic.start()
         with Live(_render(plan, state, {}, started), console=console, refresh_per_second=2) as live:
             settle_deadline: float | None = None

@@ -34,7 +34,15 @@ def retrain(
     settings = _settings()
     upgrade(settings.database_url)
     if now:
+        import signal
+
         from retrain.runner import run_retrain
+
+        def _stop(*_: object) -> None:
+            # SIGTERM (the scheduler stopping) ends the run like Ctrl-C: recorded as failed, lock released.
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)
 
         outcome = run_retrain(settings, trigger=trigger, force=force)
         summary = {
