@@ -8,7 +8,7 @@ score the base model (float32, as prepared) and the retrained int8 model on the 
 each phase. The holdout asks about facts of the handbook that no base model can know and that the
 curated training questions do not ask about.
 
-    .venv/bin/python -m bench.retrain [--steps 60] [--limit 24] [--threads 0]
+    .venv/bin/python -m bench.retrain [--steps 60] [--limit 24] [--threads 0] [--keep DIR [--reuse]]
 """
 
 from __future__ import annotations
@@ -22,6 +22,25 @@ from typing import Any
 from atalaia.settings import get_settings
 
 
+def _reused(root: Path) -> tuple[Any, Any, Any]:
+    """The training result, quantized model and configuration of a run kept in ``root``."""
+    import json
+
+    from atalaia.models.quantized import read_quant_manifest
+    from retrain.quantize import QuantizedModel, dir_size
+    from retrain.train import LoraConfig, TrainResult
+
+    info = json.loads((root / "run" / "train.json").read_text(encoding="utf-8"))
+    losses = [float(line.split(",")[1]) for line in (root / "run" / "loss_curve.csv").read_text().splitlines()[1:]]
+    fields = {k: v for k, v in info.items() if k in TrainResult.__dataclass_fields__}
+    paths = ("adapter_dir", "merged_dir", "loss_curve_path")
+    trained = TrainResult(**{**fields, **{k: Path(fields[k]) for k in paths}, "losses": losses})
+    config = LoraConfig(**{**info["config"], "target_modules": tuple(info["config"]["target_modules"])})
+    int8 = root / "int8"
+    quantized = QuantizedModel(int8, read_quant_manifest(int8)["method"], dir_size(int8))
+    return trained, quantized, config
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=24, help="holdout questions scored per model and mode")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch default)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folder here instead of a temp dir")
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --keep: score the run already in that folder (no training)"
+    )
     args = parser.parse_args(argv)
 
     from sqlalchemy import create_engine
@@ -54,13 +76,17 @@ def main(argv: list[str] | None = None) -> None:
 
         overrides: dict[str, Any] = {"steps": args.steps} if args.steps else {}
         config = LoraConfig.from_settings(settings, **overrides)
-        t0 = time.perf_counter()
-        trained = train_lora(settings.generator_path, dataset, root / "run", config, threads=args.threads)
-        times["train + merge"] = time.perf_counter() - t0
+        if args.reuse and args.keep:
+            trained, quantized, config = _reused(root)
+            times["train + merge (earlier run)"] = trained.seconds
+        else:
+            t0 = time.perf_counter()
+            trained = train_lora(settings.generator_path, dataset, root / "run", config, threads=args.threads)
+            times["train + merge"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        quantized = quantize_model(trained.merged_dir, root / "int8")
-        times["quantize"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            quantized = quantize_model(trained.merged_dir, root / "int8")
+            times["quantize"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         resources = EvalResources.load(settings, rag=True)
