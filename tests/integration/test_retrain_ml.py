@@ -74,7 +74,8 @@ def engine(tmp_path: Path) -> Engine:
 
 @pytest.fixture
 def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    return Settings(home=tmp_path / "home", models_dir=models_dir, torch_threads=0)
+    # A small validation split: its loss is computed twice per training run.
+    return Settings(home=tmp_path / "home", models_dir=models_dir, torch_threads=0, dataset_val_fraction=0.02)
 
 
 def small_config(settings: Settings, steps: int = 3) -> LoraConfig:
@@ -120,8 +121,8 @@ def test_train_merge_quantize_serve_and_evaluate(engine: Engine, settings: Setti
     del served
 
     holdout = load_holdout(settings)
-    fp32_ppl = reference_perplexity(result.merged_dir, holdout, limit=8)
-    int8_ppl = reference_perplexity(quantized.path, holdout, limit=8)
+    fp32_ppl = reference_perplexity(result.merged_dir, holdout, limit=6)
+    int8_ppl = reference_perplexity(quantized.path, holdout, limit=6)
     assert 1.0 < fp32_ppl < 1000 and abs(int8_ppl / fp32_ppl - 1) < 0.05
 
     report = evaluate_model(quantized.path, holdout, rag=True, settings=settings, limit=2, max_tokens=12)
