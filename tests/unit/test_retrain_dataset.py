@@ -120,7 +120,11 @@ def test_clean_pairs_filters_lengths_dedups_by_precedence_and_redacts_only_feedb
                 "qa",
                 [
                     {"id": "q1", "question": "how many DAYS of leave", "answer": "Other."},
-                    {"id": "q2", "question": "Who is on call? +55 11 3090 4911", "answer": "The ASO, +55 11 3090 4911."},
+                    {
+                        "id": "q2",
+                        "question": "Who is on call? +55 11 3090 4911",
+                        "answer": "The ASO, +55 11 3090 4911.",
+                    },
                 ],
                 False,
             ),
