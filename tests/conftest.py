@@ -83,8 +83,10 @@ def fresh_pg(pg_url: str) -> Iterator[str]:
 
     engine = create_engine(pg_url)
     metadata.drop_all(engine)
+    # Tables others create in the project database (Alembic's version, APScheduler's job store)
+    # must go too, or the next test sees a schema that is not the migrated one.
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version, apscheduler_jobs"))
     engine.dispose()
     upgrade(pg_url)
     yield pg_url
