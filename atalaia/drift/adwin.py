@@ -146,21 +146,6 @@ class ADWIN(ScalarDriftDetector):
     # -- public state --------------------------------------------------------------------------
 
     @property
-    def drift_detected(self) -> bool:
-        """Whether the latest :meth:`update` cut the window."""
-        return self._drift_detected
-
-    @property
-    def n_updates(self) -> int:
-        """Values fed since the detector was built or reset."""
-        return self._n_updates
-
-    @property
-    def n_detections(self) -> int:
-        """Updates that cut the window since the detector was built or reset."""
-        return self._n_detections
-
-    @property
     def width(self) -> int:
         """Number of values in the window."""
         return self._width

@@ -47,15 +47,25 @@ class ScalarDriftDetector(DriftDetector):
     def update(self, x: float) -> None:
         """Feed one value (a finite number; NaN and infinities raise :class:`ValueError`)."""
 
-    @property
-    @abc.abstractmethod
-    def n_updates(self) -> int:
-        """Number of values fed since the detector was built or :meth:`reset`."""
+    # Subclasses keep these three counters up to date in update() and reset().
+    _drift_detected: bool
+    _n_updates: int
+    _n_detections: int
 
     @property
-    @abc.abstractmethod
+    def drift_detected(self) -> bool:
+        """Whether the latest :meth:`update` detected drift."""
+        return self._drift_detected
+
+    @property
+    def n_updates(self) -> int:
+        """Number of values fed since the detector was built or :meth:`reset`."""
+        return self._n_updates
+
+    @property
     def n_detections(self) -> int:
         """Number of updates that detected drift since the detector was built or :meth:`reset`."""
+        return self._n_detections
 
     @abc.abstractmethod
     def params(self) -> dict[str, Any]:

@@ -173,21 +173,6 @@ class PageHinkley(ScalarDriftDetector):
     # -- public state --------------------------------------------------------------------------
 
     @property
-    def drift_detected(self) -> bool:
-        """Whether the latest :meth:`update` raised an alarm."""
-        return self._drift_detected
-
-    @property
-    def n_updates(self) -> int:
-        """Values fed since the detector was built or reset (restarts after alarms included)."""
-        return self._n_updates
-
-    @property
-    def n_detections(self) -> int:
-        """Alarms raised since the detector was built or reset."""
-        return self._n_detections
-
-    @property
     def in_warmup(self) -> bool:
         """Whether the detector is still learning mean and scale (no alarm possible)."""
         return self._n <= self.min_instances
