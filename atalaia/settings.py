@@ -84,11 +84,13 @@ class Settings(BaseSettings):
     )
     # -- alert routing (monitors/routing): empty URL = receiver off --
     alert_renotify_s: Annotated[float, Field(ge=0)] = Field(
-        3600.0, description="Seconds between re-notifications of a firing alert (a rule's renotify overrides; 0: never)."
+        3600.0,
+        description="Seconds between re-notifications of a firing alert (a rule's renotify overrides; 0: never).",
     )
     alertmanager_url: str = Field("", description="Prometheus Alertmanager base URL (POST /api/v2/alerts); empty: off.")
     alertmanager_resend_s: Annotated[float, Field(gt=0)] = Field(
-        60.0, description="Seconds between re-posts of a firing alert to Alertmanager (its endsAt is 4 times this ahead)."
+        60.0,
+        description="Seconds between re-posts of a firing alert to Alertmanager (its endsAt is 4 times this ahead).",
     )
     webhook_url: str = Field("", description="URL that receives alert transitions as signed JSON; empty: off.")
     webhook_secret: str = Field("", description="HMAC-SHA256 key of the webhook signature (required with the URL).")
@@ -178,7 +180,8 @@ class Settings(BaseSettings):
         20, description="Corrected answers needed since the last deployed run before training (--force ignores it)."
     )
     retrain_lock_stale_s: Annotated[float, Field(ge=5)] = Field(
-        120.0, description="A retrain lock whose heartbeat is older than this belongs to a crashed run and is recovered."
+        120.0,
+        description="A retrain lock whose heartbeat is older than this belongs to a crashed run and is recovered.",
     )
     retrain_eval_limit: Annotated[int, Field(ge=0)] = Field(
         24, description="Holdout questions the gate evaluates per model (0: all of them)."
@@ -187,10 +190,17 @@ class Settings(BaseSettings):
     retrain_alert_max_age_s: Annotated[float, Field(gt=0)] = Field(
         3600.0, description="Alerts with action retrain older than this are not acted on (a scheduler catching up)."
     )
+    retrain_recheck_s: Annotated[float, Field(ge=0)] = Field(
+        600.0,
+        description="Seconds between new attempts while a retrain alert on the active version stays firing (its run "
+        "was skipped or rejected); 0: act only when it starts firing.",
+    )
     quantized_ppl_tolerance: Annotated[float, Field(ge=0)] = Field(
         0.05, description="Largest relative rise of holdout perplexity of the quantized model over its fp32 merge."
     )
-    scheduler_group: str = Field("atalaia-scheduler", description="Consumer group of the scheduler on the alerts topic.")
+    scheduler_group: str = Field(
+        "atalaia-scheduler", description="Consumer group of the scheduler on the alerts topic."
+    )
     canary_min_events: Annotated[int, Field(ge=1)] = Field(
         30, description="Live samples of a metric needed on both sides before the canary judges it."
     )
@@ -216,7 +226,13 @@ class Settings(BaseSettings):
         None, description="Curated QA pairs added to every retraining data set; default data/qa/train.jsonl."
     )
     qa_holdout_file: Path | None = Field(
-        None, description="Holdout QA pairs the evaluation gate scores (never trained on); default data/qa/holdout.jsonl"
+        None,
+        description="Holdout QA pairs the evaluation gate scores (never trained on); default data/qa/holdout.jsonl",
+    )
+    dataset_sources: str = Field(
+        "feedback,qa,regulations",
+        description="Comma-separated sources of retraining data: feedback (users' corrected answers), qa (the "
+        "curated QA file), regulations (pairs derived from the handbook).",
     )
     dataset_val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.05, description="Share of retraining pairs held out for validation loss (split by a hash of the question)."
@@ -239,6 +255,11 @@ class Settings(BaseSettings):
     )
     lora_gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, about a third slower."
+    )
+    lora_feedback_share: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0,
+        description="Expected share of each training batch drawn from users' corrected answers (oversampled); "
+        "0: every example equally often.",
     )
     lora_seed: int = Field(0, description="Seed of LoRA initialisation, dropout and batch order.")
     gate_min_improvement: Annotated[float, Field(ge=-1, le=1)] = Field(
@@ -270,6 +291,16 @@ class Settings(BaseSettings):
         if not targets:
             raise ValueError("name at least one module, e.g. q_proj,v_proj")
         return ",".join(targets)
+
+    @field_validator("dataset_sources")
+    @classmethod
+    def _check_sources(cls, value: str) -> str:
+        known = ("feedback", "qa", "regulations")
+        sources = [s.strip() for s in value.split(",") if s.strip()]
+        unknown = [s for s in sources if s not in known]
+        if unknown or not sources:
+            raise ValueError(f"name one or more of {', '.join(known)} (comma-separated), got {value!r}")
+        return ",".join(dict.fromkeys(sources))
 
     @field_validator("gate_guards")
     @classmethod

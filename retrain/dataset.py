@@ -515,8 +515,8 @@ def build_dataset(
     out_root: Path,
     *,
     since: datetime | None = None,
-    include_qa: bool = True,
-    include_regulations: bool = True,
+    include_qa: bool | None = None,
+    include_regulations: bool | None = None,
 ) -> DatasetVersion:
     """Build, clean, split and version the training data; see the module docstring.
 
@@ -525,14 +525,15 @@ def build_dataset(
     engine
         The project database (feedback and inference events).
     settings
-        ``regulations_dir``, ``qa_train_file``, ``dataset_val_fraction``,
+        ``dataset_sources``, ``regulations_dir``, ``qa_train_file``, ``dataset_val_fraction``,
         ``dataset_max_answer_words``.
     out_root
         Folder of data set versions; this one goes to ``out_root/<content_hash>/``.
     since
         Only feedback after this time; ``None`` for all feedback.
     include_qa, include_regulations
-        Whether to add the curated QA pairs and the handbook-derived pairs.
+        Whether to add the curated QA pairs and the handbook-derived pairs; ``None``: as
+        ``settings.dataset_sources`` says. Feedback is read when that setting names it.
 
     Returns
     -------
@@ -545,7 +546,12 @@ def build_dataset(
     """
     qa_file = settings.qa_train_file
     assert qa_file is not None and settings.regulations_dir is not None  # resolved by Settings
-    sources: list[tuple[str, Iterable[dict[str, str]], bool]] = [("feedback", feedback_pairs(engine, since), True)]
+    wanted = set(settings.dataset_sources.split(","))
+    include_qa = "qa" in wanted if include_qa is None else include_qa
+    include_regulations = "regulations" in wanted if include_regulations is None else include_regulations
+    sources: list[tuple[str, Iterable[dict[str, str]], bool]] = []
+    if "feedback" in wanted:
+        sources.append(("feedback", feedback_pairs(engine, since), True))
     if include_qa:
         qa = [{"id": i.id, "question": i.question, "answer": i.answer, "section": i.section} for i in load_qa(qa_file)]
         sources.append(("qa", qa, False))
@@ -553,7 +559,10 @@ def build_dataset(
         sources.append(("regulations", regulation_pairs(settings.regulations_dir), False))
     records, dropped, redactions = clean_pairs(sources, max_answer_words=settings.dataset_max_answer_words)
     if not records:
-        raise ValueError("no training data: no feedback with corrected answers and no QA or regulation pairs")
+        raise ValueError(
+            f"no training data from ATALAIA_DATASET_SOURCES={settings.dataset_sources}: no feedback with corrected "
+            "answers and no QA or regulation pairs"
+        )
 
     train: list[dict[str, Any]] = []
     val: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ default implementation calls :mod:`retrain.dataset`, :mod:`retrain.train`,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -90,11 +91,25 @@ def new_version_name(settings: Settings, parent: str, run_id: str) -> str:
     return f"{family}@ft-{utcnow().strftime('%Y%m%dT%H%M%S')}-{run_id[:6]}"
 
 
+def eval_cache_key(settings: Settings) -> str:
+    """The registry key of holdout scores: ``holdout:<limit>:<rag|norag>:<digest>``.
+
+    The digest covers the holdout file's bytes and the generation budget, so that scores cached
+    under another holdout (``ATALAIA_QA_HOLDOUT_FILE``) or ``ATALAIA_EVAL_MAX_TOKENS`` are never
+    compared with new ones.
+    """
+    assert settings.qa_holdout_file is not None  # resolved by Settings
+    digest = hashlib.sha256(settings.qa_holdout_file.read_bytes())
+    digest.update(f"\0{settings.eval_max_tokens}".encode())
+    rag = "rag" if settings.retrain_eval_rag else "norag"
+    return f"holdout:{settings.retrain_eval_limit}:{rag}:{digest.hexdigest()[:12]}"
+
+
 def _active_scores(
     engine: Engine, settings: Settings, steps: Steps, served: registry.ServedVersion
 ) -> dict[str, float]:
     """The active version's holdout scores, computed once per evaluation setting and cached in the registry."""
-    key = f"holdout:{settings.retrain_eval_limit}:{'rag' if settings.retrain_eval_rag else 'norag'}"
+    key = eval_cache_key(settings)
     cached = served.metrics.get(key)
     if isinstance(cached, dict) and cached:
         return {k: float(v) for k, v in cached.items()}
@@ -240,7 +255,7 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
 
     with recorder.step("register") as d:
         registry.publish_folder(staging, final_dir)
-        eval_key = f"holdout:{settings.retrain_eval_limit}:{'rag' if settings.retrain_eval_rag else 'norag'}"
+        eval_key = eval_cache_key(settings)
         registry.register_candidate(
             engine,
             version=version,

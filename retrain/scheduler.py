@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -99,11 +100,61 @@ def wants_retrain(alert: AlertEvent, max_age_s: float) -> bool:
     return (utcnow() - alert.ts) <= timedelta(seconds=max_age_s)
 
 
+def alerts_to_recheck(waiting: dict[str, AlertEvent], active_version: str | None) -> list[AlertEvent]:
+    """The still-firing retrain alerts that concern the active model version.
+
+    An alert labelled with another ``model_version`` belongs to a version that has been replaced:
+    it is dropped from ``waiting``. Alerts without that label always count.
+
+    Examples
+    --------
+    >>> import uuid
+    >>> from atalaia.events import AlertEvent, utcnow
+    >>> def alert(fp, version):
+    ...     return AlertEvent(alert_id=uuid.uuid4(), fingerprint=fp, rule="rouge", state="firing",
+    ...                       severity="warning", labels={"model_version": version}, annotations={},
+    ...                       started_at=utcnow(), action="retrain")
+    >>> waiting = {"a": alert("a", "m@base"), "b": alert("b", "m@ft-1")}
+    >>> [a.fingerprint for a in alerts_to_recheck(waiting, "m@ft-1")]
+    ['b']
+    >>> sorted(waiting)
+    ['b']
+    """
+    for fp in [fp for fp, a in waiting.items() if a.labels.get("model_version", active_version) != active_version]:
+        del waiting[fp]
+    return list(waiting.values())
+
+
+def _recheck(settings: Settings, scheduler: Any, waiting: dict[str, AlertEvent]) -> None:
+    """Request a run for a retrain alert still firing on the active version, unless one is running."""
+    from atalaia.storage.db import get_engine
+    from atalaia.storage.repository import as_utc
+    from retrain import registry
+    from retrain.lock import current_lock
+
+    engine = get_engine(settings.database_url)
+    alerts = alerts_to_recheck(waiting, registry.served_version(engine, settings).version)
+    if not alerts:
+        return
+    lock = current_lock(engine)
+    if lock is not None and isinstance(lock.get("heartbeat_at"), datetime):
+        age = (utcnow() - as_utc(lock["heartbeat_at"])).total_seconds()  # type: ignore[arg-type]
+        if age < settings.retrain_lock_stale_s:
+            return  # a run is in progress; it may be the answer to this alert
+    request_retrain(scheduler, f"alert:{alerts[0].rule} (still firing)")
+
+
 def follow_alerts(settings: Settings, scheduler: Any, stop: threading.Event) -> None:
-    """Turn firing ``retrain`` alerts into retrain jobs until ``stop`` is set."""
+    """Turn firing ``retrain`` alerts into retrain jobs until ``stop`` is set.
+
+    A retrain alert that stays firing is acted on again every ``ATALAIA_RETRAIN_RECHECK_S``: its
+    first run may have been skipped (too little new data, cooldown) or rejected by the gate.
+    """
     from kafka import KafkaConsumer
 
     consumer = None
+    waiting: dict[str, AlertEvent] = {}  # fingerprint → the firing retrain alert
+    next_recheck = time.monotonic() + settings.retrain_recheck_s
     while not stop.is_set():
         try:
             if consumer is None:
@@ -127,10 +178,17 @@ def follow_alerts(settings: Settings, scheduler: Any, stop: threading.Event) -> 
                     except EventError as exc:
                         log.error("ignored a malformed alert event", extra={"reason": exc.reason})
                         continue
+                    if alert.action == "retrain" and alert.state == "resolved":
+                        waiting.pop(alert.fingerprint, None)
                     if wants_retrain(alert, settings.retrain_alert_max_age_s):
+                        waiting[alert.fingerprint] = alert
                         request_retrain(scheduler, f"alert:{alert.rule}")
+                        next_recheck = time.monotonic() + settings.retrain_recheck_s
             if polled:
                 consumer.commit()
+            if settings.retrain_recheck_s > 0 and waiting and time.monotonic() >= next_recheck:
+                next_recheck = time.monotonic() + settings.retrain_recheck_s
+                _recheck(settings, scheduler, waiting)
         except Exception as exc:  # noqa: BLE001 - a broker outage must not end the scheduler
             log.warning("alerts topic unavailable; retrying", extra={"error": str(exc)})
             if consumer is not None:

@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,10 @@ class LoraConfig:
         Recompute activations during the backward pass (less memory, slower).
     seed
         Seed of adapter initialisation, dropout and batch order.
+    feedback_share
+        Expected share of each batch drawn from users' corrected answers (``source ==
+        "feedback"``), which are then repeated more often than the other examples; 0 draws every
+        example equally often.
     """
 
     rank: int = 16
@@ -81,6 +85,7 @@ class LoraConfig:
     max_seq_len: int = 128
     gradient_checkpointing: bool = False
     seed: int = 0
+    feedback_share: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> LoraConfig:
@@ -101,6 +106,7 @@ class LoraConfig:
             "max_seq_len": settings.lora_max_seq_len,
             "gradient_checkpointing": settings.lora_gradient_checkpointing,
             "seed": settings.lora_seed,
+            "feedback_share": settings.lora_feedback_share,
         }
         values.update(overrides)
         return cls(**values)
@@ -222,6 +228,57 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
         labels[row, : len(labs)] = torch.tensor(labs)
         mask[row, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class ExampleOrder:
+    """The order in which training examples are drawn: epochs of fresh shuffles, optionally two pools.
+
+    With ``share`` 0 (or one pool empty) every example comes once per epoch. Otherwise each draw
+    takes the next example of the ``preferred`` pool with probability ``share`` and of the other
+    pool otherwise; each pool runs through its own shuffled epochs.
+
+    Examples
+    --------
+    >>> order = ExampleOrder(range(4), preferred=[0], share=0.5, rng=random.Random(0))
+    >>> draws = [order.next() for _ in range(400)]
+    >>> 150 < draws.count(0) < 250
+    True
+    >>> plain = ExampleOrder(range(3), rng=random.Random(0))
+    >>> sorted(plain.next() for _ in range(3))
+    [0, 1, 2]
+    """
+
+    def __init__(
+        self,
+        indices: Iterable[int],
+        *,
+        preferred: Iterable[int] = (),
+        share: float = 0.0,
+        rng: random.Random,
+    ) -> None:
+        chosen = set(preferred)
+        everything = list(indices)
+        self._preferred = [i for i in everything if i in chosen]
+        self._other = [i for i in everything if i not in chosen]
+        self.mixed = 0 < share < 1 and bool(self._preferred) and bool(self._other)
+        if not self.mixed:
+            self._other = everything
+        self._share = share
+        self._rng = rng
+        self._queues: dict[str, list[int]] = {"preferred": [], "other": []}
+
+    def _draw(self, pool: str, items: list[int]) -> int:
+        queue = self._queues[pool]
+        if not queue:  # a new epoch of this pool: every member once, in a fresh order
+            queue.extend(items)
+            self._rng.shuffle(queue)
+        return queue.pop()
+
+    def next(self) -> int:
+        """The index of the next example to train on."""
+        if self.mixed and self._rng.random() < self._share:
+            return self._draw("preferred", self._preferred)
+        return self._draw("other", self._other)
 
 
 def lr_at(step: int, steps: int, peak: float) -> float:
@@ -436,15 +493,20 @@ def train_lora(
             model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32, local_files_only=True)
     pad_id = int(tokenizer.convert_tokens_to_ids(IM_END))
 
+    feedback_examples: list[int] = []
+
     def encode(records: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
-        out = []
+        out: list[tuple[list[int], list[int]]] = []
         for r in records:
             ex = encode_example(tokenizer, user_messages(r["question"]), r["answer"], config.max_seq_len)
             if ex is not None:
+                if r.get("source") == "feedback":
+                    feedback_examples.append(len(out))
                 out.append(ex)
         return out
 
     train_examples = encode(dataset.records("train"))
+    feedback_train = list(feedback_examples)
     # The validation loss is a before/after check, not a search: a fixed sample of the split keeps
     # its cost bounded (two passes over it) whatever the data set's size.
     val_examples = encode(dataset.records("val")[:MAX_VAL_EXAMPLES]) if dataset.n_val else []
@@ -478,17 +540,20 @@ def train_lora(
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     val_before = _mean_loss(model, val_examples, pad_id, config.batch_size, autocast) if val_examples else None
 
+    order = ExampleOrder(range(len(train_examples)), preferred=feedback_train, share=config.feedback_share, rng=rng)
     logger.info(
-        "LoRA fine-tuning on %s (%s): %d examples (%d val), %d steps of %d, %d trainable parameters",
+        "LoRA fine-tuning on %s (%s): %d examples (%d of them corrections, drawn for %.0f%% of a batch; %d val), "
+        "%d steps of %d, %d trainable parameters",
         device,
         dtype_name,
         len(train_examples),
+        len(feedback_train),
+        100 * config.feedback_share if order.mixed else 100 * len(feedback_train) / len(train_examples),
         len(val_examples),
         config.steps,
         config.batch_size,
         n_trainable,
     )
-    order: list[int] = []
     losses: list[float] = []
     bar: Any = None
     if progress:
@@ -498,12 +563,7 @@ def train_lora(
     try:
         model.train()
         for step in range(config.steps):
-            batch_idx: list[int] = []
-            while len(batch_idx) < config.batch_size:
-                if not order:  # a new epoch: every example once, in a fresh order
-                    order = list(range(len(train_examples)))
-                    rng.shuffle(order)
-                batch_idx.append(order.pop())
+            batch_idx = [order.next() for _ in range(config.batch_size)]
             inputs = {k: v.to(device) for k, v in collate([train_examples[i] for i in batch_idx], pad_id).items()}
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config.steps, config.lr)

@@ -30,12 +30,20 @@ class Child:
 class Supervisor:
     """Starts ``atalaia <service>`` children, restarts them with backoff, stops them together.
 
-    Output of each child goes to ``<logs_dir>/<name>.log``.
+    Output of each child goes to ``<logs_dir>/<name>.log``. ``env`` is added to every child's
+    environment, ``service_env[name]`` to that one child's (e.g. its own torch thread count).
     """
 
-    def __init__(self, services: list[str], logs_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        services: list[str],
+        logs_dir: Path,
+        env: dict[str, str] | None = None,
+        service_env: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         logs_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, **(env or {})}
+        self.service_env = service_env or {}
         self.children = [
             Child(name, [sys.executable, "-m", "atalaia.cli.main", name], logs_dir / f"{name}.log") for name in services
         ]
@@ -44,7 +52,11 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         fh = child.log_path.open("ab")
         child.proc = subprocess.Popen(
-            child.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            child.argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**self.env, **self.service_env.get(child.name, {})},
+            start_new_session=True,
         )
         fh.close()
         child.history.append(time.monotonic())

@@ -773,6 +773,14 @@ def _heap_opts() -> tuple[str, ...]:
     return tuple(env) if env else DEFAULT_HEAP_OPTS
 
 
+def reachable(settings: Settings, timeout_s: float = 5.0) -> bool:
+    """True if a Kafka broker answers at ``settings.kafka_bootstrap`` (a local one or any other).
+
+    Commands that can use any broker (``atalaia demo``) check this before starting a local one.
+    """
+    return _admin_ready(settings.kafka_bootstrap, timeout_s)
+
+
 def start(settings: Settings, console: Console | None = None, timeout: float = 90) -> BrokerInfo:
     """Start the local single-node Kafka broker, or return the one already running.
 

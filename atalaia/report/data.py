@@ -12,7 +12,7 @@ retraining runner's conventions are mirrored, not imported):
 - alert lifecycles from ``alerts`` (one row per transition, tied by ``alert_id``);
 - deploys and rollbacks from ``model_versions.activated_at`` and ``status``;
 - retraining runs from ``retrain_runs`` (the ``gate`` step holds candidate and active holdout
-  scores), and holdout scores cached in ``model_versions.metrics`` under ``holdout:<n>:<rag>``.
+  scores), and holdout scores cached in ``model_versions.metrics`` under ``holdout:<n>:<rag>[:<digest>]``.
 """
 
 from __future__ import annotations
@@ -465,7 +465,7 @@ def _runs(conn: Connection, start: datetime, end: datetime) -> list[Run]:
 
 
 def registry_holdout(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    """A version's holdout scores from ``model_versions.metrics`` (keys ``holdout:<limit>:<rag|norag>``).
+    """A version's holdout scores from ``model_versions.metrics`` (keys ``holdout:<limit>:<rag|norag>[:<digest>]``).
 
     The RAG evaluation on the largest question count wins when several are cached.
 
@@ -475,7 +475,7 @@ def registry_holdout(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     keys = []
     for key, value in (metrics or {}).items():
         parts = str(key).split(":")
-        if len(parts) == 3 and parts[0] == "holdout" and isinstance(value, dict):
+        if len(parts) in (3, 4) and parts[0] == "holdout" and isinstance(value, dict):
             limit = int(parts[1]) if parts[1].isdigit() else 0
             keys.append((parts[2] == "rag", limit == 0, limit, key))
     if not keys:

@@ -136,3 +136,46 @@ def test_jobs_live_in_the_database_and_survive_a_restart(settings: Settings) -> 
         assert jobs[PERIODIC_JOB].next_run_time.hour == 3
     finally:
         again.shutdown(wait=False)
+
+
+class _Recorder:
+    """Stands in for the APScheduler scheduler: records the jobs added."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict[str, object]] = []
+
+    def add_job(self, *args: object, **kwargs: object) -> None:
+        self.jobs.append(kwargs)
+
+
+def _firing(version: str) -> AlertEvent:
+    return AlertEvent(
+        alert_id=uuid.uuid4(),
+        fingerprint=f"fp-{version}",
+        rule="rouge_l_below_baseline",
+        state="firing",
+        severity="warning",
+        labels={"model_version": version},
+        annotations={},
+        started_at=utcnow(),
+        action="retrain",
+    )
+
+
+def test_a_still_firing_retrain_alert_is_rechecked_unless_a_run_holds_the_lock(settings: Settings) -> None:
+    from retrain.scheduler import _recheck
+
+    engine = get_engine(settings.database_url)
+    base = registry.ensure_base_registered(engine, settings).version
+    recorder = _Recorder()
+    waiting = {"old": _firing("m@replaced"), "cur": _firing(base)}
+    _recheck(settings, recorder, waiting)
+    assert [j["kwargs"] for j in recorder.jobs] == [{"trigger": "alert:rouge_l_below_baseline (still firing)"}]
+    assert list(waiting) == ["cur"]  # the replaced version's alert is forgotten
+
+    with engine.begin() as conn:  # a live run holds the lock: it may be the answer to the alert
+        conn.execute(
+            insert(t.locks).values(name="retrain", holder="h", run_id=None, acquired_at=utcnow(), heartbeat_at=utcnow())
+        )
+    _recheck(settings, recorder, waiting)
+    assert len(recorder.jobs) == 1

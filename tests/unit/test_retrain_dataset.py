@@ -245,3 +245,23 @@ def test_build_dataset_never_reads_the_holdout(
     monkeypatch.undo()
     holdout = {i.question for i in load_qa(ROOT / "data" / "qa" / "holdout.jsonl")}
     assert not holdout & {r["question"] for r in ds.records("train") + ds.records("val")}
+
+
+def test_dataset_sources_setting_picks_the_sources(engine: Engine, tmp_path: Path) -> None:
+    add_feedback(engine, "Who signs the vendor contract?", "The procurement lead signs contracts above 10,000 EUR.")
+    only_feedback = Settings(home=tmp_path / "home", dataset_sources="feedback")
+    ds = build_dataset(engine, only_feedback, tmp_path / "a")
+    assert (ds.n_feedback, ds.n_qa, ds.n_regulations) == (1, 0, 0)
+    curated = Settings(home=tmp_path / "home", dataset_sources="qa")
+    ds = build_dataset(engine, curated, tmp_path / "b")
+    assert ds.n_feedback == 0 and ds.n_qa > 0 and ds.n_regulations == 0
+    empty = create_engine("sqlite://")
+    metadata.create_all(empty)
+    with pytest.raises(ValueError, match="ATALAIA_DATASET_SOURCES=feedback"):
+        build_dataset(empty, only_feedback, tmp_path / "c")
+
+
+def test_dataset_sources_setting_rejects_unknown_sources() -> None:
+    with pytest.raises(ValueError, match="name one or more of feedback, qa, regulations"):
+        Settings(dataset_sources="feedback,wiki")
+    assert Settings(dataset_sources=" qa , feedback,qa").dataset_sources == "qa,feedback"
