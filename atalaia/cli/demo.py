@@ -99,8 +99,8 @@ SERVICE_ENV = {
 }
 
 PLANS = {
-    "full": DemoPlan("full", 45, 900.0, 40, 120.0, 32, 128, _env(32, 16, 30, 20, 4)),
-    "quick": DemoPlan("quick", 20, 600.0, 16, 90.0, 24, 96, _env(24, 12, 20, 16, 2)),
+    "full": DemoPlan("full", 45, 900.0, 40, 120.0, 32, 128, _env(32, 16, 30, 20, 2)),
+    "quick": DemoPlan("quick", 20, 600.0, 16, 30.0, 24, 96, _env(24, 12, 20, 16, 2)),
 }
 
 #: Retrain steps during which the simulated users pause: on one small machine the CPU goes to

@@ -156,13 +156,16 @@ def test_kafka_outage_under_load_spools_replays_and_stores_exactly_once(
             stop.set()
             loader.join(90)
         during = [a for a in answers if down_at <= a[0] <= up_at]
-        wait_until(
-            lambda: stored() == len(answers),
-            180,
-            f"all {len(answers)} events stored\n"
-            + log_text(settings, "serve")[-1500:]
-            + log_text(settings, "worker")[-1500:],
-        )
+        try:
+            wait_until(lambda: stored() == len(answers), 180, f"all {len(answers)} events stored")
+        except AssertionError as exc:
+            # Where did the missing ones stop: still spooled (SDK), on the topic (worker), or nowhere?
+            kafka_state = (_health(base) or {}).get("kafka")
+            raise AssertionError(
+                f"{exc}; stored {stored()} of {len(answers)}; inference kafka health {kafka_state}\n"
+                + log_text(settings, "serve")[-3000:]
+                + log_text(settings, "worker")[-3000:]
+            ) from None
         wait_until(lambda: (_health(base) or {}).get("kafka", {}).get("spool_depth") == 0, 60, "an empty spool")
         lost = _prometheus(base, "atalaia_events_lost")
     assert answers and all(status == 200 for _, status, _ in answers), [a for a in answers if a[1] != 200][:5]
