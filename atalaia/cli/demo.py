@@ -99,7 +99,7 @@ SERVICE_ENV = {
 }
 
 PLANS = {
-    "full": DemoPlan("full", 45, 900.0, 40, 120.0, 32, 128, _env(32, 16, 30, 20, 2)),
+    "full": DemoPlan("full", 45, 900.0, 40, 60.0, 32, 128, _env(32, 16, 30, 20, 2)),
     "quick": DemoPlan("quick", 20, 600.0, 16, 30.0, 24, 96, _env(24, 12, 20, 16, 2)),
 }
 
