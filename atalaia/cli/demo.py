@@ -237,6 +237,21 @@ def run_is_busy(run: dict[str, Any] | None) -> bool:
     return not any(step.get("name") not in BUSY_STEPS for step in run["steps"] or [])
 
 
+def run_reason(run: dict[str, Any]) -> str:
+    """Why a run was skipped, rejected or failed ('' for the others).
+
+    >>> run_reason({"status": "skipped", "error": None, "metrics": {"skip_reason": "cooldown"}})
+    'cooldown'
+    >>> run_reason({"status": "rejected", "error": "ROUGE-L 0.1 vs 0.2", "metrics": {}})
+    'ROUGE-L 0.1 vs 0.2'
+    >>> run_reason({"status": "deployed", "error": None, "metrics": {}})
+    ''
+    """
+    if run.get("status") not in ("skipped", "rejected", "failed"):
+        return ""
+    return str(run.get("error") or (run.get("metrics") or {}).get("skip_reason") or "")
+
+
 def _traffic(base: str, plan: DemoPlan, state: DemoState, on_request: Any, engine: Engine, since: datetime) -> None:
     """The traffic thread: normal → drift (until a new version serves) → recovered."""
     rng = random.Random(7)
@@ -363,8 +378,9 @@ def _render(plan: DemoPlan, state: DemoState, view: dict[str, Any], started: flo
     if run:
         steps = " → ".join(f"{s['name']}{'…' if s['status'] == 'running' else ''}" for s in run["steps"] or [])
         retrain = f"retrain {run['status']} ({run['trigger']}): {steps or 'checks'}"
-        if run["status"] in ("skipped", "rejected", "failed") and run.get("error"):
-            retrain += f"\n  {str(run['error'])[:200]}"
+        why = run_reason(run)
+        if why:
+            retrain += f"\n  {why[:200]}"
     else:
         retrain = "retrain: none yet"
     return Panel(Group(head, metrics, alerts, retrain), title=f"Atalaia demo ({plan.name})")
@@ -584,8 +600,8 @@ def _finish(
                     out.print(f"  reason: {reason}")
             elif step.get("seconds") is not None:
                 out.print(f"  {step['name']}: {step['seconds']:.0f} s")
-        if run["status"] == "skipped" and run["error"]:
-            out.print(f"  {run['error']}")
+        if run["status"] == "skipped" and run_reason(dict(run)):
+            out.print(f"  {run_reason(dict(run))}")
     from atalaia.cli.report import summary_tables
     from atalaia.report import build_report, summarize
 
