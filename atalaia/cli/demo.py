@@ -329,16 +329,7 @@ def _db_view(engine: Engine, since: datetime) -> dict[str, Any]:
         view["fired"] = conn.execute(
             select(func.count()).select_from(t.alerts).where(t.alerts.c.ts >= since, t.alerts.c.state == "firing")
         ).scalar_one()
-        run = (
-            conn.execute(
-                select(t.retrain_runs)
-                .where(t.retrain_runs.c.started_at >= since)
-                .order_by(t.retrain_runs.c.started_at.desc())
-            )
-            .mappings()
-            .first()
-        )
-        view["run"] = dict(run) if run else None
+    view["run"] = _latest_run(engine, since)
     return view
 
 
