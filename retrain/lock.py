@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -58,6 +59,16 @@ def _holder_is_dead(holder: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def is_stale(row: Mapping[Any, Any], stale_after_s: float) -> bool:
+    """Whether a ``locks`` row belongs to a crashed holder.
+
+    Its heartbeat is older than ``stale_after_s``, or its holder is a process on this host that
+    no longer exists.
+    """
+    beat = as_utc(row["heartbeat_at"])
+    return utcnow() - beat > timedelta(seconds=stale_after_s) or _holder_is_dead(str(row["holder"]))
 
 
 @dataclass
@@ -119,7 +130,7 @@ class DbLock:
                 conn.execute(insert(t.locks).values(**row))
                 return
             beat = as_utc(current["heartbeat_at"])
-            stale = utcnow() - beat > timedelta(seconds=self.stale_after_s) or _holder_is_dead(current["holder"])
+            stale = is_stale(current, self.stale_after_s)
             if current["holder"] == self.holder:
                 stale = True  # re-entrant for the same process (a retried acquire)
             if not stale:

@@ -128,19 +128,16 @@ def alerts_to_recheck(waiting: dict[str, AlertEvent], active_version: str | None
 def _recheck(settings: Settings, scheduler: Any, waiting: dict[str, AlertEvent]) -> None:
     """Request a run for a retrain alert still firing on the active version, unless one is running."""
     from atalaia.storage.db import get_engine
-    from atalaia.storage.repository import as_utc
     from retrain import registry
-    from retrain.lock import current_lock
+    from retrain.lock import current_lock, is_stale
 
     engine = get_engine(settings.database_url)
     alerts = alerts_to_recheck(waiting, registry.served_version(engine, settings).version)
     if not alerts:
         return
     lock = current_lock(engine)
-    if lock is not None and isinstance(lock.get("heartbeat_at"), datetime):
-        age = (utcnow() - as_utc(lock["heartbeat_at"])).total_seconds()  # type: ignore[arg-type]
-        if age < settings.retrain_lock_stale_s:
-            return  # a run is in progress; it may be the answer to this alert
+    if lock is not None and not is_stale(lock, settings.retrain_lock_stale_s):
+        return  # a run is in progress; it may be the answer to this alert
     request_retrain(scheduler, f"alert:{alerts[0].rule} (still firing)")
 
 

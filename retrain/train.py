@@ -493,23 +493,21 @@ def train_lora(
             model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32, local_files_only=True)
     pad_id = int(tokenizer.convert_tokens_to_ids(IM_END))
 
-    feedback_examples: list[int] = []
-
-    def encode(records: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
-        out: list[tuple[list[int], list[int]]] = []
+    def encode(records: list[dict[str, Any]]) -> list[tuple[tuple[list[int], list[int]], bool]]:
+        """Encoded examples that fit, each with whether it is a user's correction."""
+        out = []
         for r in records:
             ex = encode_example(tokenizer, user_messages(r["question"]), r["answer"], config.max_seq_len)
             if ex is not None:
-                if r.get("source") == "feedback":
-                    feedback_examples.append(len(out))
-                out.append(ex)
+                out.append((ex, r.get("source") == "feedback"))
         return out
 
-    train_examples = encode(dataset.records("train"))
-    feedback_train = list(feedback_examples)
+    encoded_train = encode(dataset.records("train"))
+    train_examples = [ex for ex, _ in encoded_train]
+    feedback_train = [i for i, (_, is_feedback) in enumerate(encoded_train) if is_feedback]
     # The validation loss is a before/after check, not a search: a fixed sample of the split keeps
     # its cost bounded (two passes over it) whatever the data set's size.
-    val_examples = encode(dataset.records("val")[:MAX_VAL_EXAMPLES]) if dataset.n_val else []
+    val_examples = [ex for ex, _ in encode(dataset.records("val")[:MAX_VAL_EXAMPLES])] if dataset.n_val else []
     if not train_examples:
         raise ValueError(f"no training example of {dataset.path} fits max_seq_len={config.max_seq_len}")
 
