@@ -28,8 +28,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+# Version 2 adds optional fields (time to first token, provider, finish reason, caller, subject);
+# version-1 events stay readable: every added field is optional.
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 # Keep events well under Kafka's default 1 MB message limit; larger ones are refused up front.
 MAX_EVENT_BYTES = 900_000
 ENVELOPE_FIELDS = ("schema_version", "event_id", "ts")
@@ -123,6 +125,18 @@ class InferenceEvent(_Event):
     reference: str | None = None
     request_id: str | None = Field(default=None, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Schema version 2 (all optional, so version-1 events still parse):
+    time_to_first_token_ms: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="time from request to the first generated token"
+    )
+    provider: str | None = Field(default=None, max_length=200, description="model provider, e.g. atalaia, openai")
+    finish_reason: str | None = Field(default=None, max_length=64, description="why generation stopped")
+    caller: str | None = Field(
+        default=None, max_length=200, description="the calling service or tenant (API key name), not the end user"
+    )
+    subject_id: str | None = Field(
+        default=None, max_length=200, description="keyed hash of the end user (data subject); never the raw id"
+    )
 
 
 class FeedbackEvent(_Event):
@@ -134,6 +148,8 @@ class FeedbackEvent(_Event):
     corrected_answer: str | None = None
     comment: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    caller: str | None = Field(default=None, max_length=200, description="the calling service or tenant (version 2)")
+    subject_id: str | None = Field(default=None, max_length=200, description="keyed hash of the end user (version 2)")
 
 
 class MetricEvent(_Event):

@@ -58,6 +58,11 @@ def inference_row(event: InferenceEvent, ingested_at: datetime | None = None) ->
         "reference": event.reference,
         "request_id": event.request_id,
         "metadata": event.metadata,
+        "time_to_first_token_ms": event.time_to_first_token_ms,
+        "provider": event.provider,
+        "finish_reason": event.finish_reason,
+        "caller": event.caller,
+        "subject_id": event.subject_id,
         "ingested_at": ingested_at or utcnow(),
     }
 
@@ -87,6 +92,8 @@ def feedback_row(event: FeedbackEvent) -> dict[str, Any]:
         "corrected_answer": event.corrected_answer,
         "comment": event.comment,
         "metadata": event.metadata,
+        "caller": event.caller,
+        "subject_id": event.subject_id,
         "ingested_at": utcnow(),
     }
 

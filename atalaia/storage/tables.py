@@ -52,6 +52,11 @@ inference_events = Table(
     Column("reference", Text, nullable=True),
     Column("request_id", String(200), nullable=True),
     Column("metadata", JSON, nullable=False),
+    Column("time_to_first_token_ms", Float, nullable=True),
+    Column("provider", String(200), nullable=True),
+    Column("finish_reason", String(64), nullable=True),
+    Column("caller", String(200), nullable=True),
+    Column("subject_id", String(200), nullable=True),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
     Index(None, "model_version", "ts"),
     Index(None, "ts"),
@@ -86,6 +91,8 @@ feedback = Table(
     Column("corrected_answer", Text, nullable=True),
     Column("comment", Text, nullable=True),
     Column("metadata", JSON, nullable=False),
+    Column("caller", String(200), nullable=True),
+    Column("subject_id", String(200), nullable=True),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
 )
 

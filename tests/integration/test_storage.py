@@ -18,7 +18,7 @@ from atalaia.storage.db import current_revision, upgrade
 
 pytestmark = pytest.mark.integration
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
