@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ATALAIA_"
@@ -163,8 +163,29 @@ class Settings(BaseSettings):
         description="Cosine similarity of questions above which a cached answer is reused; empty: exact matches only.",
     )
     redact_pii: bool = Field(
-        False,
-        description="Redact emails, phone numbers, CPF/SSN and card numbers from events before they leave the process.",
+        True,
+        description="Redact emails, phone numbers, CPF/CNPJ/RG/NIF/SSN, IBAN, PIX keys and card numbers from events "
+        "before they leave the process.",
+    )
+
+    # -- privacy and languages (issue 20: LGPD/GDPR, Portuguese text) --
+    text_language: str = Field(
+        "auto", description="Language of text metrics (stemmer): 'auto' detects each pair's, or an ISO 639-1 code."
+    )
+    text_fallback_language: str = Field("en", description="Language of a pair in which nothing points to one.")
+    subject_pepper: SecretStr = Field(
+        SecretStr(""),
+        description="Secret key of the subject id (HMAC-SHA256 of the request's user); empty: a random key "
+        "generated once in ATALAIA_HOME/secrets/subject_pepper.",
+    )
+    retention_days: Annotated[int, Field(ge=0)] = Field(
+        90, description="Delete events, metrics, embeddings and feedback older than this many days; 0 keeps them."
+    )
+    retention_table_days: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description='JSON per-table override of ATALAIA_RETENTION_DAYS, e.g. {"metrics": 30}.'
+    )
+    retention_cron: str = Field(
+        "15 2 * * *", description="Crontab (UTC) of the retention job in the scheduler; empty disables it."
     )
 
     # -- retraining loop: scheduler, run checks, canary (issue: retraining loop) --
@@ -365,7 +386,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"rate of {group!r} must be between 0 and 1, got {rate}")
         return value
 
-    @field_validator("retrain_cron")
+    @field_validator("text_language", "text_fallback_language")
+    @classmethod
+    def _check_language(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value == "auto" or (len(value) == 2 and value.isalpha()):
+            return value
+        raise ValueError("use 'auto' or a two-letter ISO 639-1 code such as 'pt' or 'en'")
+
+    @field_validator("retention_table_days")
+    @classmethod
+    def _check_retention_tables(cls, value: dict[str, int]) -> dict[str, int]:
+        from atalaia.privacy import RETENTION_TABLES
+
+        unknown = sorted(set(value) - set(RETENTION_TABLES))
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; choose from {list(RETENTION_TABLES)}")
+        return value
+
+    @field_validator("retrain_cron", "retention_cron")
     @classmethod
     def _check_cron(cls, value: str) -> str:
         if not value.strip():

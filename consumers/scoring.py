@@ -132,7 +132,11 @@ class BatchScorer:
         if self._text is None:
             from atalaia.metrics.text import TextOverlapScorer
 
-            self._text = TextOverlapScorer(self.settings.nltk_data)
+            self._text = TextOverlapScorer(
+                self.settings.nltk_data,
+                language=self.settings.text_language,
+                fallback_language=self.settings.text_fallback_language,
+            )
         return self._text
 
     @property
@@ -190,13 +194,19 @@ class BatchScorer:
         for ev in events:
             if not ev.reference:
                 continue
+            labels = None
             try:
-                scores = self.text.score(ev.response, ev.reference)
+                if hasattr(self.text, "score_with_language"):
+                    # The pair's language (it chose the stemmer) is stored as a label of each score.
+                    language, scores = self.text.score_with_language(ev.response, ev.reference)
+                    labels = {"language": language}
+                else:
+                    scores = self.text.score(ev.response, ev.reference)
             except Exception as exc:  # noqa: BLE001
                 c.add(ev, "rougeL", error=f"{type(exc).__name__}: {exc}"[:500])
                 continue
             for name, value in scores.items():
-                c.add(ev, name, value)
+                c.add(ev, name, value, labels=labels)
 
     def _score_embeddings(self, c: _Collector, batch: ScoredBatch, events: Sequence[InferenceEvent]) -> None:
         chosen = [
@@ -259,13 +269,29 @@ class BatchScorer:
             return
 
         def run() -> None:
+            from atalaia.metrics.language import toxicity_languages, uncovered_language
+
             scorer = self.toxicity
             texts = [last_user_message(ev) for ev in chosen] + [ev.response for ev in chosen]
-            scores = scorer.score(texts)
+            # A text in a language the model was not trained on is not scored (a low score would
+            # read as "clean"): it gets an error row labelled with its language instead.
+            covered = toxicity_languages(scorer.backend)
+            outside = [uncovered_language(t, covered) for t in texts]
+            inside = [j for j, lang in enumerate(outside) if lang is None]
+            scored = dict(zip(inside, scorer.score([texts[j] for j in inside]), strict=True))
             labels = {"backend": scorer.backend}
             for i, ev in enumerate(chosen):
-                c.add(ev, "toxicity_prompt", float(scores[i]), labels=labels)
-                c.add(ev, "toxicity_response", float(scores[len(chosen) + i]), labels=labels)
+                for name, j in (("toxicity_prompt", i), ("toxicity_response", len(chosen) + i)):
+                    lang = outside[j]
+                    if lang is None:
+                        c.add(ev, name, float(scored[j]), labels=labels)
+                    else:
+                        c.add(
+                            ev,
+                            name,
+                            error=f"language {lang!r} not covered by toxicity backend {scorer.backend!r}",
+                            labels={**labels, "language": lang},
+                        )
 
         c.guard(chosen, ["toxicity_prompt", "toxicity_response"], run)
 

@@ -3,17 +3,28 @@
 All scores are in 0..1 (BLEU is rescaled from sacrebleu's 0..100) so that alert thresholds read
 the same for every metric.
 
-- **ROUGE** (``rouge1``, ``rouge2``, ``rougeL``, F-measure, Porter stemmer): the values of Google's
-  ``rouge-score`` package, computed here with the same tokenizer and formulas but with a cached
-  stemmer and a bit-parallel LCS, about 3x faster than ``rouge_scorer.RougeScorer`` (the tests
-  check both agree exactly). Like rouge-score, tokens are ASCII letters and digits only: text in
-  other scripts scores 0, and accented letters split words.
-- **BLEU** (``bleu``): sacrebleu's sentence BLEU (13a tokenizer, exponential smoothing, effective
-  order), divided by 100.
-- **METEOR**: NLTK's implementation. With WordNet (``scripts/wordnet.sh`` installs it under
-  ``ATALAIA_NLTK_DATA``) the metric is ``meteor``: exact, stem and synonym matches. Without it the
-  metric is named ``meteor_exact``: the same formula with exact and stem matches only, which scores
-  lower whenever the texts use synonyms, so it is never stored under the ``meteor`` name.
+Every pair is first given a language (:func:`pair_language`: detected on the reference and the
+response by :mod:`atalaia.metrics.language`, or fixed by ``ATALAIA_TEXT_LANGUAGE``), which picks
+the stemmer and is returned with the scores (the workers store it as the ``language`` label).
+
+- **ROUGE** (``rouge1``, ``rouge2``, ``rougeL``, F-measure): the formulas of Google's
+  ``rouge-score`` package, computed here with a cached stemmer and a bit-parallel LCS, about 3x
+  faster than ``rouge_scorer.RougeScorer``. rouge-score's default tokenizer keeps ASCII letters
+  and digits only, so "não" became "n" + "o" and every Portuguese score was wrong; here tokens are
+  Unicode letters and digits (NFC, lower-cased), and words over three characters are stemmed by
+  the pair's language: Porter for English (rouge-score's stemmer, so English scores are exactly
+  rouge-score's; the tests check it), NLTK's Snowball stemmer for Portuguese, Spanish, French,
+  German, Italian, Dutch, ... (shipped with NLTK's code, no data download), none for a language
+  without one. :class:`RougeTokenizer` is the same tokenizer for ``RougeScorer(tokenizer=...)``.
+- **BLEU** (``bleu``): sacrebleu's sentence BLEU (exponential smoothing, effective order), divided
+  by 100; tokenizer 13a for English (sacrebleu's default) and ``intl`` for other languages, which
+  also splits Unicode punctuation (« », “ ”, …) from words.
+- **METEOR**: NLTK's implementation, with the pair's stemmer. With WordNet (``scripts/wordnet.sh``
+  installs it under ``ATALAIA_NLTK_DATA``) the metric of an English pair is ``meteor``: exact,
+  stem and synonym matches. Without WordNet, or for a pair in another language (WordNet's synonyms
+  are English), the metric is named ``meteor_exact``: the same formula with exact and stem matches
+  only, which scores lower whenever the texts use synonyms, so it is never stored under the
+  ``meteor`` name. Non-English texts are split into Unicode words and punctuation marks.
 
 Heavy imports (nltk pulls in scipy) happen on first use, not at import.
 """
@@ -23,11 +34,14 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from atalaia.metrics.language import UNDETERMINED, detect_language
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +49,34 @@ METEOR = "meteor"
 METEOR_EXACT = "meteor_exact"
 ROUGE_METRICS = ("rouge1", "rouge2", "rougeL")
 
-# rouge-score's tokenizer (rouge_score/tokenize.py), reproduced so that stems can be cached.
-_NON_ALPHANUM = re.compile(r"[^a-z0-9]+")
-_SPACES = re.compile(r"\s+")
-_VALID_TOKEN = re.compile(r"^[a-z0-9]+$")
+# rouge-score's tokenizer (rouge_score/tokenize.py) with Unicode letters and digits instead of
+# [a-z0-9]: on ASCII text the tokens are the same. Combining marks continue a word ("i̇" from
+# "İ".lower() has no precomposed form).
+_TOKEN = re.compile(r"[^\W_](?:[^\W_]|[\u0300-\u036f])*")
+# METEOR outside English: words and single punctuation marks, as NLTK's tokenizer makes in English.
+_METEOR_TOKEN = re.compile(r"[^\W_](?:[^\W_]|[\u0300-\u036f])*|[^\w\s]")
+
+#: Languages stemmed with NLTK's Snowball stemmers (ISO 639-1 code -> Snowball name); English uses
+#: Porter, as rouge-score and METEOR do.
+SNOWBALL_LANGUAGES = {
+    "pt": "portuguese",
+    "es": "spanish",
+    "fr": "french",
+    "de": "german",
+    "it": "italian",
+    "nl": "dutch",
+    "sv": "swedish",
+    "da": "danish",
+    "no": "norwegian",
+    "fi": "finnish",
+    "ro": "romanian",
+    "hu": "hungarian",
+    "ru": "russian",
+    "ar": "arabic",
+}
+#: ``ATALAIA_TEXT_LANGUAGE`` value that detects each pair's language.
+AUTO = "auto"
+DEFAULT_LANGUAGE = "en"
 
 # Distinct words in responses are few next to the tokens scored; stemming every token again was
 # two thirds of rouge-score's run time.
@@ -54,37 +92,98 @@ def _check_texts(prediction: str, reference: str) -> None:
         raise ValueError("empty reference")
 
 
-@functools.cache
-def _cached_stem() -> Callable[[str], str]:
-    """NLTK's Porter stemmer (the one rouge-score and METEOR use) behind an LRU cache, shared."""
-    from nltk.stem.porter import PorterStemmer
+def _identity(token: str) -> str:
+    return token
 
-    return functools.lru_cache(maxsize=_STEM_CACHE_SIZE)(PorterStemmer().stem)
+
+@functools.cache
+def stemmer_for(language: str) -> Callable[[str], str]:
+    """The stem function of a language (ISO 639-1), behind an LRU cache shared by the process.
+
+    Porter for English (the one rouge-score and METEOR use), NLTK's Snowball stemmer for the
+    languages of :data:`SNOWBALL_LANGUAGES`, and no stemming for any other (``"und"`` included).
+
+    >>> stemmer_for("en")("requirements"), stemmer_for("pt")("permitido"), stemmer_for("xx")("words")
+    ('requir', 'permit', 'words')
+    """
+    if language == "en":
+        from nltk.stem.porter import PorterStemmer
+
+        stem: Callable[[str], str] = PorterStemmer().stem
+    elif language in SNOWBALL_LANGUAGES:
+        from nltk.stem.snowball import SnowballStemmer
+
+        stem = SnowballStemmer(SNOWBALL_LANGUAGES[language]).stem
+    else:
+        return _identity
+    return functools.lru_cache(maxsize=_STEM_CACHE_SIZE)(stem)
+
+
+def _cached_stem() -> Callable[[str], str]:
+    # The English stemmer (kept for callers of the old name).
+    return stemmer_for("en")
 
 
 class _CachedStemmer:
     """``nltk.stem.api.StemmerI`` look-alike over the shared cache, for METEOR."""
 
-    def __init__(self) -> None:
-        self._stem = _cached_stem()
+    def __init__(self, language: str = "en") -> None:
+        self._stem = stemmer_for(language)
 
     def stem(self, token: str) -> str:
         return self._stem(token)
 
 
-def rouge_tokens(text: str, stemmer: bool = True) -> list[str]:
-    """Tokens as rouge-score makes them: lower-cased ASCII alphanumerics, stems of words over 3 chars.
+def pair_language(prediction: str, reference: str, language: str = AUTO, fallback: str = DEFAULT_LANGUAGE) -> str:
+    """The language a (response, reference) pair is scored in.
+
+    ``language`` other than ``"auto"`` is used as it is. Otherwise the reference and the response
+    are read together (one language for both, so both sides are stemmed alike); when nothing points
+    to a language, ``fallback``.
+
+    >>> pair_language("São é permitido levar o portátil", "Não é permitido levar o portátil")
+    'pt'
+    >>> pair_language("42", "42"), pair_language("x", "y", language="pt")
+    ('en', 'pt')
+    """
+    if language != AUTO:
+        return language
+    found = detect_language(f"{reference}\n{prediction}")
+    return fallback if found == UNDETERMINED else found
+
+
+def rouge_tokens(text: str, stemmer: bool = True, language: str = "en") -> list[str]:
+    """Tokens as rouge-score makes them, with Unicode letters: lower-cased letters and digits, stems
+    of words over 3 characters (the ``language``'s stemmer).
 
     >>> rouge_tokens("The banks' capital-requirements, 2026!")
     ['the', 'bank', 'capit', 'requir', '2026']
     >>> rouge_tokens("The banks", stemmer=False)
     ['the', 'banks']
+    >>> rouge_tokens("Não é permitido levar o portátil", language="pt")
+    ['não', 'é', 'permit', 'lev', 'o', 'portátil']
     """
-    tokens = _SPACES.split(_NON_ALPHANUM.sub(" ", text.lower()))
+    tokens = _TOKEN.findall(unicodedata.normalize("NFC", text.lower()))
     if stemmer:
-        stem = _cached_stem()
+        stem = stemmer_for(language)
         tokens = [stem(t) if len(t) > 3 else t for t in tokens]
-    return [t for t in tokens if _VALID_TOKEN.match(t)]
+    return tokens
+
+
+class RougeTokenizer:
+    """:func:`rouge_tokens` for ``rouge_score.rouge_scorer.RougeScorer(tokenizer=...)``.
+
+    >>> RougeTokenizer("pt").tokenize("Três dias úteis")
+    ['três', 'dias', 'úte']
+    """
+
+    def __init__(self, language: str = "en", stemmer: bool = True) -> None:
+        self.language = language
+        self.stemmer = stemmer
+
+    def tokenize(self, text: str) -> list[str]:
+        """Tokens of ``text`` (rouge-score's ``Tokenizer`` interface)."""
+        return rouge_tokens(text, self.stemmer, self.language)
 
 
 def _fmeasure(precision: float, recall: float) -> float:
@@ -141,8 +240,8 @@ def _rouge_from_tokens(prediction: list[str], reference: list[str]) -> dict[str,
     }
 
 
-def rouge_scores(prediction: str, reference: str, *, stemmer: bool = True) -> dict[str, float]:
-    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures, as ``rouge-score`` computes them.
+def rouge_scores(prediction: str, reference: str, *, stemmer: bool = True, language: str = AUTO) -> dict[str, float]:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures, as ``rouge-score`` computes them on Unicode words.
 
     Parameters
     ----------
@@ -151,7 +250,9 @@ def rouge_scores(prediction: str, reference: str, *, stemmer: bool = True) -> di
     reference
         The expected answer.
     stemmer
-        Porter-stem words over three characters before matching (rouge-score's ``use_stemmer``).
+        Stem words over three characters before matching (rouge-score's ``use_stemmer``).
+    language
+        ISO 639-1 code choosing the stemmer, or ``"auto"`` (:func:`pair_language`).
 
     Returns
     -------
@@ -169,21 +270,30 @@ def rouge_scores(prediction: str, reference: str, *, stemmer: bool = True) -> di
     {'rouge1': 1.0, 'rouge2': 1.0, 'rougeL': 1.0}
     >>> {k: round(v, 3) for k, v in rouge_scores("the cat was sitting", "a cat sat").items()}
     {'rouge1': 0.286, 'rouge2': 0.0, 'rougeL': 0.286}
+    >>> round(rouge_scores("São é permitido levar o portátil", "Não é permitido levar o portátil")["rouge1"], 4)
+    0.8333
     """
     _check_texts(prediction, reference)
-    return _rouge_from_tokens(rouge_tokens(prediction, stemmer), rouge_tokens(reference, stemmer))
+    lang = pair_language(prediction, reference, language)
+    return _rouge_from_tokens(rouge_tokens(prediction, stemmer, lang), rouge_tokens(reference, stemmer, lang))
 
 
 @functools.cache
-def _bleu() -> Any:
+def _bleu(tokenize: str = "13a") -> Any:
     from sacrebleu.metrics import BLEU
 
     # Effective order: a short sentence without any 4-gram match still gets a non-zero score, as
     # sacrebleu.sentence_bleu does. One object, reused: building it per call costs 10%.
-    return BLEU(effective_order=True)
+    return BLEU(effective_order=True, tokenize=tokenize)
 
 
-def bleu_score(prediction: str, reference: str) -> float:
+def _bleu_for(language: str) -> Any:
+    # 13a (sacrebleu's default, ASCII punctuation) keeps English scores as they always were; "intl"
+    # splits every Unicode punctuation mark, which other languages' quotes and ellipses need.
+    return _bleu("13a" if language == "en" else "intl")
+
+
+def bleu_score(prediction: str, reference: str, *, language: str = AUTO) -> float:
     """Sentence BLEU of ``prediction`` against one ``reference`` (sacrebleu, 0..1).
 
     >>> bleu_score("the cat sat on the mat", "the cat sat on the mat")
@@ -197,7 +307,7 @@ def bleu_score(prediction: str, reference: str) -> float:
     0.61
     """
     _check_texts(prediction, reference)
-    return _bleu_value(_bleu(), prediction, reference)
+    return _bleu_value(_bleu_for(pair_language(prediction, reference, language)), prediction, reference)
 
 
 def _bleu_value(bleu: Any, prediction: str, reference: str) -> float:
@@ -297,25 +407,40 @@ def _meteor_tokenize() -> Callable[[str], list[str]]:
     return NLTKWordTokenizer().tokenize  # type: ignore[no-any-return]
 
 
+def _unicode_meteor_tokens(text: str) -> list[str]:
+    return _METEOR_TOKEN.findall(unicodedata.normalize("NFC", text))
+
+
 class _Meteor:
-    """METEOR with WordNet when it loads from ``nltk_data``, else the exact+stem fallback."""
+    """METEOR with WordNet when it loads from ``nltk_data``, else the exact+stem fallback.
+
+    WordNet's synonyms are English: a pair in another language is scored with exact and stem
+    matches (its own stemmer) and named ``meteor_exact``.
+    """
 
     def __init__(self, nltk_data: Path) -> None:
         wordnet = _load_wordnet(Path(nltk_data).expanduser().resolve())
         self.name = METEOR if wordnet is not None else METEOR_EXACT
         self._wordnet = wordnet if wordnet is not None else _NoSynonyms()
-        self._stemmer = _CachedStemmer()
         self._tokenize = _meteor_tokenize()
 
-    def __call__(self, prediction: str, reference: str) -> float:
+    def name_for(self, language: str) -> str:
+        """Metric name of a pair in ``language``."""
+        return self.name if language == "en" else METEOR_EXACT
+
+    def __call__(self, prediction: str, reference: str, language: str = "en") -> float:
         from nltk.translate.meteor_score import single_meteor_score
 
+        if language == "en":
+            tokenize, wordnet = self._tokenize, self._wordnet
+        else:
+            tokenize, wordnet = _unicode_meteor_tokens, _NoSynonyms()
         return float(
             single_meteor_score(
-                self._tokenize(reference),
-                self._tokenize(prediction),
-                stemmer=self._stemmer,
-                wordnet=self._wordnet,
+                tokenize(reference),
+                tokenize(prediction),
+                stemmer=_CachedStemmer(language),
+                wordnet=wordnet,
             )
         )
 
@@ -325,21 +450,27 @@ def _meteor_for(nltk_data: Path) -> _Meteor:
     return _Meteor(nltk_data)
 
 
-def meteor_score(prediction: str, reference: str, nltk_data: Path | None = None) -> tuple[str, float]:
+def meteor_score(
+    prediction: str, reference: str, nltk_data: Path | None = None, *, language: str = AUTO
+) -> tuple[str, float]:
     """METEOR of ``prediction`` against ``reference``, with the name of the variant computed.
 
     Parameters
     ----------
     prediction, reference
-        The texts; tokenized with NLTK's word tokenizer and lower-cased.
+        The texts; tokenized with NLTK's word tokenizer (English) or into Unicode words and
+        punctuation (other languages), and lower-cased.
     nltk_data
         Folder holding ``corpora/wordnet``; ``None`` uses ``ATALAIA_NLTK_DATA`` (default
         ``~/.cache/atalaia/nltk_data``).
+    language
+        ISO 639-1 code choosing the stemmer, or ``"auto"`` (:func:`pair_language`).
 
     Returns
     -------
     tuple[str, float]
-        ``("meteor", value)`` when WordNet is available, else ``("meteor_exact", value)``.
+        ``("meteor", value)`` for an English pair when WordNet is available, else
+        ``("meteor_exact", value)``.
 
     Examples
     --------
@@ -351,7 +482,8 @@ def meteor_score(prediction: str, reference: str, nltk_data: Path | None = None)
     """
     _check_texts(prediction, reference)
     meteor = _meteor_for(Path(nltk_data) if nltk_data is not None else _default_nltk_data())
-    return meteor.name, meteor(prediction, reference)
+    lang = pair_language(prediction, reference, language)
+    return meteor.name_for(lang), meteor(prediction, reference, lang)
 
 
 class TextOverlapScorer:
@@ -363,14 +495,20 @@ class TextOverlapScorer:
         Folder holding WordNet (``corpora/wordnet``); ``None`` uses ``ATALAIA_NLTK_DATA``. WordNet is
         loaded here, once, so the first event is not slow; without it METEOR is ``meteor_exact``.
     rouge_stemmer
-        Porter-stem words for ROUGE (rouge-score's ``use_stemmer``).
+        Stem words for ROUGE (rouge-score's ``use_stemmer``), with the pair's language's stemmer.
+    language
+        ``"auto"`` detects each pair's language (:func:`pair_language`); an ISO 639-1 code fixes it
+        (``ATALAIA_TEXT_LANGUAGE``).
+    fallback_language
+        The language of a pair in which nothing points to one (a number, a single word).
 
     Attributes
     ----------
     meteor_name : str
-        ``"meteor"`` or ``"meteor_exact"``: the METEOR key of every result.
+        ``"meteor"`` or ``"meteor_exact"``: the METEOR key of English results (results in other
+        languages always use ``"meteor_exact"``).
     metric_names : tuple[str, ...]
-        Keys of every result, in order.
+        Keys of every English result, in order.
 
     Examples
     --------
@@ -381,10 +519,18 @@ class TextOverlapScorer:
     {'rouge1': 1.0, 'rouge2': 1.0, 'rougeL': 1.0, 'bleu': 1.0, 'meteor_exact': 1.0}
     """
 
-    def __init__(self, nltk_data: Path | None = None, *, rouge_stemmer: bool = True) -> None:
+    def __init__(
+        self,
+        nltk_data: Path | None = None,
+        *,
+        rouge_stemmer: bool = True,
+        language: str = AUTO,
+        fallback_language: str = DEFAULT_LANGUAGE,
+    ) -> None:
         self._meteor = _meteor_for(Path(nltk_data) if nltk_data is not None else _default_nltk_data())
         self._rouge_stemmer = rouge_stemmer
-        self._bleu = _bleu()
+        self.language = language
+        self.fallback_language = fallback_language
         self.meteor_name: str = self._meteor.name
         self.metric_names: tuple[str, ...] = (*ROUGE_METRICS, "bleu", self.meteor_name)
 
@@ -396,13 +542,23 @@ class TextOverlapScorer:
         ValueError
             ``"empty prediction"`` or ``"empty reference"`` for an empty or blank text.
         """
+        return self.score_with_language(prediction, reference)[1]
+
+    def score_with_language(self, prediction: str, reference: str) -> tuple[str, dict[str, float]]:
+        """The pair's language (ISO 639-1) and its scores, as :meth:`score`.
+
+        >>> lang, scores = TextOverlapScorer(Path("/nonexistent")).score_with_language(
+        ...     "O prazo é de dez dias úteis", "O prazo é de três dias úteis")
+        >>> lang, round(scores["rouge1"], 4), round(6 / 7, 4)
+        ('pt', 0.8571, 0.8571)
+        """
         _check_texts(prediction, reference)
-        scores = _rouge_from_tokens(
-            rouge_tokens(prediction, self._rouge_stemmer), rouge_tokens(reference, self._rouge_stemmer)
-        )
-        scores["bleu"] = _bleu_value(self._bleu, prediction, reference)
-        scores[self.meteor_name] = self._meteor(prediction, reference)
-        return scores
+        lang = pair_language(prediction, reference, self.language, self.fallback_language)
+        stem = self._rouge_stemmer
+        scores = _rouge_from_tokens(rouge_tokens(prediction, stem, lang), rouge_tokens(reference, stem, lang))
+        scores["bleu"] = _bleu_value(_bleu_for(lang), prediction, reference)
+        scores[self._meteor.name_for(lang)] = self._meteor(prediction, reference, lang)
+        return lang, scores
 
     def score_batch(self, predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
         """:meth:`score` of each pair, in order.

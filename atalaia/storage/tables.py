@@ -60,6 +60,8 @@ inference_events = Table(
     Column("ingested_at", DateTime(timezone=True), nullable=False),
     Index(None, "model_version", "ts"),
     Index(None, "ts"),
+    # Finds one subject's events for export and erasure (added in 0005_privacy).
+    Index(None, "subject_id"),
 )
 
 metrics = Table(
@@ -94,6 +96,7 @@ feedback = Table(
     Column("caller", String(200), nullable=True),
     Column("subject_id", String(200), nullable=True),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
+    Index(None, "subject_id"),
 )
 
 alerts = Table(
@@ -240,4 +243,17 @@ locks = Table(
     Column("run_id", String(UUID_LEN), nullable=True),
     Column("acquired_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+)
+
+# Audit of data-subject requests (export, erase) and retention runs: who asked, when, what went
+# (added in 0005_privacy). Holds the subject id (a keyed hash), never the plain user id.
+privacy_requests = Table(
+    "privacy_requests",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("subject_id", String(200), nullable=True, index=True),
+    Column("requested_by", String(200), nullable=False),
+    Column("details", JSON, nullable=False),
 )

@@ -18,7 +18,7 @@ from atalaia.storage.db import current_revision, upgrade
 
 pytestmark = pytest.mark.integration
 
-HEAD = "0004"
+HEAD = "0005_privacy"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
