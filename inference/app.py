@@ -22,6 +22,7 @@ from atalaia.metrics.operational import Price
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
 from atalaia.rag import build_prompt
 from atalaia.settings import Settings
+from atalaia.subjects import subject_id, subject_pepper
 from inference.cache import KeyParts, ResponseCache, cacheable
 from inference.models import ModelManager, ServedModel, SwapError
 from inference.schemas import ChatCompletionRequest, DeployRequest, FeedbackRequest, RollbackRequest
@@ -129,6 +130,8 @@ def create_app(
     """
     app = FastAPI(title="Atalaia inference", version="0.1.0")
     metrics = ServiceMetrics()
+    # The request's `user` is stored only as a keyed hash (atalaia.privacy): read the key once.
+    pepper = subject_pepper(settings)
     models = models or ModelManager(ServedModel(settings.model_version, generator), loader=_unsupported_loader)
     metrics.active_model.labels(models.active.version).set(1)
 
@@ -198,7 +201,7 @@ def create_app(
             context=context or [],
             cache_hit=bool(cache_hit),
             reference=reference if isinstance(reference, str) else None,
-            request_id=req.user,
+            subject_id=subject_id(req.user, pepper) if req.user else None,
             metadata={
                 **meta,
                 **({"cache": cache_hit} if cache_hit else {}),
@@ -442,6 +445,7 @@ def create_app(
             corrected_answer=req.corrected_answer,
             comment=req.comment,
             metadata=req.metadata,
+            subject_id=subject_id(req.user, pepper) if req.user else None,
         )
         if producer is not None:
             producer.emit(event)

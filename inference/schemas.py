@@ -44,7 +44,8 @@ class ChatCompletionRequest(_Request):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stream: bool = False
     stop: str | list[str] | None = None
-    user: str | None = Field(None, max_length=200)  # the event's request_id (a 200-character column)
+    # The end user: stored only as the event's subject_id, a keyed hash (atalaia.privacy).
+    user: str | None = Field(None, max_length=200)
     metadata: dict[str, Any] | None = None
 
 
@@ -57,6 +58,7 @@ class FeedbackRequest(_Request):
     corrected_answer: str | None = Field(None, max_length=20_000)
     comment: str | None = Field(None, max_length=5_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    user: str | None = Field(None, max_length=200, description="the end user; stored as a keyed hash (subject_id)")
 
 
 class DeployRequest(_Request):

@@ -33,6 +33,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(schema_app, name="schema")
 app.add_typer(__import__("atalaia.cli.deadletter", fromlist=["app"]).app, name="deadletter")
+app.add_typer(__import__("atalaia.cli.privacy", fromlist=["app"]).app, name="privacy")
 app.command("report")(__import__("atalaia.cli.report", fromlist=["report"]).report)
 
 
