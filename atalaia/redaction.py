@@ -9,6 +9,13 @@ no digits, so an earlier kind always wins an overlap):
 
 1. ``email`` → ``[EMAIL]``; first, because addresses may hold digit runs that look like a CPF
    or a phone (``12345678909@example.com`` is one email, not a CPF).
+   ``pix`` → ``[PIX]``: a PIX random key (a UUID) or a bare 10–11 digit phone number written
+   within 30 characters after the word "pix" (a UUID alone is an id like any other). PIX keys
+   that are an email, a CPF, a CNPJ or a ``+55`` phone are redacted as those kinds.
+   ``iban`` → ``[IBAN]``: two letters of a country that issues IBANs, two check digits and that
+   country's BBAN length, contiguous or in groups of four, passing ISO 13616's mod-97 check.
+   ``cnpj`` → ``[CNPJ]``: ``dd.ddd.ddd/dddd-dd`` always (also the alphanumeric CNPJ issued from
+   July 2026, letters in the first twelve places), 14 bare digits only with valid check digits.
 2. ``card`` → ``[CARD]``: 13–19 digits starting with 2–6, contiguous or in the printed groups
    (4-4-4-4[-1..3], Amex 4-6-5, Diners 4-6-4) with spaces or dashes, and Luhn-valid. Before
    phones and CPFs so a card's digits are never split into a "phone" and a remainder. Not after
@@ -16,6 +23,14 @@ no digits, so an earlier kind always wins an overlap):
 3. ``cpf`` → ``[CPF]``: ``ddd.ddd.ddd-dd`` always (the format alone says CPF); ``ddddddddd-dd`` and
    bare 11 digits only with valid check digits, so that order numbers and bare 11-digit phone
    numbers are left alone (about 1 in 100 arbitrary 11-digit numbers still pass the check).
+   ``rg`` → ``[RG]``: a Brazilian RG ``dd.ddd.ddd-d`` (or ``-X``) always; 7–9 bare digits
+   (optionally ``-d``/``-X``) only right after "RG". States number RGs differently and only São
+   Paulo's has a public check digit, so the format or the word is the evidence.
+   ``nif`` → ``[NIF]``: a Portuguese NIF/NIPC, 9 digits with a valid mod-11 check digit and a
+   first digit (or two) that is issued; after "NIF", "NIPC", "contribuinte" or a "PT" VAT prefix
+   also when written in groups of three. Bare, about 1 in 11 arbitrary 9-digit numbers with an
+   issued prefix pass the check, so bare 9-digit order numbers are sometimes redacted
+   (BENCHMARKS.md measures it).
 4. ``ssn`` → ``[SSN]``: ``ddd-dd-dddd`` with a valid area (not 000, 666, 9xx), group and serial.
    Before phones, although no phone pattern matches that shape today.
 5. ``phone`` → ``[PHONE]``: international with ``+`` (8–15 digits, E.164), Brazilian national with
@@ -48,12 +63,27 @@ from typing import Any, TypeVar, cast
 
 from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, RetrievedPassage
 
-__all__ = ["PLACEHOLDERS", "cpf_valid", "luhn_valid", "redact_event", "redact_text", "redact_value"]
+__all__ = [
+    "PLACEHOLDERS",
+    "cnpj_valid",
+    "cpf_valid",
+    "iban_valid",
+    "luhn_valid",
+    "nif_valid",
+    "redact_event",
+    "redact_text",
+    "redact_value",
+]
 
 PLACEHOLDERS = {
     "email": "[EMAIL]",
+    "pix": "[PIX]",
+    "iban": "[IBAN]",
+    "cnpj": "[CNPJ]",
     "card": "[CARD]",
     "cpf": "[CPF]",
+    "rg": "[RG]",
+    "nif": "[NIF]",
     "ssn": "[SSN]",
     "phone": "[PHONE]",
 }
@@ -98,6 +128,81 @@ def cpf_valid(digits: str) -> bool:
     return True
 
 
+def cnpj_valid(value: str) -> bool:
+    """Whether 14 characters are a CNPJ with correct check digits (numeric or alphanumeric).
+
+    Each character counts as its ASCII code minus 48 (Receita Federal's rule for the alphanumeric
+    CNPJ of 2026, which leaves numeric CNPJs unchanged); the last two are digits.
+
+    Examples
+    --------
+    >>> cnpj_valid("11222333000181"), cnpj_valid("11222333000182"), cnpj_valid("12ABC34501DE35")
+    (True, False, True)
+    """
+    value = value.upper()
+    if len(value) != 14 or not value[12:].isdigit() or not value[:12].isalnum() or not value.isascii():
+        return False
+    if value == value[0] * 14:
+        return False
+    nums = [ord(c) - 48 for c in value]
+    for n in (12, 13):
+        weights = [(n - 7 - i) if i < n - 8 else (n + 1 - i) for i in range(n)]
+        r = sum(w * v for w, v in zip(weights, nums, strict=False)) % 11
+        if nums[n] != (0 if r < 2 else 11 - r):
+            return False
+    return True
+
+
+#: First digits (or two) of NIFs/NIPCs Portugal issues: people (1-3), non-residents (45),
+#: companies (5), public bodies (6), estates and funds (70-79), sole traders (8), others (9x).
+_NIF_PREFIXES = ("1", "2", "3", "45", "5", "6", "70", "71", "72", "74", "75", "77", "79", "8", "90", "91", "98", "99")
+
+
+def nif_valid(digits: str) -> bool:
+    """Whether 9 digits are a Portuguese NIF/NIPC: an issued prefix and a valid mod-11 check digit.
+
+    Examples
+    --------
+    >>> nif_valid("123456789"), nif_valid("123456780"), nif_valid("412345678")
+    (True, False, False)
+    """
+    if len(digits) != 9 or not digits.isdigit() or not digits.startswith(_NIF_PREFIXES):
+        return False
+    r = sum(int(d) * (9 - i) for i, d in enumerate(digits[:8])) % 11
+    return int(digits[8]) == (0 if r < 2 else 11 - r)
+
+
+#: IBAN length per country (ISO 13616 registry, SWIFT release 2025), for the countries most likely
+#: in this company's texts and every SEPA country.
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AO": 25, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BR": 29, "CH": 21, "CR": 22, "CV": 25, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20,
+    "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27,
+    "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30,
+    "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22,
+    "MK": 19, "MR": 27, "MT": 31, "MU": 30, "MZ": 25, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29,
+    "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27,
+    "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+
+
+def iban_valid(value: str) -> bool:
+    """Whether a string (spaces ignored) is an IBAN: known country, its length, mod 97 equal to 1.
+
+    Examples
+    --------
+    >>> iban_valid("PT50 0002 0123 1234 5678 9015 4"), iban_valid("PT50 0002 0123 1234 5678 9015 5")
+    (True, False)
+    >>> iban_valid("GB82 WEST 1234 5698 7654 32")
+    True
+    """
+    iban = value.replace(" ", "").upper()
+    if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not iban[2:4].isdigit() or not iban.isalnum():
+        return False
+    rearranged = iban[4:] + iban[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
 def _ssn_valid(area: str, group: str, serial: str) -> bool:
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
@@ -126,6 +231,36 @@ _CPF = re.compile(
 )
 
 _SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
+
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# PIX: the key follows the word "pix" ("chave PIX: ...", "meu pix é ...", "PIX key ...").
+_PIX = re.compile(
+    r"(?i:(?<![\w])pix\b)(?P<gap>[^\n\d]{0,30}?)"
+    r"(?P<key>(?<![\w-])" + _UUID + r"(?![\w-])|(?<![\w+])\(?\d{2}\)? ?9?\d{4}-?\d{4}(?![\w-]))"
+)
+
+# IBAN: country, check digits, then the BBAN contiguous or in groups of 4 (the last group shorter).
+_IBAN = re.compile(
+    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)(?![A-Za-z0-9])"
+)
+
+# CNPJ: formatted always (digits, or the 2026 alphanumeric form); 14 bare digits with valid checks.
+_CNPJ = re.compile(
+    r"(?<![\w.])(?P<formatted>[0-9A-Z]{2}\.[0-9A-Z]{3}\.[0-9A-Z]{3}/[0-9A-Z]{4}-\d{2})(?![\w-])"
+    r"|(?<![\d+.,/-])(?P<plain>\d{14})(?!\d)(?![.,]\d)"
+)
+
+# RG: the São Paulo-style format, or digits right after the word "RG".
+_RG = re.compile(
+    r"(?<![\w.])\d{1,2}\.\d{3}\.\d{3}-[\dXx](?![\w-])"
+    r"|(?<=\bRG)(?P<sep>[:.]? ?(?:n[º°o]\.? ?)?)(?P<rg>\d{7,9}(?:-[\dXx])?)(?![\w-])"
+)
+
+# NIF: after its keyword (also in groups of 3, or with the PT VAT prefix), or 9 bare digits.
+_NIF = re.compile(
+    r"(?i:\b(?P<kw>NIF|NIPC|contribuinte|VAT)\b[^\n\d]{0,15}?)(?P<ctx>(?:PT ?)?\d{3} ?\d{3} ?\d{3})(?![\w-])"
+    r"|(?<![\w+.,/-])(?:PT)?(?P<plain>\d{9})(?![\w-])(?![.,]\d)"
+)
 
 _PHONE = re.compile(
     r"(?:"
@@ -165,6 +300,37 @@ def _cpf(m: re.Match[str]) -> tuple[str, str] | None:
     return ("cpf", "") if cpf_valid(m.group("plain").replace("-", "")) else None
 
 
+def _pix(m: re.Match[str]) -> tuple[str, str] | None:
+    # The keyword and the words between stay; only the key goes.
+    return "pix", ""
+
+
+def _iban(m: re.Match[str]) -> tuple[str, str] | None:
+    text = m.group(0)
+    if iban_valid(text):
+        return "iban", ""
+    # "PT50 ... 9015 4 OK": a trailing group may be the next word, not the IBAN's.
+    head, _, tail = text.rpartition(" ")
+    if head and iban_valid(head):
+        return "iban", " " + tail
+    return None
+
+
+def _cnpj(m: re.Match[str]) -> tuple[str, str] | None:
+    if m.group("formatted") is not None:
+        return "cnpj", ""
+    return ("cnpj", "") if cnpj_valid(m.group("plain")) else None
+
+
+def _rg(m: re.Match[str]) -> tuple[str, str] | None:
+    return "rg", ""
+
+
+def _nif(m: re.Match[str]) -> tuple[str, str] | None:
+    digits = _NON_DIGIT.sub("", m.group("ctx") or m.group("plain"))
+    return ("nif", "") if nif_valid(digits) else None
+
+
 def _ssn(m: re.Match[str]) -> tuple[str, str] | None:
     return ("ssn", "") if _ssn_valid(m.group(1), m.group(2), m.group(3)) else None
 
@@ -177,8 +343,13 @@ def _phone(m: re.Match[str]) -> tuple[str, str] | None:
 # leave the match as it is.
 _Classifier = Callable[[re.Match[str]], tuple[str, str] | None]
 _PASSES: tuple[tuple[re.Pattern[str], _Classifier], ...] = (
+    (_PIX, _pix),
+    (_IBAN, _iban),
+    (_CNPJ, _cnpj),
     (_CARD, _card),
     (_CPF, _cpf),
+    (_RG, _rg),
+    (_NIF, _nif),
     (_SSN, _ssn),
     (_PHONE, _phone),
 )
@@ -221,6 +392,13 @@ def redact_text(text: str) -> tuple[str, dict[str, int]]:
                 return m.group(0)
             kind, kept = found
             counts[kind] = counts.get(kind, 0) + 1
+            # Context words matched around the value (the "pix" before a key, "RG: ", "NIF ") stay.
+            groups = m.re.groupindex
+            value = next((g for g in ("key", "rg", "ctx") if g in groups and m.group(g) is not None), None)
+            if value is not None:
+                start, end = m.span(value)
+                whole = m.group(0)
+                return whole[: start - m.start()] + PLACEHOLDERS[kind] + whole[end - m.start() :] + kept
             return PLACEHOLDERS[kind] + kept
 
         text = pattern.sub(replace, text)

@@ -6,6 +6,7 @@ import pytest
 
 from atalaia.events import AlertEvent, ChatMessage, FeedbackEvent, InferenceEvent, RetrievedPassage, utcnow
 from producers.redaction import cpf_valid, luhn_valid, redact_event, redact_text
+from atalaia.redaction import cnpj_valid, iban_valid, nif_valid
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,6 @@ def test_luhn() -> None:
         "12345678909,00",  # an amount, not a CPF
         "v2.1-rc3",
         "Art. 7º, XVII, da CF/88",
-        "CNPJ 12.345.678/0001-95",
         "912 345 678",  # Portuguese national number without +351: too close to an amount
     ],
 )
@@ -267,3 +267,62 @@ def test_other_events_pass_through() -> None:
     alert = AlertEvent(alert_id=uuid.uuid4(), fingerprint="f", rule="r", state="firing", started_at=utcnow())
     out, counts = redact_event(alert)
     assert out is alert and counts == {}
+
+
+# -- CNPJ, RG, NIF, IBAN, PIX (issue 20) ----------------------------------------------------------
+
+
+def test_cnpj() -> None:
+    # A formatted CNPJ is one whatever its check digits; bare 14 digits only with valid ones.
+    assert redact_text("cnpj 11.222.333/0001-81") == ("cnpj [CNPJ]", {"cnpj": 1})
+    assert redact_text("CNPJ 12.345.678/0001-95.") == ("CNPJ [CNPJ].", {"cnpj": 1})
+    assert redact_text("CNPJ 11222333000181") == ("CNPJ [CNPJ]", {"cnpj": 1})
+    assert redact_text("pedido 11222333000182") == ("pedido 11222333000182", {})
+    # The alphanumeric CNPJ (from July 2026): Receita Federal's own example.
+    assert cnpj_valid("12ABC34501DE35") and not cnpj_valid("12ABC34501DE36")
+    assert redact_text("CNPJ 12.ABC.345/01DE-35") == ("CNPJ [CNPJ]", {"cnpj": 1})
+    assert not cnpj_valid("00000000000000")
+
+
+def test_rg() -> None:
+    assert redact_text("RG 12.345.678-9") == ("RG [RG]", {"rg": 1})
+    assert redact_text("rg 1.234.567-X emitido") == ("rg [RG] emitido", {"rg": 1})
+    assert redact_text("RG: 123456789") == ("RG: [RG]", {"rg": 1})
+    assert redact_text("meu RG nº 12345678-X") == ("meu RG nº [RG]", {"rg": 1})
+    # Bare digits without the word are not an RG (nor anything else here).
+    assert redact_text("ticket 12345678") == ("ticket 12345678", {})
+
+
+def test_nif() -> None:
+    assert nif_valid("123456789") and not nif_valid("123456780") and not nif_valid("412345678")
+    assert redact_text("NIF 123 456 789") == ("NIF [NIF]", {"nif": 1})
+    assert redact_text("contribuinte n.º PT123456789") == ("contribuinte n.º [NIF]", {"nif": 1})
+    assert redact_text("NIF: 501964843") == ("NIF: [NIF]", {"nif": 1})
+    assert redact_text("NIF: 123456780") == ("NIF: 123456780", {})  # wrong check digit
+    # Bare: redacted when valid (1 in 11 arbitrary numbers with an issued prefix are).
+    assert redact_text("nº 123456789") == ("nº [NIF]", {"nif": 1})
+    assert redact_text("nº 123456788") == ("nº 123456788", {})
+
+
+def test_iban() -> None:
+    assert iban_valid("PT50000201231234567890154") and not iban_valid("PT50000201231234567890155")
+    assert redact_text("IBAN PT50 0002 0123 1234 5678 9015 4 ok") == ("IBAN [IBAN] ok", {"iban": 1})
+    assert redact_text("IBAN PT50000201231234567890154.") == ("IBAN [IBAN].", {"iban": 1})
+    assert redact_text("GB82 WEST 1234 5698 7654 32") == ("[IBAN]", {"iban": 1})
+    assert redact_text("BR15 0000 0000 0000 1093 2840 814P 2") == ("[IBAN]", {"iban": 1})
+    # Wrong check digits, an unknown country or the wrong length: left alone.
+    for text in ("PT51 0002 0123 1234 5678 9015 4", "ZZ50 0002 0123 1234 5678 9015 4", "PT50 0002 0123"):
+        assert redact_text(text) == (text, {})
+
+
+def test_pix_keys() -> None:
+    uuid = "123e4567-e89b-42d3-a456-426614174000"
+    assert redact_text(f"chave pix: {uuid}") == ("chave pix: [PIX]", {"pix": 1})
+    assert redact_text(f"PIX key {uuid.upper()}") == ("PIX key [PIX]", {"pix": 1})
+    assert redact_text("meu pix é 11912345678") == ("meu pix é [PIX]", {"pix": 1})
+    # A UUID without the word is an id, not a key.
+    assert redact_text(f"request {uuid}") == (f"request {uuid}", {})
+    # Keys that are a CPF, a CNPJ, an email or a +55 phone are redacted as those kinds.
+    assert redact_text("pix: 123.456.789-09") == ("pix: [CPF]", {"cpf": 1})
+    assert redact_text("pix ana@example.com") == ("pix [EMAIL]", {"email": 1})
+    assert redact_text("pix +55 11 91234-5678") == ("pix [PHONE]", {"phone": 1})
