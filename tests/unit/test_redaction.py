@@ -5,8 +5,8 @@ import uuid
 import pytest
 
 from atalaia.events import AlertEvent, ChatMessage, FeedbackEvent, InferenceEvent, RetrievedPassage, utcnow
-from producers.redaction import cpf_valid, luhn_valid, redact_event, redact_text
 from atalaia.redaction import cnpj_valid, iban_valid, nif_valid
+from producers.redaction import cpf_valid, luhn_valid, redact_event, redact_text
 
 
 @pytest.mark.parametrize(
