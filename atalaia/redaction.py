@@ -210,13 +210,14 @@ def _ssn_valid(area: str, group: str, serial: str) -> bool:
 # Emails: a pragmatic subset of RFC 5322 (no quoted local parts); \w admits accented names.
 _EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w-])")
 
-# Cards: contiguous, or the groupings printed on cards with one consistent separator. Not after
+# Cards: contiguous, or the groupings printed on cards with one consistent separator. Not after a
+# letter (the digits of an IBAN such as NL91ABNA0417164300 are not a card), nor
 # a "+" (that is an international phone) nor inside a longer digit run. The first digit is a
 # major industry identifier of issued cards (2-6: Mastercard, Amex, Diners, JCB, Visa, Discover,
 # UnionPay, Maestro), which spares millisecond timestamps (1...) and many zero-padded ids; the
 # grouped 4-6-5 / 4-6-4 shapes are Amex and Diners, both starting with 3.
 _CARD = re.compile(
-    r"(?<![\d+])(?:"
+    r"(?<![\w+])(?:"
     r"[2-6]\d{12,18}"
     r"|[2-6]\d{3}(?P<s1>[ -])\d{4}(?P=s1)\d{4}(?P=s1)\d{4}(?P<tail>(?P=s1)\d{1,3})?"
     r"|3\d{3}(?P<s2>[ -])\d{6}(?P=s2)\d{4,5}"
