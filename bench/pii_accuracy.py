@@ -26,7 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atalaia.redaction import IBAN_LENGTHS, PLACEHOLDERS, cnpj_valid, cpf_valid, iban_valid, nif_valid, redact_text
+from atalaia.redaction import (  # noqa: E402
+    IBAN_LENGTHS,
+    PLACEHOLDERS,
+    cnpj_valid,
+    cpf_valid,
+    iban_valid,
+    nif_valid,
+    redact_text,
+)
 
 SENTENCES = ("Meu documento é {} , obrigado.", "Please use {} for the refund.", "Segue: {}")
 
