@@ -66,6 +66,8 @@ RETENTION_TABLES: dict[str, str] = {
     "alert_deliveries": "created_at",
 }
 PERSONAL_TABLES = ("inference_events", "metrics", "embeddings", "feedback")
+#: Id of the scheduler's retention job (``atalaia scheduler``, ``ATALAIA_RETENTION_CRON``).
+RETENTION_JOB = "privacy-retention"
 
 
 def resolve_subject(settings: Settings, subject: str | None = None, subject_hash: str | None = None) -> str:
@@ -373,3 +375,12 @@ def apply_retention(engine: Engine, settings: Settings, now: datetime | None = N
     if deleted:
         _audit(engine, "retention", None, "retention", {"deleted": deleted, "days": retention_plan(settings)})
     return deleted
+
+
+def retention_job() -> dict[str, int]:
+    """The scheduler's cron job: :func:`apply_retention` with the process settings."""
+    from atalaia.settings import get_settings
+    from atalaia.storage.db import get_engine
+
+    settings = get_settings()
+    return apply_retention(get_engine(settings.database_url), settings)

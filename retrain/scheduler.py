@@ -65,6 +65,7 @@ def start_scheduler(settings: Settings) -> Any:
             scheduler.remove_job(PERIODIC_JOB)
         except Exception:  # noqa: BLE001 - not there
             pass
+    _install_retention(settings, scheduler)
     jobs = [(job.id, str(job.next_run_time)) for job in scheduler.get_jobs()]
     log.info("scheduler started", extra={"jobs": jobs})
     return scheduler
@@ -197,6 +198,30 @@ def follow_alerts(settings: Settings, scheduler: Any, stop: threading.Event) -> 
             stop.wait(2.0)
     if consumer is not None:
         consumer.close()
+
+
+def _install_retention(settings: Settings, scheduler: Any) -> None:
+    """(Re)install the retention job (atalaia.privacy) from ``ATALAIA_RETENTION_CRON``.
+
+    It runs here because the scheduler is the one service that already keeps cron jobs in the
+    database (a restart or a second scheduler does not run it twice).
+    """
+    from apscheduler.triggers.cron import CronTrigger
+
+    from atalaia.privacy import RETENTION_JOB, retention_plan
+
+    if settings.retention_cron and retention_plan(settings):
+        scheduler.add_job(
+            "atalaia.privacy:retention_job",
+            CronTrigger.from_crontab(settings.retention_cron, timezone="UTC"),
+            id=RETENTION_JOB,
+            replace_existing=True,
+        )
+        return
+    try:
+        scheduler.remove_job(RETENTION_JOB)
+    except Exception:  # noqa: BLE001 - not there
+        pass
 
 
 def run_scheduler(settings: Settings, stop: threading.Event) -> None:

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import delete, insert
 
 from atalaia.events import AlertEvent, ModelEvent, utcnow
+from atalaia.privacy import RETENTION_JOB
 from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.storage.db import get_engine, upgrade
@@ -122,7 +123,7 @@ def test_jobs_live_in_the_database_and_survive_a_restart(settings: Settings) -> 
         # Requested for later: the run must be stored, not started, in this test.
         request_retrain(scheduler, "alert:rouge", when=utcnow() + timedelta(hours=1))
         ids = {job.id for job in scheduler.get_jobs()}
-        assert {PERIODIC_JOB, RETRAIN_JOB} <= ids
+        assert {PERIODIC_JOB, RETRAIN_JOB, RETENTION_JOB} <= ids
     finally:
         scheduler.shutdown(wait=False)
     time.sleep(0.2)
@@ -134,8 +135,17 @@ def test_jobs_live_in_the_database_and_survive_a_restart(settings: Settings) -> 
         assert jobs[RETRAIN_JOB].kwargs == {"trigger": "alert:rouge"}
         assert jobs[RETRAIN_JOB].func_ref == "retrain.jobs:alert_retrain"
         assert jobs[PERIODIC_JOB].next_run_time.hour == 3
+        # The retention job (ATALAIA_RETENTION_CRON, default 02:15 UTC) lives there too.
+        assert jobs[RETENTION_JOB].func_ref == "atalaia.privacy:retention_job"
+        assert (jobs[RETENTION_JOB].next_run_time.hour, jobs[RETENTION_JOB].next_run_time.minute) == (2, 15)
     finally:
         again.shutdown(wait=False)
+    # Retention off: the job goes at the next start.
+    off = start_scheduler(s.model_copy(update={"retention_days": 0}))
+    try:
+        assert RETENTION_JOB not in {job.id for job in off.get_jobs()}
+    finally:
+        off.shutdown(wait=False)
 
 
 class _Recorder:
