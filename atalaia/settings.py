@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     retention_cron: str = Field(
         "15 2 * * *", description="Crontab (UTC) of the retention job in the scheduler; empty disables it."
     )
+    topic_retention_hours: Annotated[int, Field(ge=1)] = Field(
+        168, description="retention.ms of the topics Atalaia creates, in hours (how long erased data stays in Kafka)."
+    )
 
     # -- retraining loop: scheduler, run checks, canary (issue: retraining loop) --
     retrain_cron: str = Field(

@@ -60,7 +60,10 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     try:
         existing = set(admin.list_topics())
         wanted = topic_specs(settings)
-        missing = [NewTopic(t.name, t.partitions, 1) for t in wanted if t.name not in existing]
+        # Retention bounds how long erased or expired personal data can remain in a topic
+        # (ATALAIA_TOPIC_RETENTION_HOURS; docs/operations.md, "Privacy").
+        configs = {"retention.ms": str(settings.topic_retention_hours * 3_600_000)}
+        missing = [NewTopic(t.name, t.partitions, 1, topic_configs=configs) for t in wanted if t.name not in existing]
         created: list[str] = []
         if missing:
             try:
