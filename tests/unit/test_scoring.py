@@ -156,3 +156,41 @@ def test_sampled_is_deterministic_and_roughly_fair() -> None:
     share = sum(sampled(i, "perplexity", 0.3) for i in ids) / len(ids)
     assert 0.25 < share < 0.35
     assert [sampled(i, "x", 0.5) for i in ids[:50]] == [sampled(i, "x", 0.5) for i in ids[:50]]
+
+
+def test_text_scores_carry_the_pairs_language(tmp_path: Path) -> None:
+    from atalaia.metrics.text import TextOverlapScorer
+
+    scorer = BatchScorer(
+        Settings(home=tmp_path, metric_groups="text"), text=TextOverlapScorer(tmp_path / "no-wordnet")
+    )
+    pt = _event(response="São é permitido levar o portátil", reference="Não é permitido levar o portátil")
+    en = _event()
+    rows = {(str(m.source_event_id), m.name): m for m in scorer.score([pt, en]).metrics}
+    rouge1 = rows[(str(pt.event_id), "rouge1")]
+    assert rouge1.value == pytest.approx(5 / 6) and rouge1.labels == {"language": "pt"}
+    assert rows[(str(en.event_id), "rougeL")].labels == {"language": "en"}
+
+
+def test_toxicity_of_an_uncovered_language_is_labelled_not_scored(tmp_path: Path) -> None:
+    class EnglishOnly(FakeToxicity):
+        backend = "alt-profanity-check"  # an English model
+        seen: list[str] = []
+
+        def score(self, texts: list[str]) -> list[float]:
+            self.seen += texts
+            return super().score(texts)
+
+    tox = EnglishOnly()
+    scorer = BatchScorer(Settings(home=tmp_path, metric_groups="toxicity"), toxicity=tox)
+    pt = _event(response="Você é um idiota e não vou responder a isso.")
+    en = _event(response="You are an idiot.")
+    rows = {(str(m.source_event_id), m.name): m for m in scorer.score([pt, en]).metrics}
+    # The English prompt of both events and the English response are scored...
+    assert rows[(str(en.event_id), "toxicity_response")].value == pytest.approx(0.9)
+    assert rows[(str(pt.event_id), "toxicity_prompt")].value == pytest.approx(0.01)
+    # ...the Portuguese response is not: an error row naming its language, never a "clean" 0.01.
+    row = rows[(str(pt.event_id), "toxicity_response")]
+    assert row.value is None and "'pt' not covered" in (row.error or "")
+    assert row.labels == {"backend": "alt-profanity-check", "language": "pt"}
+    assert "Você é um idiota e não vou responder a isso." not in tox.seen
