@@ -161,9 +161,7 @@ def test_sampled_is_deterministic_and_roughly_fair() -> None:
 def test_text_scores_carry_the_pairs_language(tmp_path: Path) -> None:
     from atalaia.metrics.text import TextOverlapScorer
 
-    scorer = BatchScorer(
-        Settings(home=tmp_path, metric_groups="text"), text=TextOverlapScorer(tmp_path / "no-wordnet")
-    )
+    scorer = BatchScorer(Settings(home=tmp_path, metric_groups="text"), text=TextOverlapScorer(tmp_path / "no-wordnet"))
     pt = _event(response="São é permitido levar o portátil", reference="Não é permitido levar o portátil")
     en = _event()
     rows = {(str(m.source_event_id), m.name): m for m in scorer.score([pt, en]).metrics}
@@ -175,7 +173,9 @@ def test_text_scores_carry_the_pairs_language(tmp_path: Path) -> None:
 def test_toxicity_of_an_uncovered_language_is_labelled_not_scored(tmp_path: Path) -> None:
     class EnglishOnly(FakeToxicity):
         backend = "alt-profanity-check"  # an English model
-        seen: list[str] = []
+
+        def __init__(self) -> None:
+            self.seen: list[str] = []
 
         def score(self, texts: list[str]) -> list[float]:
             self.seen += texts
