@@ -89,6 +89,12 @@ LANGUAGES: tuple[str, ...] = tuple(_STOPWORDS)
 # one point of evidence, like a function word.
 _LETTERS: dict[str, str] = {"ã": "pt", "õ": "pt", "ç": "pt fr", "ñ": "es", "ß": "de", "è": "fr it", "ê": "pt fr"}
 
+# Word -> the languages it is a function word of: one dict lookup per token.
+_LANGS_OF: dict[str, tuple[str, ...]] = {}
+for _lang, _stop in _STOPWORDS.items():
+    for _word in _stop:
+        _LANGS_OF[_word] = (*_LANGS_OF.get(_word, ()), _lang)
+
 _WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|[\u0300-\u036f])*")
 
 # Longer texts are capped: the first 200 words decide as well as 2,000 and cost a tenth.
@@ -122,15 +128,16 @@ def detect_language(text: str, *, min_evidence: int = 1) -> str:
     tokens = words(text)[:_MAX_WORDS]
     scores = dict.fromkeys(_STOPWORDS, 0.0)
     for token in tokens:
-        for lang, stop in _STOPWORDS.items():
-            if token in stop:
-                scores[lang] += 1.0
-        for letter, langs in _LETTERS.items():
-            if letter in token:
-                for lang in langs.split():
-                    # Half a point: a letter breaks ties between related languages, it does not
-                    # outvote their function words.
-                    scores[lang] += 0.5
+        for lang in _LANGS_OF.get(token, ()):
+            scores[lang] += 1.0
+    joined = " ".join(tokens)
+    for letter, langs in _LETTERS.items():
+        n = joined.count(letter)
+        if n:
+            for lang in langs.split():
+                # Half a point per occurrence: a letter breaks ties between related languages, it
+                # does not outvote their function words.
+                scores[lang] += 0.5 * n
     ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
     (best, top), (_, second) = ranked[0], ranked[1]
     if top < min_evidence or top == second:
