@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from atalaia.content import openai_content
 from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
 from atalaia.metrics.operational import Price
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
@@ -138,6 +139,7 @@ def create_app(
 
     models.on_change.append(_on_swap)
     app.state.settings, app.state.models, app.state.producer, app.state.metrics = settings, models, producer, metrics
+    keep_media = settings.event_keep_media
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -186,7 +188,7 @@ def create_app(
             event_id=event_id,
             service=settings.service_name,
             model_version=version,
-            messages=[ChatMessage(role=m.role, content=m.content) for m in req.messages],
+            messages=[ChatMessage(role=m.role, content=openai_content(m.content, keep_media)) for m in req.messages],
             response=result.text,
             latency_ms=latency_ms,
             prompt_tokens=result.prompt_tokens,
@@ -230,12 +232,12 @@ def create_app(
         version, generator = served.version, served.generator
         _check_model(req, version)
         max_tokens = _max_tokens(req)
-        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        messages = [{"role": m.role, "content": m.text} for m in req.messages]
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         event_id = uuid.uuid4()
         created = int(time.time())
         started = time.perf_counter()
-        question = next((m.content for m in reversed(req.messages) if m.role == "user"), req.messages[-1].content)
+        question = next((m.text for m in reversed(req.messages) if m.role == "user"), req.messages[-1].text)
         params = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": stop}
         key = KeyParts.from_request(version, messages, params) if cache is not None else None
         use_cache = cache is not None and cacheable(params)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from atalaia.content import text_of
 from atalaia.events import EventError, check_storable_text
 
 
@@ -29,7 +30,14 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer"]
-    content: str
+    # A string, or OpenAI content parts (text, image_url, input_audio, file, ...): the served
+    # model reads the text parts; the others are recorded in the event (atalaia.content).
+    content: str | list[dict[str, Any]]
+
+    @property
+    def text(self) -> str:
+        """The text the model reads: the content, or its text parts joined by newlines."""
+        return text_of(self.content)
 
 
 class ChatCompletionRequest(_Request):
