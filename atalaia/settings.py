@@ -182,6 +182,11 @@ class Settings(BaseSettings):
         "",
         description="Service name of events from OTLP spans; empty: the span's resource `service.name`.",
     )
+    otlp_log_wait_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        2.0,
+        description="How long a chat span without content waits for the GenAI log records of its call "
+        "(only for services that send GenAI log records; 0: never wait).",
+    )
     gateway_host: str = Field("127.0.0.1", description="Bind address of the gateway (`atalaia gateway`).")
     gateway_port: Annotated[int, Field(ge=1, le=65535)] = Field(8400, description="Port of the gateway.")
     gateway_upstreams: dict[str, dict[str, object]] = Field(
