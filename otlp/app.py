@@ -46,27 +46,16 @@ def _status_protobuf(code: int, message: str) -> bytes:
     return bytes([0x08, code & 0x7F, 0x12]) + bytes(prefix) + raw
 
 
-def _scrub(value: Any) -> Any:
-    """Text no event can carry (NUL, lone surrogates) replaced, so the event is still stored."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    return value
-
-
 def _scrub_decoded(found: decode.Decoded) -> None:
     for span in found.spans:
-        span.attributes = _scrub(span.attributes)
-        span.name = _scrub(span.name)
-        span.status_message = _scrub(span.status_message)
-        span.resource = _scrub(span.resource)
+        span.attributes = decode.scrub(span.attributes)
+        span.name = decode.scrub(span.name)
+        span.status_message = decode.scrub(span.status_message)
+        span.resource = decode.scrub(span.resource)
         for ev in span.events:
-            ev.attributes = _scrub(ev.attributes)
+            ev.attributes = decode.scrub(ev.attributes)
     for rec in found.logs:
-        rec.attributes, rec.body, rec.resource = _scrub(rec.attributes), _scrub(rec.body), _scrub(rec.resource)
+        rec.attributes, rec.body, rec.resource = decode.scrub(rec.attributes), decode.scrub(rec.body), decode.scrub(rec.resource)
 
 
 def create_app(settings: Settings, emit: Callable[[Any], None], wait_s: float = 2.0) -> FastAPI:

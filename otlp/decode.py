@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,24 @@ from typing import Any
 GENAI_MARKERS = ("gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name", "llm.request.type")
 #: Largest decompressed body accepted (a gzip bomb must not exhaust memory).
 MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def scrub(value: Any) -> Any:
+    """Text no event can carry (NUL, lone surrogates) replaced by U+FFFD, so the event is still stored.
+
+    >>> scrub({"a": ["x" + chr(0), chr(0xD800)]})
+    {'a': ['x\ufffd', '\ufffd']}
+    """
+    if isinstance(value, str):
+        return _BAD_CHARS.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
 
 
 class DecodeError(ValueError):

@@ -13,6 +13,7 @@ lists every attribute and where it goes.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,9 @@ from typing import Any
 from atalaia.content import otel_parts
 from atalaia.events import ChatMessage, ContentPart, InferenceEvent
 from atalaia.metrics.operational import Price
-from otlp.decode import LogRecord, Span
+from otlp.decode import LogRecord, Span, scrub
+
+_UNSTORABLE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 
 #: ``gen_ai.operation.name`` values that are a model call producing text (Gemini says generate_content).
 CHAT_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "completion"})
@@ -69,9 +72,11 @@ def _json(value: Any) -> Any:
     """A structured attribute: JSON text on spans, a structured value on events."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            data = json.loads(value)
+        except (ValueError, RecursionError):
             return value
+        # JSON text may escape a NUL or a lone surrogate that no event can carry.
+        return scrub(data) if "\\u" in value and _UNSTORABLE.search(value) else data
     return value
 
 
