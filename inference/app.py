@@ -306,6 +306,8 @@ def create_app(
                 final = stream.result
             if final is not None:
                 yield _sse_chunk(event_id, created, version, {}, final.finish_reason)
+                if (req.stream_options or {}).get("include_usage"):
+                    yield _usage_chunk(event_id, created, version, final)
                 # A completed stream is cached like a plain answer (a client that hung up
                 # mid-stream leaves no result, and nothing half-done is cached).
                 if use_cache and cache is not None and key is not None:
@@ -325,6 +327,23 @@ def create_app(
         }
         return f"data: {json.dumps(payload)}\n\n"
 
+    def _usage_chunk(event_id: uuid.UUID, created: int, version: str, result: ChatResult) -> str:
+        """OpenAI's last chunk for ``stream_options.include_usage``: no choices, the usage."""
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.total_tokens,
+        }
+        payload = {
+            "id": completion_id(event_id),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": version,
+            "choices": [],
+            "usage": usage,
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
     def _cached_sse(
         version: str,
         req: ChatCompletionRequest,
@@ -340,6 +359,8 @@ def create_app(
         if result.text:
             yield _sse_chunk(event_id, created, version, {"content": result.text}, None)
         yield _sse_chunk(event_id, created, version, {}, result.finish_reason)
+        if (req.stream_options or {}).get("include_usage"):
+            yield _usage_chunk(event_id, created, version, result)
         emit_inference(version, req, result, (time.perf_counter() - started) * 1000.0, event_id, context, kind)
         yield "data: [DONE]\n\n"
 

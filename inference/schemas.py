@@ -51,6 +51,7 @@ class ChatCompletionRequest(_Request):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stream: bool = False
+    stream_options: dict[str, Any] | None = None  # {"include_usage": true}: a last chunk with the usage
     stop: str | list[str] | None = None
     user: str | None = Field(None, max_length=200)  # the event's request_id (a 200-character column)
     metadata: dict[str, Any] | None = None
