@@ -138,7 +138,7 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
             event = InferenceEvent(
                 service=service,
                 model_version=model[:200],
-                messages=record.messages,
+                messages=p.request_messages(record, keep_media),
                 response="".join(record.text),
                 latency_ms=(ended - started) * 1000.0,
                 prompt_tokens=record.prompt_tokens,
@@ -188,12 +188,12 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
             except ValueError:
                 kind = None  # not ours to read: the upstream answers it (with its own 400)
             else:
-                record = (p.openai_request if kind == "openai" else p.anthropic_request)(payload, keep_media)
+                record = p.request_record(kind, payload)
                 headers["accept-encoding"] = "identity"  # the answer is read on the way through
                 options = payload.get("stream_options")
                 if kind == "openai" and record.stream and not (isinstance(options, dict) and options.get("include_usage")):
-                    payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-                    body = json.dumps(payload).encode()
+                    extra = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                    body = json.dumps({**payload, "stream_options": extra}).encode()
                     hide_usage = True
         service = request.headers.get("x-atalaia-service") or upstream.name
         url = f"{upstream.base_url}/{path}"

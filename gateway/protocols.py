@@ -23,7 +23,8 @@ class CallRecord:
     """What one call through the gateway produced, filled in as the answer arrives."""
 
     model: str = ""
-    messages: list[ChatMessage] = field(default_factory=list)
+    request: dict[str, Any] = field(default_factory=dict)  # the request body; messages read after the answer
+    kind: str = "openai"
     stream: bool = False
     response_model: str | None = None
     response_id: str | None = None
@@ -49,18 +50,24 @@ def _int(value: Any) -> int:
 
 
 # -- OpenAI Chat Completions -------------------------------------------------------------------
-def openai_request(body: dict[str, Any], keep_media: bool) -> CallRecord:
-    """Model, messages and stream flag of a ``/v1/chat/completions`` request."""
+def request_record(kind: str, body: dict[str, Any]) -> CallRecord:
+    """What is needed of a request before forwarding it (the messages are read once answered)."""
+    return CallRecord(model=str(body.get("model") or ""), request=body, kind=kind, stream=bool(body.get("stream")))
+
+
+def request_messages(record: CallRecord, keep_media: bool) -> list[ChatMessage]:
+    """The messages of the call's request (Anthropic's ``system`` first)."""
+    return (openai_messages if record.kind == "openai" else anthropic_messages)(record.request, keep_media)
+
+
+def openai_messages(body: dict[str, Any], keep_media: bool) -> list[ChatMessage]:
+    """Messages of a ``/v1/chat/completions`` request."""
     messages = body.get("messages")
-    return CallRecord(
-        model=str(body.get("model") or ""),
-        stream=bool(body.get("stream")),
-        messages=[
-            _message(m.get("role"), m.get("content"), openai_content, keep_media)
-            for m in (messages if isinstance(messages, list) else [])
-            if isinstance(m, dict)
-        ],
-    )
+    return [
+        _message(m.get("role"), m.get("content"), openai_content, keep_media)
+        for m in (messages if isinstance(messages, list) else [])
+        if isinstance(m, dict)
+    ]
 
 
 def openai_usage(record: CallRecord, usage: Any) -> None:
@@ -111,16 +118,17 @@ def openai_chunk(record: CallRecord, chunk: dict[str, Any], now: float) -> None:
 
 
 # -- Anthropic Messages ------------------------------------------------------------------------
-def anthropic_request(body: dict[str, Any], keep_media: bool) -> CallRecord:
-    """Model, messages (with ``system`` first) and stream flag of a ``/v1/messages`` request."""
+def anthropic_messages(body: dict[str, Any], keep_media: bool) -> list[ChatMessage]:
+    """Messages of a ``/v1/messages`` request, with ``system`` first."""
     messages: list[ChatMessage] = []
     system = body.get("system")
     if system:
         messages.append(_message("system", system, anthropic_content, keep_media))
-    for m in body.get("messages") or []:
+    raw = body.get("messages")
+    for m in raw if isinstance(raw, list) else []:
         if isinstance(m, dict):
             messages.append(_message(m.get("role"), m.get("content"), anthropic_content, keep_media))
-    return CallRecord(model=str(body.get("model") or ""), stream=bool(body.get("stream")), messages=messages)
+    return messages
 
 
 def anthropic_usage(record: CallRecord, usage: Any) -> None:
