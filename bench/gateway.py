@@ -51,6 +51,12 @@ def _wait(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -96,8 +102,11 @@ def main() -> None:
         direct_url = f"http://127.0.0.1:{up_port}/v1/messages"
         gateway_url = f"http://127.0.0.1:{gw_port}/claude/v1/messages"
         times: dict[str, list[float]] = {"direct": [], "gateway": []}
+        cpu: dict[str, float] = {}
         with httpx.Client(timeout=30) as direct, httpx.Client(timeout=30) as via:
             for i in range(args.calls + 100):
+                if i == 100:
+                    cpu = {"upstream": cpu_seconds(procs[0].pid), "gateway": cpu_seconds(procs[1].pid)}
                 for name, client, url in (("direct", direct, direct_url), ("gateway", via, gateway_url))[:: 1 if i % 2 else -1]:
                     start = time.perf_counter()
                     r = client.post(url, content=body, headers=headers)
@@ -106,7 +115,11 @@ def main() -> None:
                     assert r.status_code == 200, r.text
                     if i >= 100:  # the first 100 warm connections and code paths up
                         times[name].append(elapsed)
-        time.sleep(1.0)
+        time.sleep(1.0)  # the last events leave the gateway's producer
+        cpu = {
+            "upstream": cpu_seconds(procs[0].pid) - cpu["upstream"],
+            "gateway": cpu_seconds(procs[1].pid) - cpu["gateway"],
+        }
         metrics = httpx.get(f"http://127.0.0.1:{gw_port}/metrics").text
         emitted = sum(float(v) for v in re.findall(r'atalaia_gateway_events_total\{[^}]*\} ([0-9.e+]+)', metrics))
     finally:
@@ -120,6 +133,10 @@ def main() -> None:
     print(f"  gateway  {summary(times['gateway'])}")
     for q in (50, 95, 99):
         print(f"  added p{q}: {pct(times['gateway'], q) - pct(times['direct'], q):.2f} ms")
+    # Independent of other tenants' load: the CPU each process spent per call. The upstream
+    # answers every call twice (direct and through the gateway); the gateway once per call.
+    print(f"  CPU per call: gateway {cpu['gateway'] / args.calls * 1000:.2f} ms "
+          f"(parse, forward, relay, event + Kafka send), upstream {cpu['upstream'] / (2 * args.calls) * 1000:.2f} ms")
     answered = args.calls + 100
     print(f"events emitted by the gateway: {emitted:.0f} of {answered} answered calls (lost: {answered - emitted:.0f})")
 

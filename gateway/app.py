@@ -227,7 +227,8 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
             task = None
             if record is not None:
 
-                def finish(content: bytes = content, record: p.CallRecord = record, kind: str | None = kind) -> None:
+                # async: run on the loop once the answer is sent (a sync task would cost a thread hop).
+                async def finish(content: bytes = content, record: p.CallRecord = record, kind: str | None = kind) -> None:
                     try:
                         data = json.loads(content)
                     except ValueError:
