@@ -23,7 +23,13 @@ from typing import Any
 from atalaia.events import ContentPart
 
 #: OpenAI ``input_audio.format`` to MIME type.
-_AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg", "pcm16": "audio/pcm"}
+_AUDIO_FORMATS = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "pcm16": "audio/pcm",
+}
 _OPENAI_MEDIA_TYPES = {"image_url": "image", "input_image": "image", "input_audio": "audio", "file": "file"}
 
 
@@ -45,6 +51,10 @@ def media_part(
         uri=uri,
         data=base64.b64encode(data).decode() if keep_media else None,
     )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _b64(data: Any) -> bytes | None:
@@ -95,11 +105,18 @@ def openai_content(content: Any, keep_media: bool = False) -> str | list[Content
             mime, data, uri = data_url(url)
             parts.append(media_part("image", mime, data, keep_media, uri))
         elif kind == "input_audio":
-            audio = item.get("input_audio") if isinstance(item.get("input_audio"), dict) else {}
+            audio = _dict(item.get("input_audio"))
             fmt = str(audio.get("format") or "")
-            parts.append(media_part("audio", _AUDIO_FORMATS.get(fmt, f"audio/{fmt}" if fmt else None), _b64(audio.get("data")), keep_media))
+            parts.append(
+                media_part(
+                    "audio",
+                    _AUDIO_FORMATS.get(fmt, f"audio/{fmt}" if fmt else None),
+                    _b64(audio.get("data")),
+                    keep_media,
+                )
+            )
         elif kind == "file":
-            ref = item.get("file") if isinstance(item.get("file"), dict) else {}
+            ref = _dict(item.get("file"))
             mime, data, _ = data_url(ref.get("file_data"))
             parts.append(media_part("file", mime, data, keep_media, ref.get("file_id") or ref.get("filename")))
         else:
@@ -124,20 +141,24 @@ def anthropic_content(content: Any, keep_media: bool = False) -> str | list[Cont
         if kind == "text":
             parts.append(ContentPart(type="text", text=str(block.get("text") or "")))
         elif kind in ("image", "document"):
-            source = block.get("source") if isinstance(block.get("source"), dict) else {}
+            source = _dict(block.get("source"))
             data = _b64(source.get("data")) if source.get("type") == "base64" else None
             if source.get("type") == "text" and isinstance(source.get("data"), str):
                 data = source["data"].encode()
             uri = source.get("url") or source.get("file_id")
-            parts.append(media_part("image" if kind == "image" else "file", source.get("media_type"), data, keep_media, uri))
+            parts.append(
+                media_part("image" if kind == "image" else "file", source.get("media_type"), data, keep_media, uri)
+            )
         elif kind == "tool_result":
             inner = block.get("content")
             text = inner if isinstance(inner, str) else ""
             if isinstance(inner, list):
-                text = "\n".join(str(b.get("text", "")) for b in inner if isinstance(b, dict) and b.get("type") == "text")
+                text = "\n".join(
+                    str(b.get("text", "")) for b in inner if isinstance(b, dict) and b.get("type") == "text"
+                )
             parts.append(ContentPart(type="tool_call_response", text=text or None))
         elif kind == "tool_use":
-            parts.append(ContentPart(type="tool_call", name=block.get("name"), id=block.get("id")))
+            parts.append(ContentPart(type="tool_call", name=block.get("name"), id=block.get("id")))  # type: ignore[call-arg]
         else:
             parts.append(ContentPart(type=kind))
     return parts
@@ -163,15 +184,19 @@ def otel_parts(parts: Any, keep_media: bool = False) -> str | list[ContentPart]:
         kind = str(part.get("type") or "unknown")[:64]
         if kind in ("text", "reasoning"):
             value = part.get("content")
-            out.append(ContentPart(type="text" if kind == "text" else kind, text=value if isinstance(value, str) else ""))
+            out.append(
+                ContentPart(type="text" if kind == "text" else kind, text=value if isinstance(value, str) else "")
+            )
         elif kind == "blob":
             modality = str(part.get("modality") or "file")
             out.append(media_part(modality, part.get("mime_type"), _b64(part.get("content")), keep_media))
         elif kind in ("uri", "file"):
             modality = str(part.get("modality") or "file")
-            out.append(media_part(modality, part.get("mime_type"), None, keep_media, part.get("uri") or part.get("file_id")))
+            out.append(
+                media_part(modality, part.get("mime_type"), None, keep_media, part.get("uri") or part.get("file_id"))
+            )
         elif kind == "tool_call":
-            out.append(ContentPart(type="tool_call", name=part.get("name"), id=part.get("id")))
+            out.append(ContentPart(type="tool_call", name=part.get("name"), id=part.get("id")))  # type: ignore[call-arg]
         elif kind == "tool_call_response":
             value = part.get("response")
             out.append(ContentPart(type="tool_call_response", text=value if isinstance(value, str) else None))

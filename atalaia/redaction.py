@@ -277,9 +277,7 @@ def _redact_message(message: ChatMessage, counts: dict[str, int]) -> ChatMessage
     if isinstance(message.content, str):
         content: Any = redact_value(message.content, found)
     else:  # multimodal parts: the text of each part (media are only hashes, never text)
-        content = [
-            p.model_copy(update={"text": redact_value(p.text, found)}) if p.text else p for p in message.content
-        ]
+        content = [p.model_copy(update={"text": redact_value(p.text, found)}) if p.text else p for p in message.content]
     update = _redact_model_extra(message, found)
     if not found:
         return message

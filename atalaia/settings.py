@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     gateway_upstreams: dict[str, dict[str, object]] = Field(
         default_factory=dict,
         description='JSON map of upstream name to {"base_url", "protocol" (openai|anthropic), "prices" '
-        '(optional {model: [prompt, completion]} USD per 1k tokens)}; callers pick one with the path '
+        "(optional {model: [prompt, completion]} USD per 1k tokens)}; callers pick one with the path "
         "/<name>/v1/... (see docs/integrations.md).",
     )
     gateway_timeout_s: Annotated[float, Field(gt=0)] = Field(

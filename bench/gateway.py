@@ -27,12 +27,13 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import pct, summary
 from tests.conftest import free_port
 from tests.helpers_anthropic import API_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
 
 UPSTREAM = (
     "import sys, uvicorn; from tests.helpers_anthropic import create_app; "
@@ -107,7 +108,9 @@ def main() -> None:
             for i in range(args.calls + 100):
                 if i == 100:
                     cpu = {"upstream": cpu_seconds(procs[0].pid), "gateway": cpu_seconds(procs[1].pid)}
-                for name, client, url in (("direct", direct, direct_url), ("gateway", via, gateway_url))[:: 1 if i % 2 else -1]:
+                for name, client, url in (("direct", direct, direct_url), ("gateway", via, gateway_url))[
+                    :: 1 if i % 2 else -1
+                ]:
                     start = time.perf_counter()
                     r = client.post(url, content=body, headers=headers)
                     r.read()
@@ -121,7 +124,7 @@ def main() -> None:
             "gateway": cpu_seconds(procs[1].pid) - cpu["gateway"],
         }
         metrics = httpx.get(f"http://127.0.0.1:{gw_port}/metrics").text
-        emitted = sum(float(v) for v in re.findall(r'atalaia_gateway_events_total\{[^}]*\} ([0-9.e+]+)', metrics))
+        emitted = sum(float(v) for v in re.findall(r"atalaia_gateway_events_total\{[^}]*\} ([0-9.e+]+)", metrics))
     finally:
         for proc in procs:
             proc.terminate()
@@ -135,8 +138,10 @@ def main() -> None:
         print(f"  added p{q}: {pct(times['gateway'], q) - pct(times['direct'], q):.2f} ms")
     # Independent of other tenants' load: the CPU each process spent per call. The upstream
     # answers every call twice (direct and through the gateway); the gateway once per call.
-    print(f"  CPU per call: gateway {cpu['gateway'] / args.calls * 1000:.2f} ms "
-          f"(parse, forward, relay, event + Kafka send), upstream {cpu['upstream'] / (2 * args.calls) * 1000:.2f} ms")
+    print(
+        f"  CPU per call: gateway {cpu['gateway'] / args.calls * 1000:.2f} ms "
+        f"(parse, forward, relay, event + Kafka send), upstream {cpu['upstream'] / (2 * args.calls) * 1000:.2f} ms"
+    )
     answered = args.calls + 100
     print(f"events emitted by the gateway: {emitted:.0f} of {answered} answered calls (lost: {answered - emitted:.0f})")
 

@@ -69,7 +69,13 @@ def build_requests(n_chat: int) -> list[bytes]:
                     span.set_attribute(
                         "gen_ai.output.messages",
                         json.dumps(
-                            [{"role": "assistant", "parts": [{"type": "text", "content": answer}], "finish_reason": "stop"}]
+                            [
+                                {
+                                    "role": "assistant",
+                                    "parts": [{"type": "text", "content": answer}],
+                                    "finish_reason": "stop",
+                                }
+                            ]
                         ),
                     )
     spans = exporter.get_finished_spans()
@@ -110,8 +116,12 @@ def main() -> None:
         events = assembler.stats.events - before
         stats = producer.stats
         producer.close()
-    print(f"requests: {len(requests)} of up to {BATCH} spans (gzip protobuf), {args.spans} chat + {args.spans} HTTP spans")
-    print(f"chat spans -> events: {events}  (sent to Kafka: {stats.sent}, spooled: {stats.spooled}, lost: {stats.lost})")
+    print(
+        f"requests: {len(requests)} of up to {BATCH} spans (gzip protobuf), {args.spans} chat + {args.spans} HTTP spans"
+    )
+    print(
+        f"chat spans -> events: {events}  (sent to Kafka: {stats.sent}, spooled: {stats.spooled}, lost: {stats.lost})"
+    )
     print(f"parse + map + emit: {parsed:.2f} s  -> {events / parsed:,.0f} GenAI spans/s")
     print(f"until flushed to Kafka: {elapsed:.2f} s wall -> {events / elapsed:,.0f} GenAI spans/s")
     # On a shared machine the wall clock counts other processes' turns on the core too.

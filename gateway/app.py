@@ -73,9 +73,7 @@ class Upstream:
         """An upstream from ``ATALAIA_GATEWAY_UPSTREAMS`` (validated by the settings)."""
         protocol = str(spec.get("protocol", "openai"))
         prices = {str(k): (float(v[0]), float(v[1])) for k, v in dict(spec.get("prices") or {}).items()}
-        return cls(
-            name, str(spec["base_url"]).rstrip("/"), protocol, str(spec.get("provider") or protocol), prices
-        )
+        return cls(name, str(spec["base_url"]).rstrip("/"), protocol, str(spec.get("provider") or protocol), prices)
 
 
 def _chat_kind(upstream: Upstream, method: str, path: str) -> str | None:
@@ -91,7 +89,7 @@ def _chat_kind(upstream: Upstream, method: str, path: str) -> str | None:
 
 def _split_events(buffer: bytearray) -> list[bytes]:
     """Complete server-sent events at the head of ``buffer`` (removed from it), separators kept."""
-    out = []
+    out: list[bytes] = []
     while True:
         cut, width = buffer.find(b"\n\n"), 2
         crlf = buffer.find(b"\r\n\r\n")
@@ -112,8 +110,10 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
     registry = CollectorRegistry()
     calls = Counter("atalaia_gateway_calls", "calls through the gateway", ["upstream", "status"], registry=registry)
     errors = Counter(
-        "atalaia_gateway_upstream_errors", "upstream answers with status >= 400, or no answer (502)",
-        ["upstream", "status"], registry=registry,
+        "atalaia_gateway_upstream_errors",
+        "upstream answers with status >= 400, or no answer (502)",
+        ["upstream", "status"],
+        registry=registry,
     )
     emitted = Counter("atalaia_gateway_events", "inference events emitted", ["upstream"], registry=registry)
     state: dict[str, Any] = {}
@@ -131,9 +131,13 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
         finally:
             await state["session"].close()
 
-    def _emit(upstream: Upstream, service: str, record: p.CallRecord, started: float, ended: float, status: int) -> None:
+    def _emit(
+        upstream: Upstream, service: str, record: p.CallRecord, started: float, ended: float, status: int
+    ) -> None:
         model = record.response_model or record.model or "unknown"
-        prompt_price, completion_price = upstream.prices.get(model) or upstream.prices.get(record.model) or settings.price_for(model)
+        prompt_price, completion_price = (
+            upstream.prices.get(model) or upstream.prices.get(record.model) or settings.price_for(model)
+        )
         try:
             event = InferenceEvent(
                 service=service,
@@ -160,7 +164,9 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
                 },
             )
         except Exception as exc:  # noqa: BLE001 - a call the upstream answered must not fail here
-            log.warning("gateway call not turned into an event", extra={"upstream": upstream.name, "error": str(exc)[:300]})
+            log.warning(
+                "gateway call not turned into an event", extra={"upstream": upstream.name, "error": str(exc)[:300]}
+            )
             return
         emit(event)
         emitted.labels(upstream.name).inc()
@@ -171,7 +177,12 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
         upstream = upstreams.get(name)
         if upstream is None:
             return JSONResponse(
-                {"error": {"message": f"no upstream named {name!r}; configured: {sorted(upstreams)}", "type": "not_found"}},
+                {
+                    "error": {
+                        "message": f"no upstream named {name!r}; configured: {sorted(upstreams)}",
+                        "type": "not_found",
+                    }
+                },
                 status_code=404,
             )
         path = request.path_params["path"]
@@ -191,7 +202,11 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
                 record = p.request_record(kind, payload)
                 headers["accept-encoding"] = "identity"  # the answer is read on the way through
                 options = payload.get("stream_options")
-                if kind == "openai" and record.stream and not (isinstance(options, dict) and options.get("include_usage")):
+                if (
+                    kind == "openai"
+                    and record.stream
+                    and not (isinstance(options, dict) and options.get("include_usage"))
+                ):
                     extra = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                     body = json.dumps({**payload, "stream_options": extra}).encode()
                     hide_usage = True
@@ -207,7 +222,12 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
             calls.labels(name, "502").inc()
             log.warning("upstream unreachable", extra={"upstream": name, "error": type(exc).__name__})
             return JSONResponse(
-                {"error": {"message": f"upstream {name!r} unreachable: {type(exc).__name__}", "type": "upstream_error"}},
+                {
+                    "error": {
+                        "message": f"upstream {name!r} unreachable: {type(exc).__name__}",
+                        "type": "upstream_error",
+                    }
+                },
                 status_code=502,
             )
         status = resp.status
@@ -226,9 +246,12 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
             ended = time.perf_counter()
             task = None
             if record is not None:
+                done: p.CallRecord = record
 
                 # async: run on the loop once the answer is sent (a sync task would cost a thread hop).
-                async def finish(content: bytes = content, record: p.CallRecord = record, kind: str | None = kind) -> None:
+                async def finish(
+                    content: bytes = content, record: p.CallRecord = done, kind: str | None = kind
+                ) -> None:
                     try:
                         data = json.loads(content)
                     except ValueError:
@@ -302,4 +325,3 @@ def serve(settings: Settings) -> None:
     finally:
         producer.close(timeout=30)
         log.info("gateway stopped", extra={"spooled_left": producer.spool_depth})
-

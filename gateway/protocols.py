@@ -41,7 +41,7 @@ def _message(role: Any, content: Any, parse: Any, keep_media: bool) -> ChatMessa
     mapped = role if role in _ROLES else "user"
     body = parse(content, keep_media)
     if mapped != role:
-        return ChatMessage(role=mapped, content=body, original_role=role[:64])  # type: ignore[arg-type]
+        return ChatMessage(role=mapped, content=body, original_role=role[:64])  # type: ignore[arg-type,call-arg]
     return ChatMessage(role=mapped, content=body)  # type: ignore[arg-type]
 
 
@@ -135,9 +135,7 @@ def anthropic_usage(record: CallRecord, usage: Any) -> None:
     """Token counts of an Anthropic ``usage`` object (cache reads and writes are input too)."""
     if not isinstance(usage, dict):
         return
-    inputs = sum(
-        _int(usage.get(k)) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
+    inputs = sum(_int(usage.get(k)) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
     if inputs:
         record.prompt_tokens = inputs
     if "output_tokens" in usage:

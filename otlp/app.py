@@ -55,7 +55,11 @@ def _scrub_decoded(found: decode.Decoded) -> None:
         for ev in span.events:
             ev.attributes = decode.scrub(ev.attributes)
     for rec in found.logs:
-        rec.attributes, rec.body, rec.resource = decode.scrub(rec.attributes), decode.scrub(rec.body), decode.scrub(rec.resource)
+        rec.attributes, rec.body, rec.resource = (
+            decode.scrub(rec.attributes),
+            decode.scrub(rec.body),
+            decode.scrub(rec.resource),
+        )
 
 
 def create_app(settings: Settings, emit: Callable[[Any], None], wait_s: float = 2.0) -> FastAPI:

@@ -97,7 +97,7 @@ def _message(role: Any, content: Any, keep_media: bool) -> ChatMessage:
         body = json.dumps(content, default=str)
     mapped = _role(role)
     if role is not None and str(role) != mapped:  # e.g. Gemini's "model": keep what was sent
-        return ChatMessage(role=mapped, content=body, original_role=str(role)[:64])  # type: ignore[arg-type]
+        return ChatMessage(role=mapped, content=body, original_role=str(role)[:64])  # type: ignore[arg-type,call-arg]
     return ChatMessage(role=mapped, content=body)  # type: ignore[arg-type]
 
 
@@ -146,12 +146,16 @@ class SpanContent:
             data = _json(attrs["gen_ai.output.messages"])
             self.outputs = _current_messages(data, keep_media)
             if isinstance(data, list):
-                self.finish_reasons += [str(m["finish_reason"]) for m in data if isinstance(m, dict) and m.get("finish_reason")]
+                self.finish_reasons += [
+                    str(m["finish_reason"]) for m in data if isinstance(m, dict) and m.get("finish_reason")
+                ]
 
     def add_indexed(self, attrs: dict[str, Any], keep_media: bool) -> None:
         """OpenLLMetry's ``gen_ai.prompt.N.*`` / ``gen_ai.completion.N.*`` attributes."""
         if not self.inputs:
-            self.inputs = [_message(m.get("role"), m.get("content"), keep_media) for m in _indexed(attrs, "gen_ai.prompt.")]
+            self.inputs = [
+                _message(m.get("role"), m.get("content"), keep_media) for m in _indexed(attrs, "gen_ai.prompt.")
+            ]
         if not self.outputs:
             completions = _indexed(attrs, "gen_ai.completion.")
             self.outputs = [_message(m.get("role", "assistant"), m.get("content"), keep_media) for m in completions]
@@ -168,7 +172,8 @@ class SpanContent:
             role = payload.get("role") or MESSAGE_EVENTS[name]
             (self.system if role == "system" else self.inputs).append(_message(role, content, keep_media))
         elif name == "gen_ai.choice":
-            message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+            raw = payload.get("message")
+            message: dict[str, Any] = raw if isinstance(raw, dict) else {}
             if "index" in payload and payload.get("index") not in (0, "0"):
                 return  # one response per event: the first choice
             self.outputs.append(_message(message.get("role", "assistant"), message.get("content"), keep_media))
@@ -177,14 +182,18 @@ class SpanContent:
         elif name == "gen_ai.content.prompt" and not self.inputs:
             data = _json(attrs.get("gen_ai.prompt"))
             if isinstance(data, list):
-                self.inputs = [_message(m.get("role"), m.get("content"), keep_media) for m in data if isinstance(m, dict)]
+                self.inputs = [
+                    _message(m.get("role"), m.get("content"), keep_media) for m in data if isinstance(m, dict)
+                ]
             elif isinstance(data, str):
                 self.inputs = [_message("user", data, keep_media)]
         elif name == "gen_ai.content.completion" and not self.outputs:
             data = _json(attrs.get("gen_ai.completion"))
             if isinstance(data, list):
                 self.outputs = [
-                    _message(m.get("role", "assistant"), m.get("content"), keep_media) for m in data if isinstance(m, dict)
+                    _message(m.get("role", "assistant"), m.get("content"), keep_media)
+                    for m in data
+                    if isinstance(m, dict)
                 ]
             elif isinstance(data, str):
                 self.outputs = [_message("assistant", data, keep_media)]

@@ -26,9 +26,8 @@ from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.topics import ensure_topics
 from tests.conftest import free_port
-from tests.helpers_anthropic import API_KEY
+from tests.helpers_anthropic import API_KEY, running
 from tests.helpers_anthropic import create_app as create_anthropic
-from tests.helpers_anthropic import running
 from tests.integration.services import log_text, service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -139,7 +138,11 @@ def test_otel_and_gateway_apps_are_monitored(isolated_settings: Settings, fresh_
         # 2. Apps behind the gateway.
         out = _run_snippet(
             "gateway_openai_app.py",
-            {"ATALAIA_GATEWAY_URL": gateway_url + "/openai", "OPENAI_API_KEY": "sk-caller", "MODEL": settings.model_version},
+            {
+                "ATALAIA_GATEWAY_URL": gateway_url + "/openai",
+                "OPENAI_API_KEY": "sk-caller",
+                "MODEL": settings.model_version,
+            },
         )
         assert out.strip()
         out = _run_snippet(
@@ -149,7 +152,9 @@ def test_otel_and_gateway_apps_are_monitored(isolated_settings: Settings, fresh_
         assert "You said: How many vacation days do I get?" in out
 
         wait_until(lambda: len(rows("otlp")) == 6, 120, "six OTLP events stored\n" + log_text(settings, "otlp")[-2000:])
-        wait_until(lambda: len(rows("gateway")) == 4, 60, "four gateway events\n" + log_text(settings, "gateway")[-2000:])
+        wait_until(
+            lambda: len(rows("gateway")) == 4, 60, "four gateway events\n" + log_text(settings, "gateway")[-2000:]
+        )
 
         otel = rows("otlp")
         assert {r["service"] for r in otel} == {"my-otel-app"} and {r["provider"] for r in otel} == {"openai"}

@@ -18,9 +18,8 @@ from atalaia.settings import Settings
 from gateway.app import create_app
 from inference.app import create_app as create_inference
 from tests.conftest import free_port
-from tests.helpers_anthropic import API_KEY
+from tests.helpers_anthropic import API_KEY, running
 from tests.helpers_anthropic import create_app as create_anthropic
-from tests.helpers_anthropic import running
 from tests.unit.test_inference_api import FakeGenerator, RecordingProducer
 
 
@@ -33,8 +32,12 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     settings = Settings(
         home=tmp_path,
         gateway_upstreams={
-            "local": {"base_url": f"http://127.0.0.1:{oa_port}/v1", "protocol": "openai", "provider": "atalaia",
-                      "prices": {serve_settings.model_version: [0.001, 0.002]}},
+            "local": {
+                "base_url": f"http://127.0.0.1:{oa_port}/v1",
+                "protocol": "openai",
+                "provider": "atalaia",
+                "prices": {serve_settings.model_version: [0.001, 0.002]},
+            },
             "claude": {"base_url": f"http://127.0.0.1:{an_port}", "protocol": "anthropic"},
             "down": {"base_url": f"http://127.0.0.1:{free_port()}", "protocol": "openai"},
         },
@@ -77,7 +80,10 @@ def test_openai_client_through_the_gateway(stack: dict[str, Any]) -> None:
     # A stream: the caller sees exactly what it asked for (no usage chunk), the event has usage and TTFT.
     chunks = list(
         client.chat.completions.create(
-            model=stack["model"], max_tokens=8, stream=True, messages=[{"role": "user", "content": "Who approves travel?"}]
+            model=stack["model"],
+            max_tokens=8,
+            stream=True,
+            messages=[{"role": "user", "content": "Who approves travel?"}],
         )
     )
     assert all(c.choices for c in chunks)
@@ -90,7 +96,10 @@ def test_openai_client_through_the_gateway(stack: dict[str, Any]) -> None:
     # A caller that asked for usage gets it.
     chunks = list(
         client.chat.completions.create(
-            model=stack["model"], max_tokens=4, stream=True, stream_options={"include_usage": True},
+            model=stack["model"],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
             messages=[{"role": "user", "content": "Hi"}],
         )
     )
@@ -119,10 +128,17 @@ def test_anthropic_client_through_the_gateway(stack: dict[str, Any]) -> None:
     assert API_KEY not in ev.to_json().decode()
 
     with client.messages.stream(
-        model="claude-haiku-4-5", max_tokens=3, messages=[{"role": "user", "content": [
-            {"type": "text", "text": "What is this?"},
-            {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "AAEC"}},
-        ]}],
+        model="claude-haiku-4-5",
+        max_tokens=3,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "AAEC"}},
+                ],
+            }
+        ],
     ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()

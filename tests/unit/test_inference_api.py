@@ -310,7 +310,10 @@ def test_media_bytes_are_kept_only_when_configured(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, event_keep_media=True, max_new_tokens_limit=32)
     producer = RecordingProducer()
     client = TestClient(create_app(settings, FakeGenerator(), producer))
-    content = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]
+    content = [
+        {"type": "text", "text": "hi"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
+    ]
     r = client.post("/v1/chat/completions", json=_body(settings, messages=[{"role": "user", "content": content}]))
     assert r.status_code == 200, r.text
     assert producer.events[0].messages[0].content[1].data == "aGVsbG8="

@@ -199,8 +199,14 @@ def test_v1_27_span_events(receiver: Any) -> None:
     client, events = receiver
     attrs = {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o"}
     span_events = [
-        {"name": "gen_ai.content.prompt", "attributes": [_attr("gen_ai.prompt", json.dumps([{"role": "user", "content": "hi"}]))]},
-        {"name": "gen_ai.content.completion", "attributes": [_attr("gen_ai.completion", json.dumps([{"role": "assistant", "content": "hello"}]))]},
+        {
+            "name": "gen_ai.content.prompt",
+            "attributes": [_attr("gen_ai.prompt", json.dumps([{"role": "user", "content": "hi"}]))],
+        },
+        {
+            "name": "gen_ai.content.completion",
+            "attributes": [_attr("gen_ai.completion", json.dumps([{"role": "assistant", "content": "hello"}]))],
+        },
     ]
     _post(client, "/v1/traces", _traces(attrs, span_events))
     (ev,) = events
@@ -249,7 +255,10 @@ def test_operation_details_event(receiver: Any) -> None:
         "eventName": "gen_ai.client.inference.operation.details",
         "attributes": [
             _attr("gen_ai.input.messages", json.dumps([{"role": "user", "parts": [{"type": "text", "content": "Q"}]}])),
-            _attr("gen_ai.output.messages", json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "A"}]}])),
+            _attr(
+                "gen_ai.output.messages",
+                json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "A"}]}]),
+            ),
         ],
     }
     _post(client, "/v1/logs", _logs([details]))
@@ -283,7 +292,14 @@ def test_errors_and_unstorable_text(receiver: Any) -> None:
         "/v1/traces", content=b"not gzip", headers={"content-type": "application/json", "content-encoding": "gzip"}
     )
     assert r.status_code == 400
-    attrs = dict(CURRENT, **{"gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "a\u0000b\ud800"}]}])})
+    attrs = dict(
+        CURRENT,
+        **{
+            "gen_ai.output.messages": json.dumps(
+                [{"role": "assistant", "parts": [{"type": "text", "content": "a\u0000b\ud800"}]}]
+            )
+        },
+    )
     assert _post(client, "/v1/traces", _traces(attrs)).status_code == 200
     parse_event(events[0].to_json())  # storable: NUL and the lone surrogate were replaced
     assert events[0].response.startswith("a\ufffdb")

@@ -161,8 +161,15 @@ def test_sampled_is_deterministic_and_roughly_fair() -> None:
 def test_an_event_without_content_gets_operational_metrics_only(tmp_path: Path) -> None:
     # An OpenTelemetry span recorded without content capture: no messages, no response.
     bare = InferenceEvent(
-        service="svc", model_version="gpt-4o", messages=[], response="", latency_ms=900.0,
-        prompt_tokens=12, completion_tokens=30, cost=0.0004, provider="openai",
+        service="svc",
+        model_version="gpt-4o",
+        messages=[],
+        response="",
+        latency_ms=900.0,
+        prompt_tokens=12,
+        completion_tokens=30,
+        cost=0.0004,
+        provider="openai",
     )
     full = _event()
     batch = _scorer(tmp_path).score([bare, full])
