@@ -28,8 +28,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# Version 2 adds optional fields (time to first token, provider, finish reason, caller, subject);
-# version-1 events stay readable: every added field is optional.
+# Version 2 adds optional fields (time to first token, provider, finish reason, caller, subject),
+# message content as a list of parts and events without captured messages; version-1 events stay
+# readable: every added field is optional and every version-1 value is still valid.
 SCHEMA_VERSION = 2
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 # Keep events well under Kafka's default 1 MB message limit; larger ones are refused up front.
@@ -89,12 +90,35 @@ class _Event(BaseModel):
         return str(self.event_id).encode()
 
 
+class ContentPart(BaseModel):
+    """One part of a multimodal message (version 2): ``text`` carries its text; any other type
+    (``image``, ``audio``, ``file``, or whatever a provider sends) is recorded by MIME type, size
+    and SHA-256 of its bytes, the bytes themselves (``data``, base64) only when
+    ``ATALAIA_EVENT_KEEP_MEDIA`` is set. See :mod:`atalaia.content`."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(min_length=1, max_length=64)
+    text: str | None = None
+    mime_type: str | None = Field(default=None, max_length=200)
+    size_bytes: int | None = Field(default=None, ge=0)
+    sha256: str | None = Field(default=None, max_length=64)
+    uri: str | None = Field(default=None, description="where the media lives (an http(s) URL or file id), if given")
+    data: str | None = Field(default=None, description="base64 bytes, only with ATALAIA_EVENT_KEEP_MEDIA")
+
+
 class ChatMessage(BaseModel):
-    """One message of an OpenAI-style chat."""
+    """One message of an OpenAI-style chat: ``content`` is text, or (version 2) a list of parts."""
 
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str | list[ContentPart]
+
+    @property
+    def text(self) -> str:
+        """The message's text: ``content`` itself, or its text parts joined by newlines."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text for p in self.content if p.type == "text" and p.text)
 
 
 class RetrievedPassage(BaseModel):
@@ -114,7 +138,9 @@ class InferenceEvent(_Event):
     # retried forever): 200-character names, 32-bit token counts, finite numbers.
     service: str = Field(min_length=1, max_length=200)
     model_version: str = Field(min_length=1, max_length=200)
-    messages: list[ChatMessage] = Field(min_length=1)
+    # Version 2: may be empty when the producer did not capture content (an OpenTelemetry span
+    # without messages); such an event gets operational metrics only.
+    messages: list[ChatMessage] = Field(default_factory=list)
     response: str
     context: list[RetrievedPassage] = Field(default_factory=list)
     latency_ms: float = Field(ge=0, allow_inf_nan=False)

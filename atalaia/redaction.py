@@ -453,7 +453,10 @@ def _redact_model_extra(model: Any, counts: dict[str, int]) -> dict[str, Any]:
 
 def _redact_message(message: ChatMessage, counts: dict[str, int]) -> ChatMessage:
     found: dict[str, int] = {}
-    content = redact_value(message.content, found)
+    if isinstance(message.content, str):
+        content: Any = redact_value(message.content, found)
+    else:  # multimodal parts: the text of each part (media are only hashes, never text)
+        content = [p.model_copy(update={"text": redact_value(p.text, found)}) if p.text else p for p in message.content]
     update = _redact_model_extra(message, found)
     if not found:
         return message

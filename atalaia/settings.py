@@ -197,6 +197,38 @@ class Settings(BaseSettings):
         168, description="retention.ms of the topics Atalaia creates, in hours (how long erased data stays in Kafka)."
     )
 
+    event_keep_media: bool = Field(
+        False,
+        description="Keep the bytes (base64) of image, audio and file parts in events; by default only their "
+        "type, MIME type, size and SHA-256 travel.",
+    )
+
+    # -- monitoring any LLM app: OTLP receiver and gateway (issue 18) --
+    otlp_host: str = Field("127.0.0.1", description="Bind address of the OTLP/HTTP receiver (`atalaia otlp`).")
+    otlp_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        4318, description="Port of the OTLP/HTTP receiver (4318 is OTLP/HTTP's standard port)."
+    )
+    otlp_service_name: str = Field(
+        "",
+        description="Service name of events from OTLP spans; empty: the span's resource `service.name`.",
+    )
+    otlp_log_wait_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        2.0,
+        description="How long a chat span without content waits for the GenAI log records of its call "
+        "(only for services that send GenAI log records; 0: never wait).",
+    )
+    gateway_host: str = Field("127.0.0.1", description="Bind address of the gateway (`atalaia gateway`).")
+    gateway_port: Annotated[int, Field(ge=1, le=65535)] = Field(8400, description="Port of the gateway.")
+    gateway_upstreams: dict[str, dict[str, object]] = Field(
+        default_factory=dict,
+        description='JSON map of upstream name to {"base_url", "protocol" (openai|anthropic), "prices" '
+        "(optional {model: [prompt, completion]} USD per 1k tokens)}; callers pick one with the path "
+        "/<name>/v1/... (see docs/integrations.md).",
+    )
+    gateway_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        600.0, description="Longest wait for an upstream's answer (streams: between two chunks)."
+    )
+
     # -- retraining loop: scheduler, run checks, canary (issue: retraining loop) --
     retrain_cron: str = Field(
         "0 3 * * *",
@@ -460,6 +492,25 @@ class Settings(BaseSettings):
             raise ValueError("name the driver: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
         return value
 
+    @field_validator("gateway_upstreams")
+    @classmethod
+    def _check_upstreams(cls, value: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+        for name, spec in value.items():
+            if not name or "/" in name:
+                raise ValueError(f"upstream name {name!r} must be non-empty and hold no '/'")
+            url = str(spec.get("base_url", ""))
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream {name!r}: base_url must be an http:// or https:// URL")
+            if spec.get("protocol", "openai") not in ("openai", "anthropic"):
+                raise ValueError(f"upstream {name!r}: protocol must be openai or anthropic")
+            prices = spec.get("prices", {})
+            if not isinstance(prices, dict) or not all(
+                isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(x, int | float) and x >= 0 for x in p)
+                for p in prices.values()
+            ):
+                raise ValueError(f"upstream {name!r}: prices must map model to [prompt, completion] USD per 1k")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_level(cls, value: str) -> str:
@@ -497,8 +548,15 @@ class Settings(BaseSettings):
         return set(self.metric_groups.split(",")) if self.metric_groups else set()
 
     def price_for(self, model_version: str) -> tuple[float, float]:
-        """(USD per 1k prompt tokens, USD per 1k completion tokens) of a model version."""
-        return self.prices.get(model_version, (self.price_per_1k_prompt_tokens, self.price_per_1k_completion_tokens))
+        """(USD per 1k prompt tokens, USD per 1k completion tokens) of a model version:
+        ``ATALAIA_PRICES``, else the shipped table of hosted models (:mod:`atalaia.prices`), else
+        the two default prices."""
+        if model_version in self.prices:
+            return self.prices[model_version]
+        from atalaia.prices import hosted_price
+
+        hosted = hosted_price(model_version)
+        return hosted or (self.price_per_1k_prompt_tokens, self.price_per_1k_completion_tokens)
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -49,8 +49,14 @@ def last_user_message(event: InferenceEvent) -> str:
     """The prompt as the user wrote it: the last user message (system prompts are the same for all)."""
     for message in reversed(event.messages):
         if message.role == "user":
-            return message.content
-    return event.messages[-1].content
+            return message.text
+    return event.messages[-1].text if event.messages else ""
+
+
+def has_content(event: InferenceEvent) -> bool:
+    """Whether the event carries text to score: an OpenTelemetry span recorded without content
+    capture has neither messages nor response, and gets operational metrics only."""
+    return bool(event.response) or any(m.text for m in event.messages)
 
 
 @dataclass
@@ -169,8 +175,10 @@ class BatchScorer:
         """Score a batch; every (event, metric) gets a value or an error, never an exception."""
         c = _Collector(events)
         batch = ScoredBatch()
+        # Text-based groups score only events with text (no content captured: operational only).
+        all_events, events = events, [ev for ev in events if has_content(ev)]
         if "operational" in self.groups:
-            for ev in events:
+            for ev in all_events:
                 values = operational_values(ev)
                 if ev.model_version in self.settings.prices:
                     # A configured price wins: the emitting service may not know the contract price.

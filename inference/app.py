@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from atalaia.content import openai_content
 from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
 from atalaia.metrics.operational import Price
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
@@ -141,6 +142,7 @@ def create_app(
 
     models.on_change.append(_on_swap)
     app.state.settings, app.state.models, app.state.producer, app.state.metrics = settings, models, producer, metrics
+    keep_media = settings.event_keep_media
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -189,7 +191,7 @@ def create_app(
             event_id=event_id,
             service=settings.service_name,
             model_version=version,
-            messages=[ChatMessage(role=m.role, content=m.content) for m in req.messages],
+            messages=[ChatMessage(role=m.role, content=openai_content(m.content, keep_media)) for m in req.messages],
             response=result.text,
             latency_ms=latency_ms,
             prompt_tokens=result.prompt_tokens,
@@ -233,12 +235,12 @@ def create_app(
         version, generator = served.version, served.generator
         _check_model(req, version)
         max_tokens = _max_tokens(req)
-        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        messages = [{"role": m.role, "content": m.text} for m in req.messages]
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         event_id = uuid.uuid4()
         created = int(time.time())
         started = time.perf_counter()
-        question = next((m.content for m in reversed(req.messages) if m.role == "user"), req.messages[-1].content)
+        question = next((m.text for m in reversed(req.messages) if m.role == "user"), req.messages[-1].text)
         params = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": stop}
         key = KeyParts.from_request(version, messages, params) if cache is not None else None
         use_cache = cache is not None and cacheable(params)
@@ -307,6 +309,8 @@ def create_app(
                 final = stream.result
             if final is not None:
                 yield _sse_chunk(event_id, created, version, {}, final.finish_reason)
+                if (req.stream_options or {}).get("include_usage"):
+                    yield _usage_chunk(event_id, created, version, final)
                 # A completed stream is cached like a plain answer (a client that hung up
                 # mid-stream leaves no result, and nothing half-done is cached).
                 if use_cache and cache is not None and key is not None:
@@ -326,6 +330,23 @@ def create_app(
         }
         return f"data: {json.dumps(payload)}\n\n"
 
+    def _usage_chunk(event_id: uuid.UUID, created: int, version: str, result: ChatResult) -> str:
+        """OpenAI's last chunk for ``stream_options.include_usage``: no choices, the usage."""
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.total_tokens,
+        }
+        payload = {
+            "id": completion_id(event_id),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": version,
+            "choices": [],
+            "usage": usage,
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
     def _cached_sse(
         version: str,
         req: ChatCompletionRequest,
@@ -341,6 +362,8 @@ def create_app(
         if result.text:
             yield _sse_chunk(event_id, created, version, {"content": result.text}, None)
         yield _sse_chunk(event_id, created, version, {}, result.finish_reason)
+        if (req.stream_options or {}).get("include_usage"):
+            yield _usage_chunk(event_id, created, version, result)
         emit_inference(version, req, result, (time.perf_counter() - started) * 1000.0, event_id, context, kind)
         yield "data: [DONE]\n\n"
 

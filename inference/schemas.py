@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from atalaia.content import text_of
 from atalaia.events import EventError, check_storable_text
 
 
@@ -29,7 +30,14 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer"]
-    content: str
+    # A string, or OpenAI content parts (text, image_url, input_audio, file, ...): the served
+    # model reads the text parts; the others are recorded in the event (atalaia.content).
+    content: str | list[dict[str, Any]]
+
+    @property
+    def text(self) -> str:
+        """The text the model reads: the content, or its text parts joined by newlines."""
+        return text_of(self.content)
 
 
 class ChatCompletionRequest(_Request):
@@ -43,6 +51,7 @@ class ChatCompletionRequest(_Request):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stream: bool = False
+    stream_options: dict[str, Any] | None = None  # {"include_usage": true}: a last chunk with the usage
     stop: str | list[str] | None = None
     # The end user: stored only as the event's subject_id, a keyed hash (atalaia.privacy).
     user: str | None = Field(None, max_length=200)

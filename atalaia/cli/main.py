@@ -160,6 +160,25 @@ def serve() -> None:
 
 
 @app.command()
+def otlp() -> None:
+    """Run the OTLP/HTTP receiver (POST /v1/traces, /v1/logs) on ATALAIA_OTLP_HOST:PORT: GenAI spans become events."""
+    from otlp.app import serve as run
+
+    run(_settings())
+
+
+@app.command()
+def gateway() -> None:
+    """Run the gateway (OpenAI Chat Completions and Anthropic Messages proxy) on ATALAIA_GATEWAY_HOST:PORT."""
+    from gateway.app import serve as run
+
+    settings = _settings()
+    if not settings.gateway_upstreams:
+        raise _fail("no upstreams: set ATALAIA_GATEWAY_UPSTREAMS (see docs/integrations.md)", 2)
+    run(settings)
+
+
+@app.command()
 def worker() -> None:
     """Run a metrics worker (faust): scores inference events and stores them."""
     from consumers.worker import run_worker

@@ -53,7 +53,7 @@ def test_unknown_future_fields_are_kept() -> None:
         (lambda d: d.update(event_id="not-a-uuid"), "event_id"),
         (lambda d: d.update(ts="2026-01-01T00:00:00"), "ts"),
         (lambda d: d.pop("event_id"), "event_id"),
-        (lambda d: d.update(messages=[]), "messages"),
+        (lambda d: d.update(messages="not a list"), "messages"),
         (lambda d: d.update(messages=[{"role": "user"}]), "messages.0.content"),
         (lambda d: d.update(schema_version=99), "schema_version"),
     ],

@@ -276,3 +276,53 @@ def test_streamed_answers_are_cached_and_replayed_as_streams(tmp_path: Path) -> 
     assert plain.headers["x-atalaia-cache"] == "exact" and plain.json()["choices"][0]["message"]["content"] == first
     events = [e for e in producer.events if isinstance(e, InferenceEvent)]
     assert [e.cache_hit for e in events] == [False, True, True]
+
+
+def test_multimodal_parts_of_any_type_are_recorded_never_a_500(client_and_events) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings = client_and_events
+    content = [
+        {"type": "text", "text": "What does this say?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+        {"type": "input_audio", "input_audio": {"data": "AAEC", "format": "wav"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERg==", "filename": "a.pdf"}},
+        {"type": "hologram", "payload": [1, 2]},
+        {"no_type": True},
+    ]
+    r = client.post("/v1/chat/completions", json=_body(settings, messages=[{"role": "user", "content": content}]))
+    assert r.status_code == 200, r.text
+    (event,) = producer.events
+    parts = event.messages[0].content
+    assert [p.type for p in parts] == ["text", "image", "image", "audio", "file", "hologram", "unknown"]
+    assert event.messages[0].text == "What does this say?"
+    image, link, audio, pdf = parts[1], parts[2], parts[3], parts[4]
+    assert (image.mime_type, image.size_bytes, image.data) == ("image/png", 5, None) and len(image.sha256) == 64
+    assert link.uri == "https://example.com/cat.png" and link.sha256 is None
+    assert (audio.mime_type, audio.size_bytes) == ("audio/wav", 3)
+    assert pdf.mime_type == "application/pdf" and pdf.uri == "a.pdf"
+    InferenceEvent.model_validate_json(event.to_json())  # the event round-trips
+    # Parts that are not objects are a 400, not a 500.
+    r = client.post("/v1/chat/completions", json=_body(settings, messages=[{"role": "user", "content": [1, "x"]}]))
+    assert r.status_code == 400
+
+
+def test_media_bytes_are_kept_only_when_configured(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, event_keep_media=True, max_new_tokens_limit=32)
+    producer = RecordingProducer()
+    client = TestClient(create_app(settings, FakeGenerator(), producer))
+    content = [
+        {"type": "text", "text": "hi"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
+    ]
+    r = client.post("/v1/chat/completions", json=_body(settings, messages=[{"role": "user", "content": content}]))
+    assert r.status_code == 200, r.text
+    assert producer.events[0].messages[0].content[1].data == "aGVsbG8="
+
+
+def test_stream_with_include_usage_ends_with_the_usage(client_and_events) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings = client_and_events
+    body = _body(settings, stream=True, stream_options={"include_usage": True})
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    last = json.loads(lines[-2][6:])
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == producer.events[0].completion_tokens

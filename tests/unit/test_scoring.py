@@ -194,3 +194,42 @@ def test_toxicity_of_an_uncovered_language_is_labelled_not_scored(tmp_path: Path
     assert row.value is None and "'pt' not covered" in (row.error or "")
     assert row.labels == {"backend": "alt-profanity-check", "language": "pt"}
     assert "Você é um idiota e não vou responder a isso." not in tox.seen
+def test_an_event_without_content_gets_operational_metrics_only(tmp_path: Path) -> None:
+    # An OpenTelemetry span recorded without content capture: no messages, no response.
+    bare = InferenceEvent(
+        service="svc",
+        model_version="gpt-4o",
+        messages=[],
+        response="",
+        latency_ms=900.0,
+        prompt_tokens=12,
+        completion_tokens=30,
+        cost=0.0004,
+        provider="openai",
+    )
+    full = _event()
+    batch = _scorer(tmp_path).score([bare, full])
+    names = {m.name for m in batch.metrics if m.source_event_id == bare.event_id}
+    assert names == {"latency_ms", "prompt_tokens", "completion_tokens", "total_tokens", "cost", "cache_hit"}
+    assert not any(m.error for m in batch.metrics if m.source_event_id == bare.event_id)
+    assert {e["event_id"] for e in batch.embeddings} == {str(full.event_id)}
+
+
+def test_text_metrics_read_the_text_parts_of_a_multimodal_message(tmp_path: Path) -> None:
+    from atalaia.events import ContentPart
+
+    ev = _event()
+    ev.messages = [
+        ChatMessage(
+            role="user",
+            content=[
+                ContentPart(type="text", text="What does this idiot sign say?"),
+                ContentPart(type="image", mime_type="image/png", size_bytes=10, sha256="ab" * 32),
+                ContentPart(type="hologram"),
+            ],
+        )
+    ]
+    batch = _scorer(tmp_path).score([ev])
+    by_name = {m.name: m for m in batch.metrics}
+    assert by_name["toxicity_prompt"].value == pytest.approx(0.9)  # the text part was scored
+    assert by_name["rougeL"].value == 1.0

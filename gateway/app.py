@@ -1,0 +1,327 @@
+"""``atalaia gateway``: a reverse proxy for OpenAI Chat Completions and Anthropic Messages that
+turns every call into an inference event.
+
+A caller swaps its provider's base URL for ``http://<gateway>/<upstream name>``; everything
+after the name is appended to the upstream's ``base_url``, with the caller's headers
+(credentials included) forwarded untouched. The gateway never logs, stores or inspects those
+headers. Answers, streams and errors come back as the upstream sent them; chat calls
+(``POST .../chat/completions`` on an ``openai`` upstream, ``POST .../messages`` on an
+``anthropic`` one) are read on the way through and emitted as events once answered.
+
+One change is made to traffic: an OpenAI streaming request that did not ask for usage gets
+``stream_options.include_usage`` (without it the upstream never says how many tokens the stream
+cost), and the extra usage-only chunk is then held back from the caller, who did not ask for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from atalaia.events import InferenceEvent
+from atalaia.metrics.operational import Price
+from atalaia.settings import Settings
+from gateway import protocols as p
+
+log = logging.getLogger(__name__)
+
+#: Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus ours.
+HOP_BY_HOP = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "x-atalaia-service",
+    }
+)
+_DROP_BACK = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade"})
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A configured upstream: where calls go, how they are read, and its price list."""
+
+    name: str
+    base_url: str
+    protocol: str  # openai | anthropic
+    provider: str
+    prices: dict[str, tuple[float, float]]
+
+    @classmethod
+    def from_settings(cls, name: str, spec: dict[str, Any]) -> Upstream:
+        """An upstream from ``ATALAIA_GATEWAY_UPSTREAMS`` (validated by the settings)."""
+        protocol = str(spec.get("protocol", "openai"))
+        prices = {str(k): (float(v[0]), float(v[1])) for k, v in dict(spec.get("prices") or {}).items()}
+        return cls(name, str(spec["base_url"]).rstrip("/"), protocol, str(spec.get("provider") or protocol), prices)
+
+
+def _chat_kind(upstream: Upstream, method: str, path: str) -> str | None:
+    if method != "POST":
+        return None
+    path = path.rstrip("/")
+    if upstream.protocol == "openai" and path.endswith("chat/completions"):
+        return "openai"
+    if upstream.protocol == "anthropic" and path.endswith("messages") and not path.endswith("count_tokens"):
+        return "anthropic"
+    return None
+
+
+def _split_events(buffer: bytearray) -> list[bytes]:
+    """Complete server-sent events at the head of ``buffer`` (removed from it), separators kept."""
+    out: list[bytes] = []
+    while True:
+        cut, width = buffer.find(b"\n\n"), 2
+        crlf = buffer.find(b"\r\n\r\n")
+        if crlf != -1 and (cut == -1 or crlf < cut):
+            cut, width = crlf, 4
+        if cut == -1:
+            return out
+        out.append(bytes(buffer[: cut + width]))
+        del buffer[: cut + width]
+
+
+def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
+    """The gateway over ``settings.gateway_upstreams``, emitting events through ``emit``."""
+    import aiohttp
+
+    upstreams = {name: Upstream.from_settings(name, spec) for name, spec in settings.gateway_upstreams.items()}
+    keep_media = settings.event_keep_media
+    registry = CollectorRegistry()
+    calls = Counter("atalaia_gateway_calls", "calls through the gateway", ["upstream", "status"], registry=registry)
+    errors = Counter(
+        "atalaia_gateway_upstream_errors",
+        "upstream answers with status >= 400, or no answer (502)",
+        ["upstream", "status"],
+        registry=registry,
+    )
+    emitted = Counter("atalaia_gateway_events", "inference events emitted", ["upstream"], registry=registry)
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=settings.gateway_timeout_s)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        # auto_decompress off: bytes go back exactly as the upstream sent them.
+        state["session"] = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+        try:
+            yield
+        finally:
+            await state["session"].close()
+
+    def _emit(
+        upstream: Upstream, service: str, record: p.CallRecord, started: float, ended: float, status: int
+    ) -> None:
+        model = record.response_model or record.model or "unknown"
+        prompt_price, completion_price = (
+            upstream.prices.get(model) or upstream.prices.get(record.model) or settings.price_for(model)
+        )
+        try:
+            event = InferenceEvent(
+                service=service,
+                model_version=model[:200],
+                messages=p.request_messages(record, keep_media),
+                response="".join(record.text),
+                latency_ms=(ended - started) * 1000.0,
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                cost=Price(prompt_price, completion_price).cost(record.prompt_tokens, record.completion_tokens),
+                request_id=(record.response_id or None) and str(record.response_id)[:200],
+                provider=upstream.provider,
+                finish_reason=str(record.finish_reason)[:64] if record.finish_reason else None,
+                time_to_first_token_ms=(record.first_token_at - started) * 1000.0
+                if record.first_token_at is not None
+                else None,
+                metadata={
+                    "source": "gateway",
+                    "upstream": upstream.name,
+                    "stream": record.stream,
+                    "status": status,
+                    "request_model": record.model,
+                    **({} if record.usage_seen else {"usage": "not reported by the upstream"}),
+                },
+            )
+        except Exception as exc:  # noqa: BLE001 - a call the upstream answered must not fail here
+            log.warning(
+                "gateway call not turned into an event", extra={"upstream": upstream.name, "error": str(exc)[:300]}
+            )
+            return
+        emit(event)
+        emitted.labels(upstream.name).inc()
+
+    async def proxy(request: Request) -> Response:
+        started = time.perf_counter()
+        name = request.path_params["upstream"]
+        upstream = upstreams.get(name)
+        if upstream is None:
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"no upstream named {name!r}; configured: {sorted(upstreams)}",
+                        "type": "not_found",
+                    }
+                },
+                status_code=404,
+            )
+        path = request.path_params["path"]
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
+        kind = _chat_kind(upstream, request.method, path)
+        record: p.CallRecord | None = None
+        hide_usage = False
+        if kind is not None:
+            try:
+                payload = json.loads(body)
+                if not isinstance(payload, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                kind = None  # not ours to read: the upstream answers it (with its own 400)
+            else:
+                record = p.request_record(kind, payload)
+                headers["accept-encoding"] = "identity"  # the answer is read on the way through
+                options = payload.get("stream_options")
+                if (
+                    kind == "openai"
+                    and record.stream
+                    and not (isinstance(options, dict) and options.get("include_usage"))
+                ):
+                    extra = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                    body = json.dumps({**payload, "stream_options": extra}).encode()
+                    hide_usage = True
+        service = request.headers.get("x-atalaia-service") or upstream.name
+        url = f"{upstream.base_url}/{path}"
+        if request.url.query:
+            url += "?" + request.url.query
+        session = state["session"]
+        try:
+            resp = await session.request(request.method, url, data=body or None, headers=headers, allow_redirects=False)
+        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeout: the caller gets a 502
+            errors.labels(name, "502").inc()
+            calls.labels(name, "502").inc()
+            log.warning("upstream unreachable", extra={"upstream": name, "error": type(exc).__name__})
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"upstream {name!r} unreachable: {type(exc).__name__}",
+                        "type": "upstream_error",
+                    }
+                },
+                status_code=502,
+            )
+        status = resp.status
+        calls.labels(name, str(status)).inc()
+        back = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_BACK}
+        if status >= 400:
+            errors.labels(name, str(status)).inc()
+            log.info("upstream error passed through", extra={"upstream": name, "status": status, "path": path[:200]})
+            record = None
+        streaming = resp.headers.get("content-type", "").startswith("text/event-stream")
+        if not streaming:
+            try:
+                content = await resp.read()
+            finally:
+                resp.release()
+            ended = time.perf_counter()
+            task = None
+            if record is not None:
+                done: p.CallRecord = record
+
+                # async: run on the loop once the answer is sent (a sync task would cost a thread hop).
+                async def finish(
+                    content: bytes = content, record: p.CallRecord = done, kind: str | None = kind
+                ) -> None:
+                    try:
+                        data = json.loads(content)
+                    except ValueError:
+                        data = None
+                    if isinstance(data, dict):
+                        (p.openai_response if kind == "openai" else p.anthropic_response)(record, data)
+                    _emit(upstream, service, record, started, ended, status)
+
+                task = BackgroundTask(finish)
+            return Response(content, status_code=status, headers=back, background=task)
+
+        async def relay() -> AsyncIterator[bytes]:
+            buffer = bytearray()
+            read_chunk = p.openai_chunk if kind == "openai" else p.anthropic_event
+            try:
+                async for chunk in resp.content.iter_any():
+                    if record is None:
+                        yield chunk
+                        continue
+                    buffer += chunk
+                    now = time.perf_counter()
+                    out = []
+                    for event in _split_events(buffer):
+                        data = p.sse_data(event)
+                        if isinstance(data, dict):
+                            read_chunk(record, data, now)
+                            if hide_usage and data.get("usage") and not data.get("choices"):
+                                continue  # the usage chunk the caller did not ask for
+                        out.append(event)
+                    if out:
+                        yield b"".join(out)
+                if buffer:
+                    yield bytes(buffer)
+            finally:
+                resp.release()
+                if record is not None:
+                    _emit(upstream, service, record, started, time.perf_counter(), status)
+
+        return StreamingResponse(relay(), status_code=status, headers=back)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "upstreams": {n: u.base_url for n, u in upstreams.items()}})
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+        Route("/{upstream}/{path:path}", proxy, methods=METHODS),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.upstreams = upstreams
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway until SIGINT/SIGTERM; events go through the producer SDK."""
+    import uvicorn
+
+    from producers.sdk import EventProducer
+
+    producer = EventProducer(settings, client_id=f"gateway-{settings.gateway_port}")
+    app = create_app(settings, producer.emit)
+    log.info(
+        "gateway starting",
+        extra={"host": settings.gateway_host, "port": settings.gateway_port, "upstreams": sorted(app.state.upstreams)},
+    )
+    try:
+        uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False)
+    finally:
+        producer.close(timeout=30)
+        log.info("gateway stopped", extra={"spooled_left": producer.spool_depth})

@@ -1,0 +1,1 @@
+"""OTLP/HTTP receiver: OpenTelemetry GenAI spans to inference events (`atalaia otlp`)."""

@@ -1,0 +1,50 @@
+"""docs/integrations.md stays in step with what the tests run and with the shipped price table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atalaia.prices import HOSTED_PRICES, PRICES_AS_OF, hosted_price
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = (ROOT / "docs" / "integrations.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["otel_openai_app.py", "gateway_openai_app.py", "gateway_anthropic_app.py"])
+def test_the_snippets_in_the_doc_are_the_files_the_tests_run(name: str) -> None:
+    code = (ROOT / "docs" / "snippets" / name).read_text(encoding="utf-8").rstrip()
+    assert f"```python\n{code}\n```" in DOC
+
+
+def test_the_doc_lists_every_shipped_price_with_its_date() -> None:
+    assert PRICES_AS_OF in DOC
+    for name, (prompt, completion) in HOSTED_PRICES.items():
+        assert f"| `{name}` | {prompt:g} | {completion:g} |" in DOC
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("gpt-4o-mini", "gpt-4o-mini"),
+        ("openai/gpt-4.1-nano", "gpt-4.1-nano"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+        ("models/gemini-2.5-flash-lite", "gemini-2.5-flash-lite"),
+        ("mistral-large-latest", "mistral-large"),
+        ("o3-mini-2025-01-31", "o3-mini"),
+    ],
+)
+def test_dated_and_prefixed_names_find_their_family(model: str, family: str) -> None:
+    assert hosted_price(model) == HOSTED_PRICES[family]
+
+
+def test_prices_settings_override_the_table(tmp_path: Path) -> None:
+    from atalaia.settings import Settings
+
+    s = Settings(home=tmp_path, prices={"gpt-4o": (1.0, 2.0)})
+    assert s.price_for("gpt-4o") == (1.0, 2.0)
+    assert s.price_for("gpt-4o-2024-08-06") == HOSTED_PRICES["gpt-4o"]
+    assert s.price_for("my-own-model") == (s.price_per_1k_prompt_tokens, s.price_per_1k_completion_tokens)
