@@ -224,9 +224,9 @@ def up(
 
     settings = _settings()
     names = [s.strip() for s in services.split(",") if s.strip()]
-    unknown = [n for n in names if n not in {"serve", "worker", "monitor"}]
+    unknown = [n for n in names if n not in {"serve", "worker", "monitor", "otlp", "gateway"}]
     if unknown:
-        raise _fail(f"unknown service(s) {unknown}; choose from serve, worker, monitor", 2)
+        raise _fail(f"unknown service(s) {unknown}; choose from serve, worker, monitor, otlp, gateway", 2)
     sup = Supervisor(names, settings.home / "logs")
     console.print(f"running {', '.join(names)}; logs in {settings.home / 'logs'}; Ctrl-C stops")
     sup.run()
