@@ -657,15 +657,16 @@ def _log_tail(path: Path, offset: int = 0, lines: int = _TAIL_LINES) -> str:
 
 def _admin_ready(bootstrap: str, timeout_s: float) -> bool:
     """True if a kafka-python admin client can describe the cluster and sees a broker."""
-    from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
+
+    from atalaia.kafka.clients import plaintext_admin
 
     timeout_ms = max(1000, int(timeout_s * 1000))
     admin = None
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="atalaia-broker-check",
+        admin = plaintext_admin(
+            bootstrap,
+            "atalaia-broker-check",
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
         )
