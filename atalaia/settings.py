@@ -484,6 +484,16 @@ class Settings(BaseSettings):
                 raise ValueError("ATALAIA_KAFKA_SECURITY_PROTOCOL is SASL_*: set the SASL password")
         return value
 
+    # -- authority of model events (deploy/rollback on the models topic) --------------------------
+    model_events_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Shared secret of the HMAC-SHA256 signature of deploy/rollback events; when set, inference "
+        "applies only signed, fresh, never-seen events (never logged).",
+    )
+    model_events_max_age_s: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="How old (or how far in the future) a signed model event may be, in seconds."
+    )
+
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic (``inference`` → ``atalaia.inference``)."""
         return f"{self.topic_namespace}.{name}"

@@ -251,14 +251,8 @@ def run_worker(settings: Settings) -> None:
 
     from atalaia.logs import logging_dict_config
 
-    if settings.kafka_security_protocol != "PLAINTEXT":
-        # aiokafka retries refused credentials for ever: check them once, to fail at start.
-        try:
-            clients.check_connection(settings)
-        except clients.KafkaAuthError:
-            raise
-        except RuntimeError as exc:  # broker down: faust waits for it, as without security
-            log.warning("kafka not reachable yet", extra={"error": str(exc)})
+    # aiokafka retries refused credentials for ever: check them once, to fail at start.
+    clients.check_credentials(settings)
     scorer = BatchScorer(settings)
     started = time.perf_counter()
     scorer.warm_up()  # load the models before joining the group, not inside the first batch

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
 from atalaia.metrics.operational import Price
+from atalaia.model_signing import sign
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
 from atalaia.rag import build_prompt
 from atalaia.settings import Settings
@@ -390,12 +391,15 @@ def create_app(
             raise APIError(400, str(exc), "artefact_path", "deploy_failed") from None
         if producer is not None:  # the other instances follow through the models topic
             producer.emit(
-                ModelEvent(
-                    type="deploy",
-                    model_version=served.version,
-                    artefact_path=served.path,
-                    previous_version=models.previous.version if models.previous else None,
-                    reason=body.reason or "admin deploy",
+                sign(
+                    ModelEvent(
+                        type="deploy",
+                        model_version=served.version,
+                        artefact_path=served.path,
+                        previous_version=models.previous.version if models.previous else None,
+                        reason=body.reason or "admin deploy",
+                    ),
+                    settings,
                 )
             )
         return {"model_version": served.version, "previous": models.previous.version if models.previous else None}
@@ -409,7 +413,10 @@ def create_app(
             raise APIError(409, str(exc), "model_version", "rollback_failed") from None
         if producer is not None:
             producer.emit(
-                ModelEvent(type="rollback", model_version=served.version, reason=body.reason or "admin rollback")
+                sign(
+                    ModelEvent(type="rollback", model_version=served.version, reason=body.reason or "admin rollback"),
+                    settings,
+                )
             )
         return {"model_version": served.version}
 

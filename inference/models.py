@@ -99,17 +99,30 @@ class ModelManager:
             return self._switch(self._previous)
 
 
-def follow_model_events(manager: ModelManager, settings: Any, stop: threading.Event) -> None:
+def follow_model_events(
+    manager: ModelManager,
+    settings: Any,
+    stop: threading.Event,
+    authority: Any = None,
+    stats: Any = None,
+) -> None:
     """Apply ``deploy``/``rollback`` events from the models topic until ``stop`` is set.
 
     Every instance reads the topic without a consumer group, from its end: each one must see
-    every command, and a restarted instance starts from its configured model. Malformed events
-    are dead-lettered; an event that cannot be applied is logged and the old model keeps serving.
+    every command, and a restarted instance starts from its configured model. Each event must
+    pass the authority checks (:class:`inference.authority.ModelEventAuthority`: registry,
+    folder under the models directory, signature when a secret is set); refused and malformed
+    events are dead-lettered with the reason. An event that cannot be applied is logged and the
+    old model keeps serving.
     """
     from atalaia.events import ModelEvent
     from atalaia.kafka.clients import follow
+    from inference.authority import ModelEventAuthority
+
+    authority = authority or ModelEventAuthority(settings)
 
     def apply(event: ModelEvent, _msg: object) -> None:
+        authority.check(event)  # raises Refused: dead-lettered by follow
         try:
             if event.type == "deploy":
                 manager.deploy(event.model_version, event.artefact_path)
@@ -126,4 +139,5 @@ def follow_model_events(manager: ModelManager, settings: Any, stop: threading.Ev
         stop=stop,
         client_id=f"inference-{settings.inference_port}-models",
         start="latest",
+        stats=stats,
     )

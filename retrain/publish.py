@@ -21,7 +21,9 @@ def publish_model_event(settings: Settings, event: ModelEvent, *, deadline_s: fl
     records the step as failed rather than believing a deploy happened.
     """
     from atalaia.kafka.clients import KafkaAuthError, Publisher
+    from atalaia.model_signing import sign
 
+    event = sign(event, settings)  # with ATALAIA_MODEL_EVENTS_SECRET set, inference obeys only signed events
     publisher = Publisher(settings, "atalaia-retrain", linger_ms=0)
     try:
         publisher.publish_retrying(event, settings.topic("models"), deadline_s=deadline_s, what="publish model event")

@@ -38,6 +38,8 @@ T = TypeVar("T")
 #: Seconds between reconnection attempts of :func:`follow` (doubling up to the maximum).
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
+#: How long one connection attempt of :func:`follow` waits for a broker before retrying.
+BOOTSTRAP_TIMEOUT_MS = 10_000
 
 
 class KafkaAuthError(ConfigError):
@@ -193,25 +195,88 @@ def faust_app(settings: Settings, app_id: str, **options: Any) -> Any:
     )
 
 
+class _AuthFailures(logging.Handler):
+    """Collects the authentication failures kafka-python logs while it retries its bootstrap:
+    it gives up with a plain timeout, so the reason is only in its log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "AuthenticationFailed" in text or "SSLCertVerificationError" in text or "CERTIFICATE_VERIFY" in text:
+            self.seen.append(text)
+
+
 def check_connection(settings: Settings, timeout_s: float = 15.0) -> None:
     """Connect once with the configured credentials; raise :class:`KafkaAuthError` if they are
     refused and ``RuntimeError`` if no broker answers within ``timeout_s``."""
     timeout_ms = max(1000, int(timeout_s * 1000))
+    net_log = logging.getLogger("kafka.net")
+    failures, level = _AuthFailures(), net_log.level
+    net_log.addHandler(failures)
+    if net_log.getEffectiveLevel() > logging.WARNING:
+        net_log.setLevel(logging.WARNING)
     try:
         client = admin(settings, "atalaia-check", request_timeout_ms=timeout_ms + 1000, bootstrap_timeout_ms=timeout_ms)
+        try:
+            client.describe_cluster()
+        finally:
+            client.close()
     except KafkaAuthError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure to connect is reported the same way
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is explained below
+        problem = auth_error(exc, settings) or next(
+            (auth_error(RuntimeError(text), settings) for text in failures.seen), None
+        )
+        if problem is None and settings.kafka_security_protocol != "PLAINTEXT" and _port_answers(settings):
+            # kafka-python sometimes sees only the closed socket, not the broker's refusal: a
+            # listener that accepts TCP but never completes the handshake is refusing us.
+            problem = KafkaAuthError(
+                f"Kafka at {settings.kafka_bootstrap} accepts connections but the "
+                f"{settings.kafka_security_protocol} handshake did not complete ({type(exc).__name__}: {exc}). "
+                f"Fix: check ATALAIA_KAFKA_SASL_USERNAME={settings.kafka_sasl_username!r}, "
+                f"ATALAIA_KAFKA_SASL_PASSWORD, ATALAIA_KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism} and "
+                f"ATALAIA_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} (and the ATALAIA_KAFKA_SSL_* "
+                "files with TLS)"
+            )
+        if problem is not None:
+            raise problem from None
         raise RuntimeError(
             f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc}); "
             "start it with `atalaia kafka start` or set ATALAIA_KAFKA_BOOTSTRAP"
         ) from None
-    try:
-        client.describe_cluster()
-    except Exception as exc:  # noqa: BLE001 - an auth failure is explained, others pass through
-        raise auth_error(exc, settings) or exc from None
     finally:
-        client.close()
+        net_log.removeHandler(failures)
+        net_log.setLevel(level)
+
+
+def _port_answers(settings: Settings) -> bool:
+    """Whether any bootstrap server accepts a TCP connection."""
+    import socket
+
+    for server in settings.bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def check_credentials(settings: Settings, timeout_s: float = 15.0) -> None:
+    """With SASL or TLS configured, :func:`check_connection` but only authentication failures
+    raise; an unreachable broker is logged and left to the client's own retries."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return
+    try:
+        check_connection(settings, timeout_s)
+    except KafkaAuthError:
+        raise
+    except RuntimeError as exc:
+        log.warning("kafka not reachable yet", extra={"error": str(exc)})
 
 
 # -- publishing ----------------------------------------------------------------------------------
@@ -379,6 +444,7 @@ def follow(
         dead_pub.publish_retrying(record, deadletter_topic, stop=stop, what="publish dead letter")
         stats.dead_lettered += 1
 
+    check_credentials(settings)  # a refused password ends the service at start, not after retries
     try:
         while not stop.is_set():
             try:
@@ -446,13 +512,27 @@ def _connect(
             auto_offset_reset="earliest",
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         )
         return c, {}
     if start == "latest":
-        return consumer(settings, topic, client_id=client_id, group_id=None, auto_offset_reset="latest"), {}
+        return consumer(
+            settings,
+            topic,
+            client_id=client_id,
+            group_id=None,
+            auto_offset_reset="latest",
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        ), {}
     from kafka import TopicPartition
 
-    c = consumer(settings, client_id=client_id, group_id=None, enable_auto_commit=False)
+    c = consumer(
+        settings,
+        client_id=client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+    )
     try:
         partitions = c.partitions_for_topic(topic) or {0}
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
