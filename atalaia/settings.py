@@ -494,6 +494,35 @@ class Settings(BaseSettings):
         300.0, description="How old (or how far in the future) a signed model event may be, in seconds."
     )
 
+    # -- API keys of the inference service (inference/auth.py) --------------------------------------
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON map of caller name to the SHA-256 hex of its API key (several: comma-separated); "
+        "when any key is configured, chat and feedback need one.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="JSON file of the same map, re-read when it changes (key rotation without restart)."
+    )
+    api_key_rate_per_s: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Requests per second allowed per caller (token bucket); 0: no limit."
+    )
+    api_key_burst: Annotated[int, Field(ge=1)] = Field(20, description="Burst size of the per-caller rate limit.")
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_keys_file(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_key_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digests in value.items():
+            for digest in digests.split(","):
+                d = digest.strip().lower().removeprefix("sha256:")
+                if len(d) != 64 or not set(d) <= set("0123456789abcdef"):
+                    raise ValueError(f"key of {name!r} must be the SHA-256 hex of the key (printf %s KEY | sha256sum)")
+        return value
+
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic (``inference`` → ``atalaia.inference``)."""
         return f"{self.topic_namespace}.{name}"

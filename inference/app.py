@@ -23,6 +23,7 @@ from atalaia.model_signing import sign
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
 from atalaia.rag import build_prompt
 from atalaia.settings import Settings
+from inference.auth import current_caller, install_api_keys
 from inference.cache import KeyParts, ResponseCache, cacheable
 from inference.models import ModelManager, ServedModel, SwapError
 from inference.schemas import ChatCompletionRequest, DeployRequest, FeedbackRequest, RollbackRequest
@@ -139,6 +140,7 @@ def create_app(
 
     models.on_change.append(_on_swap)
     app.state.settings, app.state.models, app.state.producer, app.state.metrics = settings, models, producer, metrics
+    app.state.api_keys = install_api_keys(app, settings)  # chat and feedback need a key once keys exist
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -200,6 +202,7 @@ def create_app(
             cache_hit=bool(cache_hit),
             reference=reference if isinstance(reference, str) else None,
             request_id=req.user,
+            caller=current_caller.get(),
             metadata={
                 **meta,
                 **({"cache": cache_hit} if cache_hit else {}),
@@ -449,6 +452,7 @@ def create_app(
             corrected_answer=req.corrected_answer,
             comment=req.comment,
             metadata=req.metadata,
+            caller=current_caller.get(),
         )
         if producer is not None:
             producer.emit(event)
