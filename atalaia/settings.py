@@ -523,6 +523,14 @@ class Settings(BaseSettings):
                     raise ValueError(f"key of {name!r} must be the SHA-256 hex of the key (printf %s KEY | sha256sum)")
         return value
 
+    # -- feedback before training (retrain/dataset.py) ----------------------------------------------
+    feedback_max_per_caller: Annotated[int, Field(ge=0)] = Field(
+        0, description="Most corrections one caller (API key name) contributes to a training data set; 0: no cap."
+    )
+    feedback_max_per_subject: Annotated[int, Field(ge=0)] = Field(
+        0, description="Most corrections one end user (subject) contributes to a training data set; 0: no cap."
+    )
+
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic (``inference`` → ``atalaia.inference``)."""
         return f"{self.topic_namespace}.{name}"
