@@ -255,12 +255,14 @@ class _DeadLetterTopic:
     """A reader of the whole dead-letter topic, with the replay group's bookkeeping."""
 
     def __init__(self, settings: Settings, group: str, timeout: float) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
+
+        from atalaia.kafka import clients
 
         self.settings, self.group, self.timeout = settings, group, timeout
         self.topic = settings.topic("deadletter")
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+        self.consumer = clients.consumer(
+            settings,
             group_id=group,
             client_id="atalaia-deadletter",
             enable_auto_commit=False,
@@ -401,19 +403,13 @@ def replay_dead_letters(
     up to one partition's batch again; the stores are idempotent on ``event_id``, so the effect is
     unchanged. ``dry_run`` publishes and commits nothing and lists what would be replayed.
     """
-    from kafka import KafkaProducer
+    from atalaia.kafka import clients
 
     filters = filters or DeadLetterFilter()
     known = {spec.name for spec in topic_specs(settings)}
     reader = _DeadLetterTopic(settings, group or replay_group(settings), timeout)
     report = ReplayReport()
-    producer = (
-        None
-        if dry_run
-        else KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, client_id="atalaia-deadletter-replay", acks="all", linger_ms=5
-        )
-    )
+    producer = None if dry_run else clients.producer(settings, "atalaia-deadletter-replay", acks="all", linger_ms=5)
     try:
         by_partition: dict[int, list[DeadLetterRecord]] = {}
         for rec in reader.records(everything=True):  # from the start, so `already` counts them all

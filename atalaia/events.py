@@ -244,6 +244,8 @@ class ModelEvent(_Event):
     artefact_path: str | None = None
     previous_version: str | None = None
     reason: str | None = None
+    #: ``v1=<hex HMAC-SHA256>`` when ATALAIA_MODEL_EVENTS_SECRET is set (atalaia/model_signing.py).
+    signature: str | None = None
 
 
 class DeadLetterEvent(_Event):

@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ATALAIA_"
@@ -532,6 +532,104 @@ class Settings(BaseSettings):
         self.regulations_dir = (self.regulations_dir or default_regulations).expanduser().resolve()
         return self
 
+    # -- Kafka security and topic durability (applied to every client by atalaia.kafka.clients) ----
+    topic_replication_factor: Annotated[int, Field(ge=1, le=32)] = Field(
+        1, description="Replication factor of the topics Atalaia creates (3 on a production cluster)."
+    )
+    topic_min_insync_replicas: Annotated[int, Field(ge=0, le=32)] = Field(
+        0, description="min.insync.replicas of the topics Atalaia creates; 0 keeps the broker's default."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects: PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (never logged).")
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM file of the CA that signed the brokers' certificates.")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of the client certificate.")
+    kafka_ssl_key_password: SecretStr = Field(SecretStr(""), description="Password of the client key, if any.")
+    kafka_ssl_check_hostname: bool = Field(True, description="Check that a broker's certificate names its host.")
+
+    @field_validator("topic_min_insync_replicas")
+    @classmethod
+    def _check_isr(cls, value: int, info: ValidationInfo) -> int:
+        factor = info.data.get("topic_replication_factor", 1)
+        if value > factor:
+            raise ValueError(f"cannot exceed ATALAIA_TOPIC_REPLICATION_FACTOR ({factor}): writes would always fail")
+        return value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", mode="before")
+    @classmethod
+    def _ssl_file(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if value is not None and not Path(str(value)).expanduser().is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("kafka_sasl_password")
+    @classmethod
+    def _check_sasl(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        # Checked on the last SASL field so that the protocol and user name are known here.
+        if str(info.data.get("kafka_security_protocol", "")).startswith("SASL_"):
+            if not info.data.get("kafka_sasl_username"):
+                raise ValueError(
+                    "ATALAIA_KAFKA_SECURITY_PROTOCOL is SASL_*: set ATALAIA_KAFKA_SASL_USERNAME and this password"
+                )
+            if not value.get_secret_value():
+                raise ValueError("ATALAIA_KAFKA_SECURITY_PROTOCOL is SASL_*: set the SASL password")
+        return value
+
+    # -- authority of model events (deploy/rollback on the models topic) --------------------------
+    model_events_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Shared secret of the HMAC-SHA256 signature of deploy/rollback events; when set, inference "
+        "applies only signed, fresh, never-seen events (never logged).",
+    )
+    model_events_max_age_s: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="How old (or how far in the future) a signed model event may be, in seconds."
+    )
+
+    # -- API keys of the inference service (inference/auth.py) --------------------------------------
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON map of caller name to the SHA-256 hex of its API key (several: comma-separated); "
+        "when any key is configured, chat and feedback need one.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="JSON file of the same map, re-read when it changes (key rotation without restart)."
+    )
+    api_key_rate_per_s: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Requests per second allowed per caller (token bucket); 0: no limit."
+    )
+    api_key_burst: Annotated[int, Field(ge=1)] = Field(20, description="Burst size of the per-caller rate limit.")
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_keys_file(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_key_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digests in value.items():
+            for digest in digests.split(","):
+                d = digest.strip().lower().removeprefix("sha256:")
+                if len(d) != 64 or not set(d) <= set("0123456789abcdef"):
+                    raise ValueError(f"key of {name!r} must be the SHA-256 hex of the key (printf %s KEY | sha256sum)")
+        return value
+
+    # -- feedback before training (retrain/dataset.py) ----------------------------------------------
+    feedback_max_per_caller: Annotated[int, Field(ge=0)] = Field(
+        0, description="Most corrections one caller (API key name) contributes to a training data set; 0: no cap."
+    )
+    feedback_max_per_subject: Annotated[int, Field(ge=0)] = Field(
+        0, description="Most corrections one end user (subject) contributes to a training data set; 0: no cap."
+    )
+
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic (``inference`` → ``atalaia.inference``)."""
         return f"{self.topic_namespace}.{name}"
@@ -582,7 +680,9 @@ def load_settings(**overrides: object) -> Settings:
             key = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
             value = err.get("input")
             shown = f"={value}" if value is not None and not isinstance(value, dict) else ""
-            if "TOKEN" in key or "SECRET" in key or "WEBHOOK_URL" in key:  # webhook URLs embed credentials
+            if (
+                "TOKEN" in key or "SECRET" in key or "PASSWORD" in key or "WEBHOOK_URL" in key
+            ):  # webhook URLs embed credentials
                 shown = "=<hidden>"
             problems.append(
                 f"{key}{shown} is invalid: {str(err['msg']).removeprefix('Value error, ')}. "

@@ -1,4 +1,5 @@
-"""Topic names and their creation with explicit partition counts."""
+"""Topic names and their creation with explicit partition counts, replication factor and
+``min.insync.replicas`` (``ATALAIA_TOPIC_REPLICATION_FACTOR``, ``ATALAIA_TOPIC_MIN_INSYNC_REPLICAS``)."""
 
 from __future__ import annotations
 
@@ -34,21 +35,42 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [TopicSpec(settings.topic(name), 1 if name == "models" else settings.topic_partitions) for name in TOPICS]
 
 
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """Topic-level configs of the topics Atalaia creates.
+
+    Retention bounds how long erased or expired personal data can remain in a topic
+    (``ATALAIA_TOPIC_RETENTION_HOURS``; docs/operations.md, "Privacy").
+
+    >>> topic_configs(Settings(topic_replication_factor=3, topic_min_insync_replicas=2, topic_retention_hours=24))
+    {'retention.ms': '86400000', 'min.insync.replicas': '2'}
+    >>> topic_configs(Settings(topic_retention_hours=168))
+    {'retention.ms': '604800000'}
+    """
+    configs = {"retention.ms": str(settings.topic_retention_hours * 3_600_000)}
+    if settings.topic_min_insync_replicas:
+        configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
+    return configs
+
+
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create missing topics; return the names created. Existing topics are left as they are.
 
     A partition count that differs from the configured one is logged, not changed: shrinking is
     impossible in Kafka and growing reshuffles keys, which is the operator's decision.
     """
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
+
+    from atalaia.kafka import clients
 
     deadline = time.monotonic() + timeout
     admin = None
     last: Exception | None = None
     while admin is None:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="atalaia-admin")
+            admin = clients.admin(settings, "atalaia-admin")
+        except clients.KafkaAuthError:
+            raise
         except Exception as exc:
             last = exc
             if time.monotonic() > deadline:
@@ -60,10 +82,12 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     try:
         existing = set(admin.list_topics())
         wanted = topic_specs(settings)
-        # Retention bounds how long erased or expired personal data can remain in a topic
-        # (ATALAIA_TOPIC_RETENTION_HOURS; docs/operations.md, "Privacy").
-        configs = {"retention.ms": str(settings.topic_retention_hours * 3_600_000)}
-        missing = [NewTopic(t.name, t.partitions, 1, topic_configs=configs) for t in wanted if t.name not in existing]
+        configs = topic_configs(settings)
+        missing = [
+            NewTopic(t.name, t.partitions, settings.topic_replication_factor, topic_configs=configs)
+            for t in wanted
+            if t.name not in existing
+        ]
         created: list[str] = []
         if missing:
             try:

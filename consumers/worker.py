@@ -18,6 +18,7 @@ from faust.types import EventT
 
 from atalaia.deadletter import dead_letter_for
 from atalaia.events import EventError, FeedbackEvent, InferenceEvent, MetricEvent, parse_event
+from atalaia.kafka import clients
 from atalaia.settings import Settings
 from atalaia.storage import repository, tables
 from atalaia.storage.db import get_engine, redact_url
@@ -123,9 +124,9 @@ async def retry_forever(what: str, fn: Callable[[], Any]) -> Any:
 
 def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.App:
     """Build the faust application with its agents."""
-    app = faust.App(
+    app: faust.App = clients.faust_app(
+        settings,
         settings.worker_id,
-        broker=[f"kafka://{s}" for s in settings.bootstrap_servers],
         value_serializer="raw",
         key_serializer="raw",
         web_host="127.0.0.1",
@@ -250,6 +251,8 @@ def run_worker(settings: Settings) -> None:
 
     from atalaia.logs import logging_dict_config
 
+    # aiokafka retries refused credentials for ever: check them once, to fail at start.
+    clients.check_credentials(settings)
     scorer = BatchScorer(settings)
     started = time.perf_counter()
     scorer.warm_up()  # load the models before joining the group, not inside the first batch

@@ -20,10 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from atalaia.content import openai_content
 from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
 from atalaia.metrics.operational import Price
+from atalaia.model_signing import sign
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
 from atalaia.rag import build_prompt
 from atalaia.settings import Settings
 from atalaia.subjects import subject_id, subject_pepper
+from inference.auth import current_caller, install_api_keys
 from inference.cache import KeyParts, ResponseCache, cacheable
 from inference.models import ModelManager, ServedModel, SwapError
 from inference.schemas import ChatCompletionRequest, DeployRequest, FeedbackRequest, RollbackRequest
@@ -143,6 +145,7 @@ def create_app(
     models.on_change.append(_on_swap)
     app.state.settings, app.state.models, app.state.producer, app.state.metrics = settings, models, producer, metrics
     keep_media = settings.event_keep_media
+    app.state.api_keys = install_api_keys(app, settings)  # chat and feedback need a key once keys exist
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -204,6 +207,7 @@ def create_app(
             cache_hit=bool(cache_hit),
             reference=reference if isinstance(reference, str) else None,
             subject_id=subject_id(req.user, pepper) if req.user else None,
+            caller=current_caller.get(),
             metadata={
                 **meta,
                 **({"cache": cache_hit} if cache_hit else {}),
@@ -416,12 +420,15 @@ def create_app(
             raise APIError(400, str(exc), "artefact_path", "deploy_failed") from None
         if producer is not None:  # the other instances follow through the models topic
             producer.emit(
-                ModelEvent(
-                    type="deploy",
-                    model_version=served.version,
-                    artefact_path=served.path,
-                    previous_version=models.previous.version if models.previous else None,
-                    reason=body.reason or "admin deploy",
+                sign(
+                    ModelEvent(
+                        type="deploy",
+                        model_version=served.version,
+                        artefact_path=served.path,
+                        previous_version=models.previous.version if models.previous else None,
+                        reason=body.reason or "admin deploy",
+                    ),
+                    settings,
                 )
             )
         return {"model_version": served.version, "previous": models.previous.version if models.previous else None}
@@ -435,7 +442,10 @@ def create_app(
             raise APIError(409, str(exc), "model_version", "rollback_failed") from None
         if producer is not None:
             producer.emit(
-                ModelEvent(type="rollback", model_version=served.version, reason=body.reason or "admin rollback")
+                sign(
+                    ModelEvent(type="rollback", model_version=served.version, reason=body.reason or "admin rollback"),
+                    settings,
+                )
             )
         return {"model_version": served.version}
 
@@ -469,6 +479,7 @@ def create_app(
             comment=req.comment,
             metadata=req.metadata,
             subject_id=subject_id(req.user, pepper) if req.user else None,
+            caller=current_caller.get(),
         )
         if producer is not None:
             producer.emit(event)

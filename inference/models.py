@@ -99,46 +99,45 @@ class ModelManager:
             return self._switch(self._previous)
 
 
-def follow_model_events(manager: ModelManager, settings: Any, stop: threading.Event) -> None:
+def follow_model_events(
+    manager: ModelManager,
+    settings: Any,
+    stop: threading.Event,
+    authority: Any = None,
+    stats: Any = None,
+) -> None:
     """Apply ``deploy``/``rollback`` events from the models topic until ``stop`` is set.
 
     Every instance reads the topic without a consumer group, from its end: each one must see
-    every command, and a restarted instance starts from its configured model.
+    every command, and a restarted instance starts from its configured model. Each event must
+    pass the authority checks (:class:`inference.authority.ModelEventAuthority`: registry,
+    folder under the models directory, signature when a secret is set); refused and malformed
+    events are dead-lettered with the reason. An event that cannot be applied is logged and the
+    old model keeps serving.
     """
-    from kafka import KafkaConsumer
+    from atalaia.events import ModelEvent
+    from atalaia.kafka.clients import follow
+    from inference.authority import ModelEventAuthority
 
-    from atalaia.events import EventError, ModelEvent, parse_event
+    authority = authority or ModelEventAuthority(settings)
 
-    consumer = None
-    while not stop.is_set():
+    def apply(event: ModelEvent, _msg: object) -> None:
+        authority.check(event)  # raises Refused: dead-lettered by follow
         try:
-            if consumer is None:
-                consumer = KafkaConsumer(
-                    settings.topic("models"),
-                    bootstrap_servers=settings.bootstrap_servers,
-                    group_id=None,
-                    auto_offset_reset="latest",
-                    client_id=f"inference-{settings.inference_port}-models",
-                )
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    try:
-                        event = parse_event(record.value, ModelEvent)
-                    except EventError as exc:
-                        log.error("ignored a malformed model event", extra={"reason": exc.reason})
-                        continue
-                    try:
-                        if event.type == "deploy":
-                            manager.deploy(event.model_version, event.artefact_path)
-                        else:
-                            manager.rollback(event.model_version)
-                    except SwapError as exc:
-                        log.error("model event not applied", extra={"type": event.type, "error": str(exc)})
-        except Exception as exc:  # noqa: BLE001 - a broker outage must not end the follower
-            log.warning("models topic unavailable; retrying", extra={"error": str(exc)})
-            if consumer is not None:
-                consumer.close()
-                consumer = None
-            stop.wait(2.0)
-    if consumer is not None:
-        consumer.close()
+            if event.type == "deploy":
+                manager.deploy(event.model_version, event.artefact_path)
+            else:
+                manager.rollback(event.model_version)
+        except SwapError as exc:
+            log.error("model event not applied", extra={"type": event.type, "error": str(exc)})
+
+    follow(
+        settings,
+        settings.topic("models"),
+        ModelEvent,
+        apply,
+        stop=stop,
+        client_id=f"inference-{settings.inference_port}-models",
+        start="latest",
+        stats=stats,
+    )

@@ -12,9 +12,8 @@ import logging
 import threading
 from collections import deque
 from datetime import timedelta
-from typing import Any
 
-from atalaia.events import EventError, ModelEvent, parse_event, utcnow
+from atalaia.events import ModelEvent, utcnow
 from atalaia.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,41 +59,24 @@ class ModelEventFeed:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from atalaia.kafka.clients import follow
 
-        consumer: Any = None
-        ends: dict[Any, int] = {}
-        topic = self.settings.topic("models")
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = KafkaConsumer(
-                        bootstrap_servers=self.settings.bootstrap_servers,
-                        group_id=None,
-                        enable_auto_commit=False,
-                        client_id="atalaia-monitor-models",
-                    )
-                    partitions = consumer.partitions_for_topic(topic) or {0}
-                    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-                    consumer.assign(assigned)
-                    consumer.seek_to_beginning()
-                    ends = consumer.end_offsets(assigned)
-                    # A reconnect reads the topic again: start from an empty memory.
-                    with self._lock:
-                        self._events.clear()
-                for records in consumer.poll(timeout_ms=500).values():
-                    for record in records:
-                        try:
-                            self.add(parse_event(record.value, ModelEvent))
-                        except EventError as exc:
-                            log.warning("dashboard: ignored a malformed model event", extra={"reason": exc.reason})
-                if not self.caught_up.is_set() and all(consumer.position(tp) >= end for tp, end in ends.items()):
-                    self.caught_up.set()
-            except Exception as exc:  # noqa: BLE001 - a broker outage must not end the feed
-                log.warning("models topic unavailable to the dashboard; retrying", extra={"error": str(exc)})
-                if consumer is not None:
-                    consumer.close()
-                    consumer = None
-                self._stop.wait(5.0)
-        if consumer is not None:
-            consumer.close()
+        def restart() -> None:
+            # A reconnect reads the topic again: start from an empty memory.
+            with self._lock:
+                self._events.clear()
+
+        # The feed re-reads the whole topic on every start: it only logs malformed events (the
+        # inference instances, which act on them, dead-letter them).
+        follow(
+            self.settings,
+            self.settings.topic("models"),
+            ModelEvent,
+            lambda event, _msg: self.add(event),
+            stop=self._stop,
+            client_id="atalaia-monitor-models",
+            start="beginning",
+            dead_letter=False,
+            on_connect=restart,
+            on_caught_up=self.caught_up.set,
+        )

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from atalaia.deadletter import dead_letter_for
-from atalaia.events import AlertEvent, EventError, MetricEvent, parse_event, utcnow
+from atalaia.events import AlertEvent, MetricEvent, utcnow
+from atalaia.kafka.clients import Publisher
 from atalaia.settings import Settings
 from atalaia.storage import repository
 from atalaia.storage import tables as t
@@ -173,7 +173,7 @@ class MonitorService:
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _emit(self, producer: Any, transitions: list[AlertEvent]) -> None:
+    def _emit(self, publisher: Publisher, transitions: list[AlertEvent]) -> None:
         alerts_topic = self.settings.topic("alerts")
         for alert in transitions:
 
@@ -187,11 +187,8 @@ class MonitorService:
 
             self._retry("store alert", store)
             self.delivery.wake()
-            self._retry(
-                "publish alert",
-                lambda alert=alert: producer.send(
-                    alerts_topic, key=alert.fingerprint.encode(), value=alert.to_json()
-                ).get(timeout=30),
+            publisher.publish_retrying(
+                alert, alerts_topic, key=alert.fingerprint.encode(), stop=self._stop, what="publish alert"
             )
             self.transitions += 1
             log.warning(
@@ -207,23 +204,11 @@ class MonitorService:
 
     def run(self) -> None:
         """Consume until :meth:`stop`; offsets are committed after transitions are stored and sent."""
-        from kafka import KafkaConsumer, KafkaProducer
+        from atalaia.kafka.clients import follow
 
         restored = self.restore_open_alerts()
         caught_up = self.catch_up_from_table()
-        consumer = KafkaConsumer(
-            self.settings.topic("metrics"),
-            bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=self.settings.monitor_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            client_id="atalaia-monitor",
-        )
-        producer = KafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers, acks="all", linger_ms=5, client_id="atalaia-monitor"
-        )
+        publisher = Publisher(self.settings, "atalaia-monitor")
         log.info(
             "monitor started",
             extra={
@@ -236,44 +221,32 @@ class MonitorService:
         self.delivery.start()
         web, feed = self._start_web() if self.serve_web else (None, None)
         last_eval = 0.0
+
+        def observe(metric: MetricEvent, _msg: Any) -> None:
+            if self._seen.add(str(metric.event_id)):
+                self.evaluator.observe(metric)
+
+        def evaluate(polled: bool) -> None:
+            nonlocal last_eval
+            if polled or time.monotonic() - last_eval >= EVALUATE_EVERY_S:
+                last_eval = time.monotonic()
+                self._emit(publisher, self.evaluator.evaluate(utcnow()))
+
         try:
-            while not self._stop.is_set():
-                polled = consumer.poll(timeout_ms=500, max_records=5000)
-                dead = []
-                for tp, records in polled.items():
-                    for rec in records:
-                        try:
-                            metric = parse_event(rec.value, MetricEvent)
-                        except EventError as exc:
-                            dead.append(
-                                dead_letter_for(
-                                    rec.value,
-                                    exc.reason,
-                                    tp.topic,
-                                    tp.partition,
-                                    rec.offset,
-                                    exc.field,
-                                    "atalaia-monitor",
-                                )
-                            )
-                            continue
-                        if self._seen.add(str(metric.event_id)):
-                            self.evaluator.observe(metric)
-                for record in dead:
-                    self._retry(
-                        "publish dead letter",
-                        lambda r=record: producer.send(
-                            self.settings.topic("deadletter"), key=r.key, value=r.to_json()
-                        ).get(timeout=30),
-                    )
-                if polled or time.monotonic() - last_eval >= EVALUATE_EVERY_S:
-                    last_eval = time.monotonic()
-                    self._emit(producer, self.evaluator.evaluate(utcnow()))
-                if polled:
-                    self._retry("commit offsets", consumer.commit)
+            follow(
+                self.settings,
+                self.settings.topic("metrics"),
+                MetricEvent,
+                observe,
+                stop=self._stop,
+                client_id="atalaia-monitor",
+                group_id=self.settings.monitor_group,
+                on_poll=evaluate,
+                max_records=5000,
+                publisher=publisher,
+            )
         finally:
-            consumer.close()
-            producer.close(timeout=10)
+            publisher.close()
             self.delivery.stop()
             if web is not None:
                 web.stop()

@@ -206,12 +206,12 @@ class EventProducer:
         if self._producer is not None or time.monotonic() - self._last_connect < RECONNECT_EVERY_S:
             return
         self._last_connect = time.monotonic()
-        from kafka import KafkaProducer
+        from atalaia.kafka import clients
 
         try:
-            self._producer = KafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers,
-                client_id=self.client_id,
+            self._producer = clients.producer(
+                self.settings,
+                self.client_id,
                 acks="all",
                 linger_ms=self.settings.producer_linger_ms,
                 max_block_ms=5_000,

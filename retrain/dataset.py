@@ -337,6 +337,8 @@ def _feedback_query(since: datetime | None) -> Any:
             feedback.c.event_id,
             feedback.c.ts,
             feedback.c.corrected_answer,
+            feedback.c.caller,
+            feedback.c.subject_id,
             inference_events.c.messages,
         )
         .select_from(feedback.join(inference_events, feedback.c.inference_event_id == inference_events.c.event_id))
@@ -373,8 +375,49 @@ def feedback_pairs(engine: Engine, since: datetime | None = None) -> list[dict[s
         question = _question_of(row.messages)
         if question is None:
             continue
-        pairs.append({"id": f"fb-{row.event_id}", "question": question, "answer": str(row.corrected_answer)})
+        pairs.append(
+            {
+                "id": f"fb-{row.event_id}",
+                "question": question,
+                "answer": str(row.corrected_answer),
+                "caller": row.caller or "",
+                "subject_id": row.subject_id or "",
+            }
+        )
     return pairs
+
+
+def cap_feedback(
+    pairs: Sequence[dict[str, str]], max_per_caller: int, max_per_subject: int
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Keep at most ``max_per_caller`` corrections per caller and ``max_per_subject`` per end
+    user (0: no cap), the first ones in ``pairs`` order (newest first), so that one service or one
+    user flooding feedback cannot make up the training data. Corrections without a caller count
+    as one caller (anonymous), and likewise for subjects.
+
+    >>> flood = [{"id": f"f{i}", "caller": "bot", "subject_id": ""} for i in range(5)]
+    >>> kept, dropped = cap_feedback(flood + [{"id": "ok", "caller": "app", "subject_id": "u1"}], 2, 0)
+    >>> [p["id"] for p in kept], dropped
+    (['f0', 'f1', 'ok'], {'caller_cap': 3, 'subject_cap': 0})
+    """
+    per_caller: dict[str, int] = {}
+    per_subject: dict[str, int] = {}
+    dropped = {"caller_cap": 0, "subject_cap": 0}
+    kept = []
+    for pair in pairs:
+        caller, subject = pair.get("caller", ""), pair.get("subject_id", "")
+        if max_per_caller and per_caller.get(caller, 0) >= max_per_caller:
+            dropped["caller_cap"] += 1
+            continue
+        if max_per_subject and per_subject.get(subject, 0) >= max_per_subject:
+            dropped["subject_cap"] += 1
+            continue
+        per_caller[caller] = per_caller.get(caller, 0) + 1
+        per_subject[subject] = per_subject.get(subject, 0) + 1
+        kept.append(pair)
+    if dropped["caller_cap"] or dropped["subject_cap"]:
+        logger.warning("feedback capped before training", extra=dropped | {"kept": len(kept)})
+    return kept, dropped
 
 
 def count_new_feedback(engine: Engine, since: datetime | None) -> int:
@@ -550,14 +593,19 @@ def build_dataset(
     include_qa = "qa" in wanted if include_qa is None else include_qa
     include_regulations = "regulations" in wanted if include_regulations is None else include_regulations
     sources: list[tuple[str, Iterable[dict[str, str]], bool]] = []
+    capped = {"caller_cap": 0, "subject_cap": 0}
     if "feedback" in wanted:
-        sources.append(("feedback", feedback_pairs(engine, since), True))
+        fb, capped = cap_feedback(
+            feedback_pairs(engine, since), settings.feedback_max_per_caller, settings.feedback_max_per_subject
+        )
+        sources.append(("feedback", fb, True))
     if include_qa:
         qa = [{"id": i.id, "question": i.question, "answer": i.answer, "section": i.section} for i in load_qa(qa_file)]
         sources.append(("qa", qa, False))
     if include_regulations:
         sources.append(("regulations", regulation_pairs(settings.regulations_dir), False))
     records, dropped, redactions = clean_pairs(sources, max_answer_words=settings.dataset_max_answer_words)
+    dropped = dropped | capped
     if not records:
         raise ValueError(
             f"no training data from ATALAIA_DATASET_SOURCES={settings.dataset_sources}: no feedback with corrected "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from atalaia.events import ModelEvent
 from atalaia.settings import Settings
@@ -21,36 +20,26 @@ def publish_model_event(settings: Settings, event: ModelEvent, *, deadline_s: fl
     Retries with backoff until ``deadline_s``; then raises :class:`PublishError` so the caller
     records the step as failed rather than believing a deploy happened.
     """
-    from kafka import KafkaProducer
+    from atalaia.kafka.clients import KafkaAuthError, Publisher
+    from atalaia.model_signing import sign
 
-    delay = 1.0
-    started = time.monotonic()
-    last: Exception | None = None
-    while time.monotonic() - started < deadline_s:
-        producer = None
+    event = sign(event, settings)  # with ATALAIA_MODEL_EVENTS_SECRET set, inference obeys only signed events
+    publisher = Publisher(settings, "atalaia-retrain", linger_ms=0)
+    try:
+        publisher.publish_retrying(event, settings.topic("models"), deadline_s=deadline_s, what="publish model event")
+    except KafkaAuthError:
+        raise
+    except Exception as exc:  # reported as the step's failure
+        raise PublishError(
+            f"could not publish {event.type} of {event.model_version} to {settings.topic('models')} within "
+            f"{deadline_s:.0f} s: {exc}. Fix: check ATALAIA_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} is reachable"
+        ) from exc
+    finally:
         try:
-            producer = KafkaProducer(
-                bootstrap_servers=settings.bootstrap_servers,
-                acks="all",
-                client_id="atalaia-retrain",
-                request_timeout_ms=15_000,
-            )
-            producer.send(settings.topic("models"), key=event.key, value=event.to_json()).get(timeout=30)
-            producer.flush(timeout=10)
-            log.info(
-                "model event published",
-                extra={"type": event.type, "model_version": event.model_version, "event_id": str(event.event_id)},
-            )
-            return
-        except Exception as exc:  # noqa: BLE001 - a broker outage is retried until the deadline
-            last = exc
-            log.warning("models topic unavailable; retrying", extra={"error": str(exc), "retry_in_s": delay})
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-        finally:
-            if producer is not None:
-                producer.close(timeout=5)
-    raise PublishError(
-        f"could not publish {event.type} of {event.model_version} to {settings.topic('models')} within "
-        f"{deadline_s:.0f} s: {last}. Fix: check ATALAIA_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} is reachable"
+            publisher.close()
+        except Exception:  # noqa: BLE001 - nothing left to deliver after an acknowledged send
+            pass
+    log.info(
+        "model event published",
+        extra={"type": event.type, "model_version": event.model_version, "event_id": str(event.event_id)},
     )

@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from atalaia.events import AlertEvent, EventError, parse_event, utcnow
+from atalaia.events import AlertEvent, utcnow
 from atalaia.settings import Settings
 from retrain.jobs import PERIODIC_JOB, RETRAIN_JOB
 
@@ -148,56 +148,39 @@ def follow_alerts(settings: Settings, scheduler: Any, stop: threading.Event) -> 
     A retrain alert that stays firing is acted on again every ``ATALAIA_RETRAIN_RECHECK_S``: its
     first run may have been skipped (too little new data, cooldown) or rejected by the gate.
     """
-    from kafka import KafkaConsumer
+    from atalaia.kafka.clients import follow
 
-    consumer = None
     waiting: dict[str, AlertEvent] = {}  # fingerprint → the firing retrain alert
     next_recheck = time.monotonic() + settings.retrain_recheck_s
-    while not stop.is_set():
-        try:
-            if consumer is None:
-                # earliest + an age limit: an alert sent while the scheduler was down or joining the
-                # group is still acted on, and old history is not.
-                consumer = KafkaConsumer(
-                    settings.topic("alerts"),
-                    bootstrap_servers=settings.bootstrap_servers,
-                    group_id=settings.scheduler_group,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    session_timeout_ms=10_000,
-                    heartbeat_interval_ms=1_000,
-                    client_id="atalaia-scheduler",
-                )
-            polled = consumer.poll(timeout_ms=500)
-            for records in polled.values():
-                for record in records:
-                    try:
-                        alert = parse_event(record.value, AlertEvent)
-                    except EventError as exc:
-                        log.error("ignored a malformed alert event", extra={"reason": exc.reason})
-                        continue
-                    if alert.action == "retrain" and alert.state == "resolved":
-                        waiting.pop(alert.fingerprint, None)
-                    if wants_retrain(alert, settings.retrain_alert_max_age_s):
-                        waiting[alert.fingerprint] = alert
-                        request_retrain(scheduler, f"alert:{alert.rule}")
-                        next_recheck = time.monotonic() + settings.retrain_recheck_s
-            if polled:
-                consumer.commit()
-            if settings.retrain_recheck_s > 0 and waiting and time.monotonic() >= next_recheck:
-                next_recheck = time.monotonic() + settings.retrain_recheck_s
-                _recheck(settings, scheduler, waiting)
-        except Exception as exc:  # noqa: BLE001 - a broker outage must not end the scheduler
-            log.warning("alerts topic unavailable; retrying", extra={"error": str(exc)})
-            if consumer is not None:
-                try:
-                    consumer.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                consumer = None
-            stop.wait(2.0)
-    if consumer is not None:
-        consumer.close()
+
+    def on_alert(alert: AlertEvent, _msg: object) -> None:
+        nonlocal next_recheck
+        if alert.action == "retrain" and alert.state == "resolved":
+            waiting.pop(alert.fingerprint, None)
+        if wants_retrain(alert, settings.retrain_alert_max_age_s):
+            waiting[alert.fingerprint] = alert
+            request_retrain(scheduler, f"alert:{alert.rule}")
+            next_recheck = time.monotonic() + settings.retrain_recheck_s
+
+    def recheck(_polled: bool) -> None:
+        nonlocal next_recheck
+        if settings.retrain_recheck_s > 0 and waiting and time.monotonic() >= next_recheck:
+            next_recheck = time.monotonic() + settings.retrain_recheck_s
+            _recheck(settings, scheduler, waiting)
+
+    # Committed offsets, from the earliest without any + an age limit: an alert sent while the
+    # scheduler was down or joining the group is still acted on, and old history is not.
+    # Malformed alert events are dead-lettered.
+    follow(
+        settings,
+        settings.topic("alerts"),
+        AlertEvent,
+        on_alert,
+        stop=stop,
+        client_id="atalaia-scheduler",
+        group_id=settings.scheduler_group,
+        on_poll=recheck,
+    )
 
 
 def _install_retention(settings: Settings, scheduler: Any) -> None:

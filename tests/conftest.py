@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from atalaia.settings import Settings
 
@@ -137,6 +138,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             continue
         # Map- and list-valued settings are JSON in the environment (str() of a dict is not JSON).
+        if isinstance(value, SecretStr):  # model_dump keeps secrets masked; the child needs the value
+            value = value.get_secret_value()
         env[f"ATALAIA_{name.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     env["ATALAIA_LOG_JSON"] = "true"
     return env

@@ -184,7 +184,10 @@ def worker() -> None:
     from consumers.worker import run_worker
 
     sys.argv = sys.argv[:1]  # faust parses argv itself; give it none of ours
-    run_worker(_settings())
+    try:
+        run_worker(_settings())
+    except ConfigError as exc:  # e.g. Kafka refused the SASL credentials: the message names the setting
+        raise _fail(str(exc), 2) from None
 
 
 @app.command()
@@ -208,7 +211,10 @@ def monitor(
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     if web:
         console.print(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
-    service.run()
+    try:
+        service.run()
+    except ConfigError as exc:  # e.g. Kafka refused the SASL credentials: the message names the setting
+        raise _fail(str(exc), 2) from None
 
 
 app.command("retrain")(__import__("atalaia.cli.retrain", fromlist=["retrain"]).retrain)

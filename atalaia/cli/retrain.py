@@ -90,11 +90,15 @@ def scheduler() -> None:
     import signal
     import threading
 
-    from atalaia.cli.main import _settings
+    from atalaia.cli.main import _fail, _settings
+    from atalaia.settings import ConfigError
     from retrain.scheduler import run_scheduler
 
     settings = _settings()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run_scheduler(settings, stop)
+    try:
+        run_scheduler(settings, stop)
+    except ConfigError as exc:  # e.g. Kafka refused the SASL credentials: the message names the setting
+        raise _fail(str(exc), 2) from None

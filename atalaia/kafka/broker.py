@@ -208,6 +208,7 @@ def render_server_properties(
     retention_hours: int = 24,
     retention_bytes: int = 256 * 1024 * 1024,
     extra: Mapping[str, object] | None = None,
+    extra_listeners: Mapping[str, int] | None = None,
 ) -> str:
     """Render ``server.properties`` of a single-node KRaft broker+controller.
 
@@ -227,6 +228,10 @@ def render_server_properties(
         Time and per-partition size limits of topic data, kept small for a laptop.
     extra
         Further ``key: value`` pairs; they override the defaults above.
+    extra_listeners
+        More client listeners, ``{"SASL_PLAINTEXT": 19094}``: each name is also its security
+        protocol (their SASL/TLS settings go in ``extra``); the PLAINTEXT listener stays for the
+        broker's own traffic and the readiness check.
 
     Returns
     -------
@@ -250,6 +255,12 @@ def render_server_properties(
     if broker_port == controller_port:
         raise ValueError(f"broker and controller ports must differ, both are {broker_port}")
 
+    more = dict(extra_listeners or {})
+    listeners = ",".join(
+        [f"PLAINTEXT://{host}:{broker_port}", f"CONTROLLER://{host}:{controller_port}"]
+        + [f"{name}://{host}:{p}" for name, p in more.items()]
+    )
+    protocol_map = ",".join(["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"] + [f"{n}:{n}" for n in more])
     props: dict[str, object] = {
         # One JVM is both the KRaft controller and the broker.
         "process.roles": "broker,controller",
@@ -257,11 +268,11 @@ def render_server_properties(
         # Dynamic quorum (KIP-853): storage is formatted with `--standalone`, which requires
         # controller.quorum.bootstrap.servers and forbids controller.quorum.voters.
         "controller.quorum.bootstrap.servers": f"{host}:{controller_port}",
-        "listeners": f"PLAINTEXT://{host}:{broker_port},CONTROLLER://{host}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{broker_port},CONTROLLER://{host}:{controller_port}",
+        "listeners": listeners,
+        "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": protocol_map,
         "log.dirs": str(log_dirs),
         # A single node cannot hold the default 3 replicas of the internal topics.
         "offsets.topic.replication.factor": 1,
@@ -657,15 +668,16 @@ def _log_tail(path: Path, offset: int = 0, lines: int = _TAIL_LINES) -> str:
 
 def _admin_ready(bootstrap: str, timeout_s: float) -> bool:
     """True if a kafka-python admin client can describe the cluster and sees a broker."""
-    from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
+
+    from atalaia.kafka.clients import plaintext_admin
 
     timeout_ms = max(1000, int(timeout_s * 1000))
     admin = None
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="atalaia-broker-check",
+        admin = plaintext_admin(
+            bootstrap,
+            "atalaia-broker-check",
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
         )
@@ -733,8 +745,9 @@ def _java_base_cmd(java: str, libs: Path, paths: _Paths, heap: tuple[str, ...]) 
     ]
 
 
-def _format_storage(java: str, libs: Path, paths: _Paths) -> None:
-    """Format the KRaft metadata log once (``kafka-storage.sh random-uuid`` + ``format --standalone``)."""
+def _format_storage(java: str, libs: Path, paths: _Paths, scram_users: Mapping[str, str] | None = None) -> None:
+    """Format the KRaft metadata log once (``kafka-storage.sh random-uuid`` + ``format --standalone``),
+    with SCRAM-SHA-512 credentials for ``scram_users`` (``--add-scram``, Kafka's own tool)."""
     base = _java_base_cmd(java, libs, paths, ("-Xmx256m",))
 
     def run_tool(*args: str) -> str:
@@ -756,7 +769,10 @@ def _format_storage(java: str, libs: Path, paths: _Paths) -> None:
         return proc.stdout.strip()
 
     cluster_id = run_tool("random-uuid").splitlines()[-1].strip()
-    output = run_tool("format", "--standalone", "-t", cluster_id, "-c", str(paths.server_properties))
+    scram: list[str] = []
+    for user, password in (scram_users or {}).items():
+        scram += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
+    output = run_tool("format", "--standalone", "-t", cluster_id, "-c", str(paths.server_properties), *scram)
     last_line = output.splitlines()[-1] if output else ""
     log.info("formatted %s with cluster id %s: %s", paths.log_dirs, cluster_id, last_line)
 
@@ -781,7 +797,15 @@ def reachable(settings: Settings, timeout_s: float = 5.0) -> bool:
     return _admin_ready(settings.kafka_bootstrap, timeout_s)
 
 
-def start(settings: Settings, console: Console | None = None, timeout: float = 90) -> BrokerInfo:
+def start(
+    settings: Settings,
+    console: Console | None = None,
+    timeout: float = 90,
+    *,
+    extra_listeners: Mapping[str, int] | None = None,
+    properties: Mapping[str, object] | None = None,
+    scram_users: Mapping[str, str] | None = None,
+) -> BrokerInfo:
     """Start the local single-node Kafka broker, or return the one already running.
 
     The broker listens on 127.0.0.1 only: PLAINTEXT on the port of the first server in
@@ -798,6 +822,11 @@ def start(settings: Settings, console: Console | None = None, timeout: float = 9
         Rich console for progress spinners; a stderr console by default.
     timeout
         Seconds to wait for the broker to become ready, not counting jar assembly.
+    extra_listeners, properties
+        More listeners and ``server.properties`` entries (see :func:`render_server_properties`):
+        a SASL or TLS listener next to the PLAINTEXT one, as the security tests use.
+    scram_users
+        SCRAM-SHA-512 users and passwords written into the storage when it is formatted.
 
     Returns
     -------
@@ -846,6 +875,7 @@ def start(settings: Settings, console: Console | None = None, timeout: float = 9
         for what, p, var in (
             ("broker (PLAINTEXT)", port, "ATALAIA_KAFKA_BOOTSTRAP=127.0.0.1:<port>"),
             ("controller", controller_port, "ATALAIA_KAFKA_CONTROLLER_PORT=<port>"),
+            *((f"{name} client", p, "another port") for name, p in (extra_listeners or {}).items()),
         ):
             if not _port_free(p):
                 raise BrokerError(
@@ -860,7 +890,13 @@ def start(settings: Settings, console: Console | None = None, timeout: float = 9
         paths.data_dir.mkdir(parents=True, exist_ok=True)
         paths.log_dirs.mkdir(parents=True, exist_ok=True)
         paths.server_properties.write_text(
-            render_server_properties(broker_port=port, controller_port=controller_port, log_dirs=paths.log_dirs),
+            render_server_properties(
+                broker_port=port,
+                controller_port=controller_port,
+                log_dirs=paths.log_dirs,
+                extra=properties,
+                extra_listeners=extra_listeners,
+            ),
             encoding="utf-8",
         )
         # Copied (not referenced) so a package upgrade never changes a running broker's config.
@@ -868,7 +904,7 @@ def start(settings: Settings, console: Console | None = None, timeout: float = 9
 
         with con.status(f"Starting Kafka {KAFKA_VERSION} on {bootstrap}…"):
             if not paths.meta_properties.exists():
-                _format_storage(java, libs, paths)
+                _format_storage(java, libs, paths, scram_users)
 
             _rotate_log(paths.log_file)
             cmd = [*_java_base_cmd(java, libs, paths, _heap_opts()), "kafka.Kafka", str(paths.server_properties)]

@@ -39,6 +39,21 @@ def _healthy(base: str) -> bool:
 def test_hot_swap_from_the_models_topic_under_load(isolated_settings: Settings, models_dir) -> None:  # type: ignore[no-untyped-def]
     settings = isolated_settings.model_copy(update={"cache_enabled": False})
     ensure_topics(settings)
+    # Inference obeys deploy events only for registered versions (inference/authority.py).
+    from atalaia.events import utcnow
+    from atalaia.storage.db import upgrade
+
+    upgrade(settings.database_url)
+    with create_engine(settings.database_url).begin() as conn:
+        conn.execute(
+            t.model_versions.insert().values(
+                version="smollm2-135m-instruct@v2",
+                status="candidate",
+                artefact_path=str(MAIN_SETTINGS.generator_path),
+                metrics={},
+                created_at=utcnow(),
+            )
+        )
     base = f"http://127.0.0.1:{settings.inference_port}"
     statuses: list[tuple[int, str]] = []
     stop = threading.Event()

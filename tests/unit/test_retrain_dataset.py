@@ -265,3 +265,31 @@ def test_dataset_sources_setting_rejects_unknown_sources() -> None:
     with pytest.raises(ValueError, match="name one or more of feedback, qa, regulations"):
         Settings(dataset_sources="feedback,wiki")
     assert Settings(dataset_sources=" qa , feedback,qa").dataset_sources == "qa,feedback"
+
+
+def test_a_feedback_flood_from_one_caller_is_capped(engine: Engine, tmp_path: Path) -> None:
+    """One caller sends 200 crafted corrections, an honest one sends 3: with the cap, the flood
+    contributes at most ATALAIA_FEEDBACK_MAX_PER_CALLER pairs and the honest ones all stay."""
+    from sqlalchemy import update
+
+    for i in range(200):
+        add_feedback(engine, f"Crafted question {i}?", f"Crafted answer number {i}.", T0 + timedelta(seconds=i))
+    with engine.begin() as conn:
+        conn.execute(update(feedback).values(caller="attacker", subject_id="s-attacker"))
+    for i in range(3):
+        add_feedback(engine, f"Honest question {i}?", f"Honest answer {i}.", T0 + timedelta(seconds=i))
+    with engine.begin() as conn:
+        conn.execute(update(feedback).where(feedback.c.caller.is_(None)).values(caller="portal", subject_id="s-1"))
+
+    uncapped = build_dataset(
+        engine, Settings(home=tmp_path / "h1"), tmp_path / "d1", include_qa=False, include_regulations=False
+    )
+    assert uncapped.n_feedback == 203  # before: the flood is 98.5 % of the training data
+    capped_settings = Settings(home=tmp_path / "h2", feedback_max_per_caller=10, feedback_max_per_subject=50)
+    ds = build_dataset(engine, capped_settings, tmp_path / "d2", include_qa=False, include_regulations=False)
+    assert ds.n_feedback == 13
+    assert ds.dropped["caller_cap"] == 190
+    records = ds.records("train") + ds.records("val")
+    assert sum(r["question"].startswith("Honest") for r in records) == 3
+    # The run's data set records which corrections it used, by feedback event id.
+    assert all(r["id"].startswith("fb-") for r in records)
