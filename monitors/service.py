@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from atalaia.deadletter import dead_letter_for
-from atalaia.events import AlertEvent, EventError, MetricEvent, parse_event, utcnow
+from atalaia.events import AlertEvent, EventError, MetricEvent, parse_metrics, utcnow
 from atalaia.settings import Settings
 from atalaia.storage import repository
 from atalaia.storage import tables as t
@@ -243,7 +243,7 @@ class MonitorService:
                 for tp, records in polled.items():
                     for rec in records:
                         try:
-                            metric = parse_event(rec.value, MetricEvent)
+                            metrics = parse_metrics(rec.value)
                         except EventError as exc:
                             dead.append(
                                 dead_letter_for(
@@ -257,8 +257,9 @@ class MonitorService:
                                 )
                             )
                             continue
-                        if self._seen.add(str(metric.event_id)):
-                            self.evaluator.observe(metric)
+                        for metric in metrics:
+                            if self._seen.add(str(metric.event_id)):
+                                self.evaluator.observe(metric)
                 for record in dead:
                     self._retry(
                         "publish dead letter",
