@@ -229,31 +229,45 @@ class MetricBatchEvent(_Event):
     type: Literal["metric_batch"] = "metric_batch"
     events: list[ScoredEvent] = Field(min_length=1)
 
-    @classmethod
-    def pack(cls, metrics: Sequence[MetricEvent]) -> list[MetricBatchEvent]:
-        """Group metric events by their source event, ``MAX_EVENTS_PER_METRIC_BATCH`` per message."""
-        grouped: dict[uuid.UUID, ScoredEvent] = {}
+    @staticmethod
+    def pack_json(metrics: Sequence[MetricEvent]) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` messages of ``metrics``: grouped by source event, at most
+        ``MAX_EVENTS_PER_METRIC_BATCH`` events each, serialised straight from dicts (building
+        a model per metric would cost more than the messages it saves)."""
+        grouped: dict[uuid.UUID, dict[str, Any]] = {}
         for m in metrics:
             scored = grouped.get(m.source_event_id)
             if scored is None:
-                scored = grouped[m.source_event_id] = ScoredEvent.model_construct(
-                    source_event_id=m.source_event_id,
-                    source_ts=m.source_ts,
-                    service=m.service,
-                    model_version=m.model_version,
-                    metrics=[],
-                )
-            scored.metrics.append(
-                MetricScore.model_construct(name=m.name, value=m.value, error=m.error, labels=m.labels)
-            )
+                scored = grouped[m.source_event_id] = {
+                    "source_event_id": str(m.source_event_id),
+                    "source_ts": m.source_ts.isoformat(),
+                    "service": m.service,
+                    "model_version": m.model_version,
+                    "metrics": [],
+                }
+            scored["metrics"].append({"name": m.name, "value": m.value, "error": m.error, "labels": m.labels})
         items = list(grouped.values())
+        now = utcnow().isoformat()
         out = []
         for i in range(0, len(items), MAX_EVENTS_PER_METRIC_BATCH):
             chunk = items[i : i + MAX_EVENTS_PER_METRIC_BATCH]
+            first = chunk[0]["source_event_id"]
             # Deterministic id: a batch republished after a crash is the same message.
-            first = chunk[0]
-            out.append(cls(event_id=uuid.uuid5(first.source_event_id, f"metric_batch:{len(chunk)}"), events=chunk))
+            event_id = uuid.uuid5(uuid.UUID(first), f"metric_batch:{len(chunk)}")
+            message = {
+                "schema_version": SCHEMA_VERSION,
+                "event_id": str(event_id),
+                "ts": now,
+                "type": "metric_batch",
+                "events": chunk,
+            }
+            out.append((first.encode(), json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()))
         return out
+
+    @classmethod
+    def pack(cls, metrics: Sequence[MetricEvent]) -> list[MetricBatchEvent]:
+        """The messages of :meth:`pack_json` as models."""
+        return [cls.model_validate_json(value) for _, value in MetricBatchEvent.pack_json(metrics)]
 
     def expand(self) -> list[MetricEvent]:
         """The batch as one :class:`MetricEvent` per metric (already validated: no re-validation)."""

@@ -76,7 +76,7 @@ def one_batch(engine: Any, scorer: Any, raw: list[bytes], new: bool) -> tuple[di
         )
     t3 = time.perf_counter()
     if new:
-        messages = [m.to_json() for m in MetricBatchEvent.pack(scored.metrics)]
+        messages = [value for _, value in MetricBatchEvent.pack_json(scored.metrics)]
     else:
         messages = [m.to_json() for m in scored.metrics]
     t4 = time.perf_counter()

@@ -102,8 +102,8 @@ def correction_metrics(conn: Any, feedback: Sequence[FeedbackEvent], text: Any) 
 
 async def publish_metrics(topic: Any, metrics: Sequence[MetricEvent]) -> None:
     """Publish metrics compactly: one ``metric_batch`` message per up to 50 scored events."""
-    for message in MetricBatchEvent.pack(metrics):
-        await topic.send(key=str(message.events[0].source_event_id).encode(), value=message.to_json())
+    for key, value in MetricBatchEvent.pack_json(metrics):
+        await topic.send(key=key, value=value)
 
 
 async def retry_forever(what: str, fn: Callable[[], Any]) -> Any:
