@@ -45,5 +45,6 @@ def test_empty_window_is_nan_and_counts_zero() -> None:
     window = Window()
     assert window.value("count", 60) == 0 and window.value("rate", 60) == 0
     assert all(math.isnan(window.value(k, 60)) for k in ("mean", "sum", "min", "max", "p95", "share"))
+    window.append((datetime(2026, 1, 1, tzinfo=UTC), 1.0))
     with pytest.raises(ValueError, match="unknown aggregation"):
-        window.append((datetime(2026, 1, 1, tzinfo=UTC), 1.0)) or window.value("median", 60)
+        window.value("median", 60)
