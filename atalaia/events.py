@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,6 +38,8 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 MAX_EVENT_BYTES = 900_000
 ENVELOPE_FIELDS = ("schema_version", "event_id", "ts")
 MAX_INT32 = 2**31 - 1
+# Scored events per compact metrics message: 50 events x ~20 metrics stays far below the limit.
+MAX_EVENTS_PER_METRIC_BATCH = 50
 
 
 class EventError(ValueError):
@@ -219,6 +222,103 @@ class MetricEvent(_Event):
         )
 
 
+class MetricScore(BaseModel):
+    """One metric of a scored event inside a :class:`MetricBatchEvent`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64)
+    value: float | None = None
+    error: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ScoredEvent(BaseModel):
+    """The metrics of one inference event inside a :class:`MetricBatchEvent`."""
+
+    model_config = ConfigDict(extra="allow")
+    source_event_id: uuid.UUID
+    source_ts: datetime
+    service: str
+    model_version: str
+    metrics: list[MetricScore]
+
+
+class MetricBatchEvent(_Event):
+    """The metrics of a scored batch in one message (the compact form of :class:`MetricEvent`).
+
+    The worker publishes one per scored batch (at most ``MAX_EVENTS_PER_METRIC_BATCH`` events
+    each) instead of one message per metric: 200 events x 6 metrics were 1,200 messages.
+    Readers of the ``metrics`` topic take both forms (:func:`parse_metrics`); each metric keeps
+    its deterministic id, so a metric read in either form is recognisably the same.
+    """
+
+    type: Literal["metric_batch"] = "metric_batch"
+    events: list[ScoredEvent] = Field(min_length=1)
+
+    @staticmethod
+    def pack_json(metrics: Sequence[MetricEvent]) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` messages of ``metrics``: grouped by source event, at most
+        ``MAX_EVENTS_PER_METRIC_BATCH`` events each, serialised straight from dicts (building
+        a model per metric would cost more than the messages it saves)."""
+        grouped: dict[uuid.UUID, dict[str, Any]] = {}
+        for m in metrics:
+            scored = grouped.get(m.source_event_id)
+            if scored is None:
+                scored = grouped[m.source_event_id] = {
+                    "source_event_id": str(m.source_event_id),
+                    "source_ts": m.source_ts.isoformat(),
+                    "service": m.service,
+                    "model_version": m.model_version,
+                    "metrics": [],
+                }
+            scored["metrics"].append({"name": m.name, "value": m.value, "error": m.error, "labels": m.labels})
+        items = list(grouped.values())
+        now = utcnow().isoformat()
+        out = []
+        for i in range(0, len(items), MAX_EVENTS_PER_METRIC_BATCH):
+            chunk = items[i : i + MAX_EVENTS_PER_METRIC_BATCH]
+            first = chunk[0]["source_event_id"]
+            # Deterministic id: a batch republished after a crash is the same message.
+            event_id = uuid.uuid5(uuid.UUID(first), f"metric_batch:{len(chunk)}")
+            message = {
+                "schema_version": SCHEMA_VERSION,
+                "event_id": str(event_id),
+                "ts": now,
+                "type": "metric_batch",
+                "events": chunk,
+            }
+            out.append((first.encode(), json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()))
+        return out
+
+    @classmethod
+    def pack(cls, metrics: Sequence[MetricEvent]) -> list[MetricBatchEvent]:
+        """The messages of :meth:`pack_json` as models."""
+        return [cls.model_validate_json(value) for _, value in MetricBatchEvent.pack_json(metrics)]
+
+    def expand(self) -> list[MetricEvent]:
+        """The batch as one :class:`MetricEvent` per metric (already validated: no re-validation)."""
+        out = []
+        for scored in self.events:
+            for m in scored.metrics:
+                out.append(
+                    MetricEvent.model_construct(
+                        schema_version=self.schema_version,
+                        event_id=MetricEvent.id_for(scored.source_event_id, m.name),
+                        ts=self.ts,
+                        type="metric",
+                        source_event_id=scored.source_event_id,
+                        source_ts=scored.source_ts,
+                        service=scored.service,
+                        model_version=scored.model_version,
+                        name=m.name,
+                        value=m.value,
+                        error=m.error,
+                        labels=m.labels,
+                    )
+                )
+        return out
+
+
 class AlertEvent(_Event):
     """A transition of an alert's lifecycle (pending → firing → resolved)."""
 
@@ -263,13 +363,14 @@ class DeadLetterEvent(_Event):
 
 
 Event = Annotated[
-    InferenceEvent | FeedbackEvent | MetricEvent | AlertEvent | ModelEvent | DeadLetterEvent,
+    InferenceEvent | FeedbackEvent | MetricEvent | MetricBatchEvent | AlertEvent | ModelEvent | DeadLetterEvent,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: dict[str, type[_Event]] = {
     "inference": InferenceEvent,
     "feedback": FeedbackEvent,
     "metric": MetricEvent,
+    "metric_batch": MetricBatchEvent,
     "alert": AlertEvent,
     "deploy": ModelEvent,
     "rollback": ModelEvent,
@@ -375,7 +476,7 @@ def export_json_schemas(directory: Path) -> list[Path]:
     """Write one JSON Schema file per event type into ``directory`` (``docs/events/``)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for cls in (InferenceEvent, FeedbackEvent, MetricEvent, AlertEvent, ModelEvent, DeadLetterEvent):
+    for cls in (InferenceEvent, FeedbackEvent, MetricEvent, MetricBatchEvent, AlertEvent, ModelEvent, DeadLetterEvent):
         name = cls.__name__.removesuffix("Event").lower()
         path = directory / f"{name}.schema.json"
         schema = cls.model_json_schema()
@@ -383,3 +484,20 @@ def export_json_schemas(directory: Path) -> list[Path]:
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
         written.append(path)
     return written
+
+
+def parse_metrics(raw: bytes | str) -> list[MetricEvent]:
+    """Parse one message of the ``metrics`` topic, either form, into its metric events.
+
+    >>> import uuid
+    >>> ev = MetricEvent(source_event_id=uuid.uuid4(), source_ts=utcnow(), service="s",
+    ...     model_version="v", name="latency_ms", value=1.0)
+    >>> [m.name for m in parse_metrics(MetricBatchEvent.pack([ev])[0].to_json())], len(parse_metrics(ev.to_json()))
+    (['latency_ms'], 1)
+    """
+    event = parse_event(raw)
+    if isinstance(event, MetricEvent):
+        return [event]
+    if isinstance(event, MetricBatchEvent):
+        return event.expand()
+    raise EventError(f"expected a metric or metric_batch event, got {event.type!r}", "type")

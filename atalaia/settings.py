@@ -13,10 +13,12 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from atalaia.metrics.groups.registry import default_group_names, group_names, sampled_group_names
+
 ENV_PREFIX = "ATALAIA_"
-#: Metric groups a worker can compute; cheap ones (operational, text) are never sampled.
-METRIC_GROUPS = ("operational", "text", "embedding", "toxicity", "perplexity", "drift")
-SAMPLED_GROUPS = ("embedding", "toxicity", "perplexity")
+#: Metric groups a worker can compute (the plugin registry); cheap ones are never sampled.
+METRIC_GROUPS = group_names()
+SAMPLED_GROUPS = tuple(g for g in sampled_group_names() if g != "drift")  # drift tests every prompt
 
 
 class ConfigError(RuntimeError):
@@ -117,9 +119,8 @@ class Settings(BaseSettings):
         "versions not listed use the two default prices.",
     )
     metric_groups: str = Field(
-        "operational,text,embedding,toxicity,perplexity,drift",
-        description="Comma-separated metric groups the workers compute: "
-        "operational, text, embedding, toxicity, perplexity, drift.",
+        ",".join(default_group_names()),
+        description="Comma-separated metric groups the workers compute: " + ", ".join(group_names()) + ".",
     )
     sample_rates: dict[str, float] = Field(
         default_factory=dict,

@@ -62,7 +62,7 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _event(i: int, version: str) -> Any:
+def _event(i: int, version: str, reference: bool = False) -> Any:
     from atalaia.events import ChatMessage, InferenceEvent
 
     return InferenceEvent(
@@ -74,6 +74,8 @@ def _event(i: int, version: str) -> Any:
         prompt_tokens=15,
         completion_tokens=18,
         cost=0.00003,
+        # With the text group on (--groups), every event has a reference answer to score against.
+        reference="Employees get 30 working days of paid vacation per year." if reference else None,
     )
 
 
@@ -138,7 +140,7 @@ class Pipeline:
 
     def send(self, n: int, version: str) -> None:
         for _ in range(n):
-            ev = _event(self.produced, version)
+            ev = _event(self.produced, version, "text" in self.settings.enabled_groups)
             self.producer.send(self.topic, key=ev.key, value=ev.to_json())
             self.produced += 1
 
@@ -356,6 +358,7 @@ def main() -> None:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--sdk-events", type=int, default=20_000, help="events for the SDK and spool measurement")
     parser.add_argument("--workers", default="1,2", help="worker counts of the sustained runs (default 1,2)")
+    parser.add_argument("--groups", default="operational", help="ATALAIA_METRIC_GROUPS of the workers")
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: capacity,sustained,sdk")
     args = parser.parse_args()
 
@@ -372,12 +375,12 @@ def main() -> None:
         home=Path(tempfile.mkdtemp(prefix="atalaia-load-")),
         kafka_bootstrap=main_settings.kafka_bootstrap,
         topic_partitions=4,
-        metric_groups="operational",
+        metric_groups=args.groups,
         models_dir=main_settings.models_dir,
     )
     skip = set(filter(None, args.skip.split(",")))
     print(
-        f"bench/load.py: {os.cpu_count()} CPUs, Kafka {base.kafka_bootstrap}, private PostgreSQL, operational metrics"
+        f"bench/load.py: {os.cpu_count()} CPUs, Kafka {base.kafka_bootstrap}, private PostgreSQL, groups {args.groups}"
     )
     with private_postgres() as pg:
         caps: dict[int, float] = {}

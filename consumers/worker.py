@@ -17,7 +17,7 @@ import faust
 from faust.types import EventT
 
 from atalaia.deadletter import dead_letter_for
-from atalaia.events import EventError, FeedbackEvent, InferenceEvent, MetricEvent, parse_event
+from atalaia.events import EventError, FeedbackEvent, InferenceEvent, MetricBatchEvent, MetricEvent, parse_event
 from atalaia.kafka import clients
 from atalaia.settings import Settings
 from atalaia.storage import repository, tables
@@ -99,6 +99,12 @@ def correction_metrics(conn: Any, feedback: Sequence[FeedbackEvent], text: Any) 
             continue
         out.extend(metric(f"correction_{name}", value) for name, value in scores.items())
     return out
+
+
+async def publish_metrics(topic: Any, metrics: Sequence[MetricEvent]) -> None:
+    """Publish metrics compactly: one ``metric_batch`` message per up to 50 scored events."""
+    for key, value in MetricBatchEvent.pack_json(metrics):
+        await topic.send(key=key, value=value)
 
 
 async def retry_forever(what: str, fn: Callable[[], Any]) -> Any:
@@ -206,8 +212,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
 
             new_events, new_metrics, extra = await retry_forever("inference batch", write)
             # Publish after the commit: a metric on the topic always has its row in the table.
-            for m in [*scored.metrics, *extra]:
-                await metrics_topic.send(key=str(m.source_event_id).encode(), value=m.to_json())
+            await publish_metrics(metrics_topic, [*scored.metrics, *extra])
             log.info("batch stored", extra={"events": len(valid), "new_events": new_events, "new_metrics": new_metrics})
 
     @app.agent(feedback_topic, name="store-feedback")
@@ -228,8 +233,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
                     return metrics
 
             metrics = await retry_forever("feedback batch", write_feedback)
-            for m in metrics:
-                await metrics_topic.send(key=str(m.source_event_id).encode(), value=m.to_json())
+            await publish_metrics(metrics_topic, metrics)
 
     @app.timer(interval=WINDOWS_EVERY_S)
     async def materialize_windows() -> None:

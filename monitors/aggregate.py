@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 from atalaia.metrics.stats import percentile
 
-__all__ = ["aggregate", "percentile"]
+__all__ = ["Window", "aggregate", "percentile"]
 
 
 def aggregate(kind: str, values: Sequence[float], window_s: float) -> float:
@@ -33,3 +36,118 @@ def aggregate(kind: str, values: Sequence[float], window_s: float) -> float:
     if kind in ("p50", "p95", "p99"):
         return percentile(values, float(kind[1:]))
     raise ValueError(f"unknown aggregation {kind!r}")
+
+
+class Window:
+    """The samples of one series in event-time order, with aggregates kept up to date as samples
+    enter and leave, so evaluating a rule costs the same for a 60 s and a 900 s window.
+
+    Count, sum and mean come from a compensated running sum; min, max, percentiles and the share
+    above a threshold from a sorted multiset of the values (``sortedcontainers.SortedList``:
+    O(log n) per insert and removal, O(log n) per query). Results equal :func:`aggregate` over
+    the same values (up to float rounding of the running sum).
+
+    It reads like the deque it replaces: ``append`` (in time order), ``popleft``, ``[0]``,
+    ``[-1]``, ``len``, iteration.
+
+    >>> from datetime import UTC, datetime, timedelta
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> w = Window()
+    >>> for i, v in enumerate([5.0, 1.0, 3.0, 2.0]):
+    ...     w.append((t0 + timedelta(seconds=i), v))
+    >>> w.value("mean", 60), w.value("p50", 60), w.value("max", 60), w.value("share", 60, 2.5)
+    (2.75, 2.5, 5.0, 0.5)
+    >>> w.prune(t0 + timedelta(seconds=1)); w.value("max", 60), len(w)
+    (3.0, 3)
+    """
+
+    def __init__(self) -> None:
+        from sortedcontainers import SortedList
+
+        self._items: deque[tuple[datetime, float]] = deque()
+        self._sorted: SortedList = SortedList()
+        # Neumaier-compensated running sum: additions and removals do not accumulate rounding.
+        self._sum = 0.0
+        self._comp = 0.0
+
+    def _add(self, value: float) -> None:
+        total = self._sum + value
+        if abs(self._sum) >= abs(value):
+            self._comp += (self._sum - total) + value
+        else:
+            self._comp += (value - total) + self._sum
+        self._sum = total
+
+    def append(self, sample: tuple[datetime, float]) -> None:
+        """Add a sample no older than the newest one."""
+        self._items.append(sample)
+        self._sorted.add(sample[1])
+        self._add(sample[1])
+
+    def insert(self, sample: tuple[datetime, float]) -> None:
+        """Add a sample of any time (a late arrival), keeping time order."""
+        if not self._items or sample[0] >= self._items[-1][0]:
+            self.append(sample)
+            return
+        index = bisect_right([s[0] for s in self._items], sample[0])
+        self._items.insert(index, sample)
+        self._sorted.add(sample[1])
+        self._add(sample[1])
+
+    def popleft(self) -> tuple[datetime, float]:
+        """Remove and return the oldest sample."""
+        sample = self._items.popleft()
+        self._sorted.remove(sample[1])
+        self._add(-sample[1])
+        if not self._items:
+            self._sum = self._comp = 0.0
+        return sample
+
+    def prune(self, horizon: datetime) -> None:
+        """Drop the samples older than ``horizon``."""
+        while self._items and self._items[0][0] < horizon:
+            self.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __getitem__(self, index: int) -> tuple[datetime, float]:
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[tuple[datetime, float]]:
+        return iter(self._items)
+
+    def _percentile(self, q: float) -> float:
+        ordered = self._sorted
+        pos = (len(ordered) - 1) * q / 100.0
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(ordered) - 1)
+        return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+
+    def value(self, kind: str, window_s: float, share_above: float | None = None) -> float:
+        """The aggregation ``kind`` of the samples (``share``: fraction above ``share_above``;
+        ``error_share``: the mean of 0/1 error flags); NaN when empty, as :func:`aggregate`."""
+        n = len(self._items)
+        if kind == "count":
+            return float(n)
+        if kind == "rate":
+            return n / window_s
+        if not n:
+            return math.nan
+        if kind in ("mean", "error_share"):
+            return (self._sum + self._comp) / n
+        if kind == "sum":
+            return self._sum + self._comp
+        if kind == "min":
+            return float(self._sorted[0])
+        if kind == "max":
+            return float(self._sorted[-1])
+        if kind in ("p50", "p95", "p99"):
+            return self._percentile(float(kind[1:]))
+        if kind == "share":
+            above = share_above if share_above is not None else math.inf
+            return (n - self._sorted.bisect_right(above)) / n
+        raise ValueError(f"unknown aggregation {kind!r}")

@@ -15,7 +15,6 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +22,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import BigInteger, Connection, Engine, Integer, and_, cast, extract, func, select
 
 from atalaia.events import utcnow
+from atalaia.metrics.groups import registry
+from atalaia.metrics.groups.base import Chart
 from atalaia.storage import tables as t
 from atalaia.storage.repository import as_utc
 
@@ -41,61 +42,8 @@ MAX_TRANSITIONS = 500
 OPEN_STATES = ("pending", "firing")
 
 
-@dataclass(frozen=True)
-class Chart:
-    """One chart of the page: which metric it draws, which statistics, and how they are derived.
-
-    ``stats`` name columns of ``metric_windows`` (``mean``, ``p50``, ``p95``, ``p99``) or the
-    derived ``rate`` (rows per second) and ``per_hour`` (sum of the values per hour, from
-    ``mean * count``). A chart with ``source="drift"`` draws the drift test scores and their
-    threshold from ``metrics`` instead.
-    """
-
-    key: str
-    title: str
-    unit: str
-    metric: str
-    stats: tuple[str, ...]
-    source: str = "windows"
-    #: Metric names whose alert rules are marked on this chart.
-    alert_metrics: tuple[str, ...] = ()
-
-    def describe(self) -> dict[str, Any]:
-        """The chart as JSON for the page."""
-        return {
-            "key": self.key,
-            "title": self.title,
-            "unit": self.unit,
-            "metric": self.metric,
-            "stats": list(self.stats),
-            "alert_metrics": list(self.alert_metrics or (self.metric,)),
-        }
-
-
-CHARTS: tuple[Chart, ...] = (
-    Chart("requests", "Request rate", "req/s", "latency_ms", ("rate",), alert_metrics=("latency_ms",)),
-    Chart("latency", "Latency", "ms", "latency_ms", ("p50", "p95", "p99")),
-    Chart("cost", "Cost", "USD/h", "cost", ("per_hour",)),
-    Chart(
-        "toxicity",
-        "Toxicity of responses",
-        "score",
-        "toxicity_response",
-        ("mean", "p95"),
-        alert_metrics=("toxicity_response", "toxicity_prompt"),
-    ),
-    Chart("rougeL", "ROUGE-L vs reference", "F1", "rougeL", ("mean",)),
-    Chart("perplexity", "Perplexity", "ppl", "perplexity", ("p50", "p95")),
-    Chart(
-        "drift",
-        "Embedding drift (MMD²)",
-        "MMD²",
-        "embedding_drift",
-        ("score", "threshold"),
-        source="drift",
-        alert_metrics=("embedding_drift", "embedding_drift_flag", "embedding_drift_threshold"),
-    ),
-)
+#: The dashboard's charts: every metric group's (``atalaia/metrics/groups/``), from the registry.
+CHARTS: tuple[Chart, ...] = registry.charts()
 CHARTS_BY_KEY = {c.key: c for c in CHARTS}
 WINDOW_STATS = ("mean", "p50", "p95", "p99")
 DERIVED_STATS = ("rate", "per_hour")

@@ -10,14 +10,13 @@ import hashlib
 import json
 import math
 import uuid
-from bisect import insort
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from atalaia.drift.base import DriftDetector
 from atalaia.events import AlertEvent, MetricEvent
-from monitors.aggregate import aggregate
+from monitors.aggregate import Window
 from monitors.rules import Rule
 
 
@@ -50,7 +49,8 @@ class Series:
     """Samples of one rule and label set, kept in event-time order (or its detector's state)."""
 
     labels: dict[str, str]
-    samples: deque[tuple[datetime, float]] = field(default_factory=deque)
+    #: Time-ordered samples with incrementally kept aggregates (monitors.aggregate.Window).
+    samples: Window = field(default_factory=Window)
     detector: DriftDetector | None = None
     detections: deque[datetime] = field(default_factory=deque)
     #: First values of the series until the rule's baseline is complete, then its mean.
@@ -149,12 +149,8 @@ class RuleEvaluator:
                     series.baseline = sum(series.baseline_values) / len(series.baseline_values)
                     series.baseline_values = []
             sample = (metric.source_ts, value)
-            if not series.samples or sample[0] >= series.samples[-1][0]:
-                series.samples.append(sample)
-            else:  # late arrival: keep time order so pruning from the left stays correct
-                ordered = list(series.samples)
-                insort(ordered, sample, key=lambda s: s[0])
-                series.samples = deque(ordered)
+            # A late arrival is inserted in time order, so pruning from the left stays correct.
+            series.samples.insert(sample)
             while len(series.samples) > self._max_samples:
                 series.samples.popleft()
 
@@ -197,19 +193,12 @@ class RuleEvaluator:
             # Only detections up to `now`: replayed history must not look like the future.
             count = float(sum(1 for d in series.detections if d <= now))
             return count, count > 0, count == 0
-        while series.samples and series.samples[0][0] < horizon:
-            series.samples.popleft()
+        series.samples.prune(horizon)
         n = len(series.samples)
         if n < rule.min_samples:
             return math.nan, False, True
-        values = [v for _, v in series.samples]
-        if rule.aggregation == "error_share":  # samples are 1 (error) or 0 (value)
-            value = sum(values) / n if n else math.nan
-        elif rule.aggregation == "share":
-            above = rule.share_above if rule.share_above is not None else math.inf
-            value = sum(1 for v in values if v > above) / n if n else math.nan
-        else:
-            value = aggregate(rule.aggregation, values, rule.window_s)
+        # Kept up to date as samples come and go: the cost does not grow with the window.
+        value = series.samples.value(rule.aggregation, rule.window_s, rule.share_above)
         if rule.baseline is not None:
             base = series.baseline
             # No baseline yet (or a zero one, where a relative change means nothing): not evaluated.

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from atalaia.events import AlertEvent, MetricEvent, utcnow
+from atalaia.events import AlertEvent, MetricEvent, parse_metrics, utcnow
 from atalaia.kafka.clients import Publisher
 from atalaia.settings import Settings
 from atalaia.storage import repository
@@ -222,9 +222,11 @@ class MonitorService:
         web, feed = self._start_web() if self.serve_web else (None, None)
         last_eval = 0.0
 
-        def observe(metric: MetricEvent, _msg: Any) -> None:
-            if self._seen.add(str(metric.event_id)):
-                self.evaluator.observe(metric)
+        def observe(metrics: list[MetricEvent], _msg: Any) -> None:
+            # One message holds one metric (schema 1) or a scored event's batch (metric_batch).
+            for metric in metrics:
+                if self._seen.add(str(metric.event_id)):
+                    self.evaluator.observe(metric)
 
         def evaluate(polled: bool) -> None:
             nonlocal last_eval
@@ -244,6 +246,7 @@ class MonitorService:
                 on_poll=evaluate,
                 max_records=5000,
                 publisher=publisher,
+                parse=parse_metrics,
             )
         finally:
             publisher.close()

@@ -404,9 +404,11 @@ def follow(
     stats: FollowStats | None = None,
     max_records: int = 500,
     publisher: Publisher | None = None,
+    parse: Callable[[bytes], Any] | None = None,
 ) -> None:
     """Consume the full ``topic`` name until ``stop`` is set, calling ``handle(event, message)``
-    for each message parsed as ``event_type``.
+    for each message parsed as ``event_type`` (or by ``parse``, for topics whose messages hold
+    several events, such as ``metrics``' batches: ``handle`` then gets what ``parse`` returns).
 
     ``start``: ``committed`` — as consumer group ``group_id``, from its committed offsets (the
     earliest without), committing after each batch is handled, so a crash redelivers rather than
@@ -459,7 +461,10 @@ def follow(
                     for rec in records:
                         msg = Message(tp.topic, tp.partition, rec.offset, rec.value)
                         try:
-                            event = parse_event(rec.value or b"", event_type)  # type: ignore[arg-type]
+                            if parse is not None:
+                                event = parse(rec.value or b"")
+                            else:
+                                event = parse_event(rec.value or b"", event_type)  # type: ignore[arg-type]
                         except EventError as exc:
                             stats.malformed += 1
                             to_dead_letter(msg, exc.reason, exc.field)

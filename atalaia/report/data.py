@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from atalaia.events import utcnow
+from atalaia.metrics.groups import registry
 from atalaia.metrics.stats import percentile
 from atalaia.storage import tables as t
 from atalaia.storage.repository import as_utc
@@ -49,7 +50,19 @@ MAX_DRIFT_POINTS = 600
 #: Most alert transitions read.
 MAX_ALERT_ROWS = 5000
 #: Metric names the charts draw.
-SERIES_METRICS = ("latency_ms", "cost", "rougeL", "toxicity_response", "toxicity_prompt")
+#: The report's own charts, and those of every other metric group's windowed charts (registry).
+SERIES_METRICS = tuple(
+    dict.fromkeys(
+        [
+            "latency_ms",
+            "cost",
+            "rougeL",
+            "toxicity_response",
+            "toxicity_prompt",
+            *(c.metric for c in registry.charts() if c.source == "windows"),
+        ]
+    )
+)
 DRIFT_METRIC = "embedding_drift"
 #: Metrics where a lower value is better (for the direction of a change in the holdout table).
 LOWER_IS_BETTER = ("toxicity", "perplexity", "ppl", "latency", "cost", "loss", "drift", "error")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine
 
+from atalaia.metrics.groups import registry
 from atalaia.report import svg
 from atalaia.report.data import Alert, ReportData, Run, load_report_data, lower_is_better
 from atalaia.settings import Settings
@@ -27,13 +28,11 @@ log = logging.getLogger(__name__)
 
 #: Which alert rules' markers a chart shows: the metrics of its rules.
 CHART_METRICS: dict[str, tuple[str, ...]] = {
+    **{c.key: c.alert_metrics or (c.metric,) for c in registry.charts()},
     "requests": (),
-    "latency": ("latency_ms",),
-    "drift": ("embedding_drift", "embedding_drift_flag", "embedding_drift_threshold"),
-    "rougeL": ("rougeL",),
-    "toxicity": ("toxicity_response", "toxicity_prompt"),
-    "cost": ("cost",),
 }
+#: Charts drawn by hand below; every other windowed chart of the registry is drawn generically.
+OWN_CHARTS = ("requests", "latency", "drift", "rougeL", "toxicity", "cost")
 #: When the rules file does not name a rule's metric: a word of the rule name → metric.
 RULE_WORDS = (
     ("drift", "embedding_drift"),
@@ -245,6 +244,19 @@ def _charts(data: ReportData, draw: _Drawing) -> list[str]:
         for s in data.series_for("cost", "sum")
     ]
     charts.append(draw.chart("cost", f"Cost per {_bucket_label(width)}", "USD", lines))
+
+    # Charts of the other metric groups (the plugin registry), drawn when their metric has data.
+    for spec in registry.charts():
+        if spec.key in OWN_CHARTS or spec.source != "windows":
+            continue
+        stat = next((st for st in ("mean", "p95") if st in spec.stats), "mean")
+        lines = [
+            svg.Line(f"{s.version} {stat}", draw.colour(s.version), s.points, version=s.version)
+            for s in data.series_for(spec.metric, stat)
+            if any(v is not None for _, v in s.points)
+        ]
+        if lines:
+            charts.append(draw.chart(spec.key, f"{spec.title} ({stat})", spec.unit, lines))
 
     spans = [
         svg.Span(

@@ -6,6 +6,7 @@ redelivered after a crash (Kafka is at-least-once) changes nothing: exactly once
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,22 +23,78 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def insert_ignoring_duplicates(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert ``rows``, skipping those whose key already exists; return how many were new."""
+#: From this many rows on, PostgreSQL writes go through ``COPY`` into a staging table: one
+#: stream instead of a statement with thousands of bound parameters to parse and plan.
+COPY_MIN_ROWS = 16
+
+
+def insert_ignoring_duplicates(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], *, method: str = "auto"
+) -> int:
+    """Insert ``rows``, skipping those whose key already exists; return how many were new.
+
+    ``method`` is ``auto`` (``COPY`` on PostgreSQL for batches of ``COPY_MIN_ROWS`` or more, one
+    ``executemany`` on SQLite), ``copy`` or ``insert`` (the multi-row ``INSERT ... RETURNING``,
+    kept for small writes and for comparison in ``bench/write_path.py``).
+    """
     if not rows:
         return 0
     dialect = conn.dialect.name
-    stmt: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing()
+        if method == "copy" or (method == "auto" and len(rows) >= COPY_MIN_ROWS):
+            return copy_ignoring_duplicates(conn, table, rows)
+        stmt: postgresql.Insert | sqlite.Insert = postgresql.insert(table).on_conflict_do_nothing()
     elif dialect == "sqlite":
         stmt = sqlite.insert(table).on_conflict_do_nothing()
+        if method != "insert":
+            # One prepared statement run per row (sqlite3's executemany sums the rows it changed):
+            # no giant VALUES list to build, and SQLite's 32,766-parameter limit never applies.
+            return int(conn.execute(stmt, list(rows)).rowcount)
     else:  # pragma: no cover - only the two supported databases
         raise NotImplementedError(f"unsupported database dialect {dialect!r}")
     # executemany rowcounts are unreliable across drivers; RETURNING yields exactly the new rows.
     key = next(iter(table.primary_key.columns))
     result = conn.execute(stmt.returning(key), list(rows))
     return len(result.all())
+
+
+def copy_ignoring_duplicates(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """PostgreSQL: ``COPY`` ``rows`` into a session-local staging table, then move them into
+    ``table`` with ``INSERT ... ON CONFLICT DO NOTHING``; return how many were new.
+
+    Idempotency is the table's unique key, exactly as with a plain insert: a redelivered batch
+    (or a row repeated within the batch) is skipped. The staging table is emptied by the same
+    statement that moves its rows, and everything runs in the caller's transaction, so a failure
+    leaves nothing behind.
+    """
+    from psycopg import sql
+    from psycopg.types.json import Json
+    from sqlalchemy import JSON
+
+    names = list(rows[0])
+    json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    # One staging table per table and column list (callers may leave optional columns out).
+    digest = hashlib.blake2b("\0".join(names).encode(), digest_size=4).hexdigest()
+    stage = sql.Identifier(f"atalaia_stage_{table.name}_{digest}")
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(
+                stage, cols, sql.Identifier(table.name)
+            )
+        )
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols)) as copy:
+            for row in rows:
+                copy.write_row([Json(row[n]) if n in json_cols else row[n] for n in names])
+        cur.execute(
+            sql.SQL(
+                "WITH moved AS (DELETE FROM {stage} RETURNING {cols}) "
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM moved ON CONFLICT DO NOTHING"
+            ).format(stage=stage, cols=cols, table=sql.Identifier(table.name))
+        )
+        return max(cur.rowcount, 0)
 
 
 def inference_row(event: InferenceEvent, ingested_at: datetime | None = None) -> dict[str, Any]:

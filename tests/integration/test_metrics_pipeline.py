@@ -244,3 +244,33 @@ def test_drifted_stream_is_flagged_and_stationary_is_not(
         ).all()
     stationary_flags = [v for m, v in flags if m == "stationary@1"]
     assert len(stationary_flags) >= 5 and sum(stationary_flags) == 0
+
+
+def test_metrics_topic_carries_compact_batches_matching_the_rows(isolated_settings: Settings, fresh_pg: str) -> None:
+    """The worker publishes ``metric_batch`` messages (not one per metric); read back with
+    ``parse_metrics`` they hold exactly the stored metric rows, with the same deterministic ids."""
+    from kafka import KafkaConsumer
+
+    from atalaia.events import MetricEvent, parse_metrics
+
+    settings = isolated_settings.model_copy(update={"database_url": fresh_pg, "metric_groups": "operational"})
+    ensure_topics(settings)
+    engine = create_engine(fresh_pg)
+    events = [event(f"q{i}") for i in range(120)]
+    with service("worker", settings):
+        produce(settings, events)
+        wait_until(lambda: count(engine, t.metrics) == len(events) * 6, 120, "all metric rows")
+        consumer = KafkaConsumer(
+            settings.topic("metrics"),
+            bootstrap_servers=settings.bootstrap_servers,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=5000,
+        )
+        messages = [rec.value for rec in consumer]
+        consumer.close()
+    read = [m for raw in messages for m in parse_metrics(raw)]
+    assert len(messages) < len(events)  # compact: far fewer messages than the 720 metrics
+    with engine.connect() as conn:
+        rows = {(r.event_id, r.name) for r in conn.execute(select(t.metrics.c.event_id, t.metrics.c.name))}
+    assert {(str(m.source_event_id), m.name) for m in read} == rows
+    assert all(m.event_id == MetricEvent.id_for(m.source_event_id, m.name) for m in read)

@@ -74,6 +74,47 @@ def test_writes_are_idempotent_on_event_id_and_metric_name(db_url: str) -> None:
     assert repository.table_counts(engine)["inference_events"] == 2
 
 
+@pytest.mark.parametrize("method", ["auto", "copy", "insert"])
+def test_batch_write_paths_store_each_row_once(db_url: str, method: str) -> None:
+    """COPY through the staging table (PostgreSQL), executemany (SQLite) and the multi-row
+    INSERT agree: new rows are counted, repeats (in the batch or already stored) are skipped,
+    JSON, NULL and time values survive, and the staging table is left empty for the next write."""
+    engine = create_engine(db_url)
+    events = [_event() for _ in range(40)]
+    rows = [repository.inference_row(e) for e in events]
+    metrics = [repository.metric_row(m) for e in events for m in metric_events(e, dict(operational_values(e)))]
+    metrics[0]["labels"] = {"backend": "x"}
+    metrics[1]["error"], metrics[1]["value"] = "boom", None
+    with engine.begin() as conn:
+        assert repository.insert_ignoring_duplicates(conn, t.inference_events, rows[:30], method=method) == 30
+        # One transaction, two writes through the same staging table: the second sees no leftovers.
+        assert repository.insert_ignoring_duplicates(conn, t.inference_events, rows + rows[:5], method=method) == 10
+        assert repository.insert_ignoring_duplicates(conn, t.metrics, metrics, method=method) == len(metrics)
+    with engine.begin() as conn:  # a redelivered batch
+        assert repository.insert_ignoring_duplicates(conn, t.metrics, metrics, method=method) == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.inference_events)).scalar_one() == 40
+        assert conn.execute(select(func.count()).select_from(t.metrics)).scalar_one() == len(metrics)
+        first = conn.execute(
+            select(t.metrics).where(
+                t.metrics.c.event_id == metrics[0]["event_id"], t.metrics.c.name == metrics[0]["name"]
+            )
+        ).one()
+        failed = conn.execute(
+            select(t.metrics).where(
+                t.metrics.c.event_id == metrics[1]["event_id"], t.metrics.c.name == metrics[1]["name"]
+            )
+        ).one()
+        stored = conn.execute(
+            select(t.inference_events).where(t.inference_events.c.event_id == rows[7]["event_id"])
+        ).one()
+    assert first.labels == {"backend": "x"} and first.value == metrics[0]["value"]
+    assert failed.value is None and failed.error == "boom" and failed.labels is None
+    assert stored.metadata == {"nested": {"a": [1, 2]}} and stored.messages[0]["content"] == "olá ✓"
+    assert stored.ts.replace(tzinfo=stored.ts.tzinfo or events[7].ts.tzinfo) == events[7].ts
+    assert stored.reference is None
+
+
 def test_unreachable_postgres_fails_clearly() -> None:
     with pytest.raises(Exception, match=r"connect|refused|Connection"):
         upgrade(f"postgresql+psycopg://x:y@127.0.0.1:1/{uuid.uuid4().hex}")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,38 @@ def test_docs_schemas_are_current(tmp_path: Path) -> None:
         committed = docs / generated.name
         assert committed.exists(), f"run `make schemas`: {committed} missing"
         assert committed.read_text() == generated.read_text(), f"run `make schemas`: {committed} is stale"
+
+
+def test_metric_batch_round_trips_and_per_metric_messages_still_read() -> None:
+    """The compact form carries every metric with its deterministic id; the old form still parses."""
+    from atalaia.events import MAX_EVENTS_PER_METRIC_BATCH, MetricBatchEvent, MetricEvent, parse_metrics
+
+    sources = [uuid.uuid4() for _ in range(MAX_EVENTS_PER_METRIC_BATCH + 3)]
+    metrics = [
+        MetricEvent(
+            event_id=MetricEvent.id_for(src, name),
+            source_event_id=src,
+            source_ts=datetime(2026, 1, 1, tzinfo=UTC),
+            service="svc",
+            model_version="m@1",
+            name=name,
+            value=None if name == "perplexity" else 1.5,
+            error="boom" if name == "perplexity" else None,
+            labels={"backend": "x"} if name == "toxicity_response" else {},
+        )
+        for src in sources
+        for name in ("latency_ms", "perplexity", "toxicity_response")
+    ]
+    messages = MetricBatchEvent.pack(metrics)
+    assert [len(m.events) for m in messages] == [MAX_EVENTS_PER_METRIC_BATCH, 3]
+    read = [m for message in messages for m in parse_metrics(message.to_json())]
+    assert [(m.event_id, m.source_event_id, m.name, m.value, m.error, m.labels) for m in read] == [
+        (m.event_id, m.source_event_id, m.name, m.value, m.error, m.labels) for m in metrics
+    ]
+    assert all(m.source_ts == metrics[0].source_ts and m.model_version == "m@1" for m in read)
+    assert parse_metrics(metrics[0].to_json()) == [metrics[0]]
+    with pytest.raises(EventError, match="expected a metric"):
+        parse_metrics(
+            b'{"type": "deploy", "schema_version": 2, "event_id": "%s", "ts": "2026-01-01T00:00:00Z", '
+            b'"model_version": "v"}' % str(uuid.uuid4()).encode()
+        )

@@ -194,6 +194,8 @@ def test_toxicity_of_an_uncovered_language_is_labelled_not_scored(tmp_path: Path
     assert row.value is None and "'pt' not covered" in (row.error or "")
     assert row.labels == {"backend": "alt-profanity-check", "language": "pt"}
     assert "Você é um idiota e não vou responder a isso." not in tox.seen
+
+
 def test_an_event_without_content_gets_operational_metrics_only(tmp_path: Path) -> None:
     # An OpenTelemetry span recorded without content capture: no messages, no response.
     bare = InferenceEvent(

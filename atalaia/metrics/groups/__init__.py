@@ -1,0 +1,1 @@
+"""Metric groups as plugins: one module per group, listed in :mod:`.registry`."""

@@ -1,0 +1,40 @@
+"""Operational metrics: latency, tokens, cost and cache hits, read from the event itself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from atalaia.events import InferenceEvent
+from atalaia.metrics.groups.base import Chart, Collector, Metric, MetricGroup
+from atalaia.metrics.operational import Price, operational_values
+
+
+class OperationalGroup(MetricGroup):
+    """Latency, token counts, cost (a configured price wins) and cache hits."""
+
+    name = "operational"
+    needs_text = False  # latency, tokens and cost need no content
+    metrics = (
+        Metric("latency_ms", "ms", "lower", "end-to-end latency reported by the service"),
+        Metric("prompt_tokens", "tokens", "neither", "tokens of the prompt"),
+        Metric("completion_tokens", "tokens", "neither", "tokens of the response"),
+        Metric("total_tokens", "tokens", "neither", "prompt plus completion tokens"),
+        Metric("cost", "USD", "lower", "cost of the request; `ATALAIA_PRICES` wins over the event's own"),
+        Metric("cache_hit", "0/1", "neither", "1 when the answer came from the semantic cache"),
+    )
+    method = "from the event; `cost` from `ATALAIA_PRICES` when the model version is listed"
+    charts = (
+        Chart("requests", "Request rate", "req/s", "latency_ms", ("rate",), alert_metrics=("latency_ms",)),
+        Chart("latency", "Latency", "ms", "latency_ms", ("p50", "p95", "p99")),
+        Chart("cost", "Cost", "USD/h", "cost", ("per_hour",)),
+    )
+
+    def score(self, events: Sequence[InferenceEvent], out: Collector) -> None:
+        prices = self.settings.prices
+        for ev in events:
+            values = operational_values(ev)
+            if ev.model_version in prices:
+                # A configured price wins: the emitting service may not know the contract price.
+                values["cost"] = Price(*prices[ev.model_version]).cost(ev.prompt_tokens, ev.completion_tokens)
+            for name, value in values.items():
+                out.add(ev, name, value)
