@@ -317,7 +317,9 @@ def erase_subject(
     report = ErasureReport(subject_id=sid)
     with engine.begin() as conn:
         ids = _event_ids(conn, sid)
-        fb_ids = list(conn.execute(select(t.feedback.c.event_id).where(_feedback_filter(sid, ids))).scalars())
+        fb_ids: list[str] = list(
+            conn.execute(select(t.feedback.c.event_id).where(_feedback_filter(sid, ids))).scalars()
+        )
         report.datasets = _datasets_with(settings, set(fb_ids))
         scored = ids + fb_ids
         counts = dict.fromkeys(("metrics", "embeddings", "feedback", "inference_events"), 0)
