@@ -151,6 +151,10 @@ class EventProducer:
         # spools them too if the thread is stuck (a duplicate on disk is harmless, a loss is not).
         self._held: list[SpooledMessage] = []
         self._last_connect = 0.0
+        # Monotonic times of the last answer from the broker and the last retriable failure:
+        # whether the broker is reachable is told apart from whether events are flowing.
+        self._last_ok = 0.0
+        self._last_error = 0.0
         self._closed = threading.Event()
         self._lock = threading.Lock()
         # Events that found the queue full: emit() only appends here (no disk I/O on the caller's
@@ -212,6 +216,11 @@ class EventProducer:
     def connected(self) -> bool:
         """Whether the last delivery attempt reached Kafka (False while events are being spooled)."""
         return self._producer is not None and not self._degraded
+
+    @property
+    def broker_reachable(self) -> bool:
+        """Whether the broker answered more recently than it failed (a poison record is no failure)."""
+        return self._producer is not None and self._last_ok >= self._last_error
 
     @property
     def spool_depth(self) -> int:
@@ -368,12 +377,14 @@ class EventProducer:
                 reconnect_backoff_max_ms=2_000,
                 max_request_size=self.settings.kafka_max_message_bytes,
             )
+            self._last_ok = time.monotonic()  # the constructor bootstraps: the broker answered
         except Exception as exc:  # noqa: BLE001 - bad address or broker down: spool and keep trying
             self._mark_degraded(exc)
         # Count the pause from the end of the attempt: a failed bootstrap itself takes seconds.
         self._last_connect = time.monotonic()
 
     def _mark_degraded(self, exc: BaseException) -> None:
+        self._last_error = time.monotonic()
         if not self._degraded:
             log.warning(
                 "kafka unreachable; spooling events to disk",
@@ -454,6 +465,7 @@ class EventProducer:
         with self._lock:
             if self._in_flight.pop(ident, None) is not None:
                 self.stats.sent += 1
+        self._last_ok = time.monotonic()
 
     def _on_failed(self, ident: int, exc: Exception) -> None:
         with self._lock:
@@ -507,6 +519,7 @@ class EventProducer:
                 self._dead_letter(chunk[i], _reason(exc))
             self.spool.remove([*delivered, *poison])
             if delivered:
+                self._last_ok = time.monotonic()
                 self.stats.replayed += len(delivered)
                 self.stats.sent += len(delivered)
                 log.info("spool replayed", extra={"delivered": len(delivered), "left": len(self.spool)})
