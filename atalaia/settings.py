@@ -333,7 +333,8 @@ class Settings(BaseSettings):
     )
     producer_in_flight_timeout_s: Annotated[float, Field(gt=0)] = Field(
         45.0,
-        description="An event handed to Kafka and not acknowledged within this is spooled (a retry may duplicate it; writes are idempotent).",
+        description="An event handed to Kafka and not acknowledged within this is spooled "
+        "(a retry may duplicate it; writes are idempotent).",
     )
     spool_max_bytes: Annotated[int, Field(ge=4096)] = Field(
         1_073_741_824,

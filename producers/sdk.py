@@ -515,8 +515,8 @@ class EventProducer:
                         poison[i] = exc
                     elif failure is None:
                         failure = exc
-            for i, exc in sorted(poison.items()):
-                self._dead_letter(chunk[i], _reason(exc))
+            for i, error in sorted(poison.items()):
+                self._dead_letter(chunk[i], _reason(error))
             self.spool.remove([*delivered, *poison])
             if delivered:
                 self._last_ok = time.monotonic()
