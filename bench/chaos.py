@@ -109,14 +109,27 @@ def main() -> None:
             stack.enter_context(service("serve", settings))
             wait_until(lambda: _health(base), 300, "the inference service\n" + log_text(settings, "serve")[-2000:])
             t0 = time.monotonic()
+
+            def supervise() -> None:
+                # As compose's "restart: unless-stopped" does: a worker that exited (it cannot
+                # start while the broker is down) is started again.
+                if worker[0].poll() is not None:
+                    worker[0] = stack.enter_context(service("worker", settings))
+                    faults.append(f"{time.monotonic() - t0:.0f}s worker exited, restarted")
+
             next_broker, next_kill, pg_done = args.broker_every, args.kill_every, False
+            broker_restart: threading.Thread | None = None
+            pg_restart: threading.Thread | None = None
             with ThreadPoolExecutor(max_workers=8) as pool:
                 while (now := time.monotonic() - t0) < duration:
                     pool.submit(ask, sent)
                     sent += 1
-                    if now >= next_broker:
+                    # One restart at a time: a restart still under way (slow on a loaded machine)
+                    # skips the next one rather than overlapping it.
+                    if now >= next_broker and (broker_restart is None or not broker_restart.is_alive()):
                         next_broker += args.broker_every
-                        threading.Thread(target=lambda: (kafka.stop(), kafka.start()), daemon=True).start()
+                        broker_restart = threading.Thread(target=lambda: (kafka.stop(), kafka.start()), daemon=True)
+                        broker_restart.start()
                         faults.append(f"{now:.0f}s broker restart")
                     if now >= next_kill:
                         next_kill += args.kill_every
@@ -126,11 +139,16 @@ def main() -> None:
                         faults.append(f"{now:.0f}s worker SIGKILL")
                     if not pg_done and now >= duration / 2:
                         pg_done = True
-                        threading.Thread(
+                        pg_restart = threading.Thread(
                             target=lambda: (pg.stop("fast"), time.sleep(10), pg.start()), daemon=True
-                        ).start()
+                        )
+                        pg_restart.start()
                         faults.append(f"{now:.0f}s postgres restart")
+                    supervise()
                     time.sleep(max(0.0, t0 + sent / args.rate - time.monotonic()))
+            for restart in (broker_restart, pg_restart):  # both services up again before draining
+                if restart is not None:
+                    restart.join()
             ids = set(answered)
 
             def stored() -> int:
@@ -143,7 +161,12 @@ def main() -> None:
 
             drained_at = time.monotonic()
             try:
-                wait_until(lambda: stored() >= len(ids), args.drain, "every answered event stored", interval=2)
+                wait_until(
+                    lambda: (supervise(), stored() >= len(ids))[1],
+                    args.drain,
+                    "every answered event stored",
+                    interval=2,
+                )
             except AssertionError as exc:
                 print(f"not drained: {exc}")
             drain_s = time.monotonic() - drained_at
