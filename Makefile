@@ -8,6 +8,7 @@ export ATALAIA_HOME ?= $(CURDIR)/.atalaia
 .PHONY: setup demo test lint format schemas models kafka-start kafka-stop postgres clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
+	./scripts/system-deps.sh base
 	./scripts/setup.sh
 
 setup: $(STAMP)  ## venv + packages
@@ -15,12 +16,15 @@ setup: $(STAMP)  ## venv + packages
 models: setup  ## convert/check the models (cached)
 	$(BIN)/atalaia models prepare
 
-demo: setup  ## the whole slice on embedded defaults (local Kafka, SQLite)
+demo:  ## the whole slice on embedded defaults (local Kafka, SQLite)
 	./scripts/system-deps.sh demo
+	$(MAKE) --no-print-directory setup
 	./scripts/wordnet.sh
 	$(BIN)/atalaia demo
 
-test: setup  ## unit + integration tests against real Kafka, PostgreSQL and models
+test:  ## unit + integration tests against real Kafka, PostgreSQL and models
+	./scripts/system-deps.sh test
+	$(MAKE) --no-print-directory setup
 	./scripts/test.sh
 
 lint: setup

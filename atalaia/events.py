@@ -472,6 +472,35 @@ def parse_event(raw: bytes | str, expected: type[_Event] | None = None) -> Any:
         raise EventError("event is nested too deeply") from None
 
 
+WIRE_RULES = (
+    "On the wire, `type`, `schema_version`, `event_id` and `ts` are required (the Python models "
+    "fill them in code; the parser does not). Not expressible in JSON Schema, also enforced: no "
+    "string (key or value) may hold NUL (U+0000) or a lone UTF-16 surrogate, and a message is at "
+    f"most {MAX_EVENT_BYTES} bytes of UTF-8 JSON; a timestamp must stay within years 1-9999 once converted to UTC."
+)
+
+
+def wire_schema(cls: type[_Event]) -> dict[str, Any]:
+    """The JSON Schema of ``cls`` as :func:`parse_event` accepts it on the wire.
+
+    Pydantic's schema marks fields with defaults as optional; the parser requires ``type`` and the
+    envelope (``ENVELOPE_FIELDS``), and reads only the supported schema versions.
+    """
+    schema = cls.model_json_schema()
+    schema["required"] = sorted({*schema.get("required", []), "type", *ENVELOPE_FIELDS})
+    props = schema["properties"]
+    props["schema_version"] = {
+        "enum": sorted(SUPPORTED_SCHEMA_VERSIONS),
+        "title": "Schema Version",
+        "type": "integer",
+        "description": f"{SCHEMA_VERSION} for new events; every listed version is still read",
+    }
+    for name in ("type", "schema_version", "event_id", "ts"):
+        props[name].pop("default", None)
+    schema["description"] = f"{schema.get('description', '').strip()} {WIRE_RULES}".strip()
+    return schema
+
+
 def export_json_schemas(directory: Path) -> list[Path]:
     """Write one JSON Schema file per event type into ``directory`` (``docs/events/``)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -479,7 +508,7 @@ def export_json_schemas(directory: Path) -> list[Path]:
     for cls in (InferenceEvent, FeedbackEvent, MetricEvent, MetricBatchEvent, AlertEvent, ModelEvent, DeadLetterEvent):
         name = cls.__name__.removesuffix("Event").lower()
         path = directory / f"{name}.schema.json"
-        schema = cls.model_json_schema()
+        schema = wire_schema(cls)
         schema["$id"] = f"https://atalaia.dev/schemas/v{SCHEMA_VERSION}/{name}.schema.json"
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
         written.append(path)

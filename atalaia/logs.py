@@ -51,6 +51,30 @@ class TextFormatter(logging.Formatter):
 
 
 NOISY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "httpx", "urllib3", "alembic")
+# kafka-python logs every refused connection attempt as an ERROR (about 30 lines while a broker
+# that was just started comes up). The client retries them, and Atalaia reports the outcome itself
+# ("kafka unreachable; spooling events to disk", a failed start): they are warnings.
+KAFKA_CONNECTION_LOGGERS = ("kafka.net.connection", "kafka.net.manager", "kafka.conn", "kafka.client_async")
+
+
+_RETRIED_SIGNS = ("KafkaConnectionError", "ECONNREFUSED", "Connection refused", "Unable to bootstrap")
+
+
+class RetriedConnectionErrors(logging.Filter):
+    """Demote kafka-python's connection-refused/lost errors to WARNING (they are retried).
+
+    >>> rec = logging.LogRecord("kafka.net.manager", logging.ERROR, "", 0,
+    ...     "Connection failed: KafkaConnectionError: 111 ECONNREFUSED", None, None)
+    >>> RetriedConnectionErrors().filter(rec), rec.levelname
+    (True, 'WARNING')
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING:
+            text = record.getMessage()
+            if any(sign in text for sign in _RETRIED_SIGNS):
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def logging_dict_config(level: str = "INFO", json_lines: bool | None = None) -> dict[str, Any]:
@@ -68,8 +92,12 @@ def logging_dict_config(level: str = "INFO", json_lines: bool | None = None) -> 
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "atalaia", "stream": "ext://sys.stderr"}
         },
+        "filters": {"retried": {"()": RetriedConnectionErrors}},
         "root": {"level": level, "handlers": ["stderr"]},
-        "loggers": {name: {"level": quiet} for name in NOISY_LOGGERS},
+        "loggers": {
+            **{name: {"level": quiet} for name in NOISY_LOGGERS},
+            **{name: {"filters": ["retried"]} for name in KAFKA_CONNECTION_LOGGERS},
+        },
     }
 
 
@@ -89,3 +117,7 @@ def configure_logging(level: str = "INFO", json_lines: bool | None = None) -> No
     # Client libraries are chatty at INFO; their warnings still come through.
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for name in KAFKA_CONNECTION_LOGGERS:
+        client_logger = logging.getLogger(name)
+        if not any(isinstance(f, RetriedConnectionErrors) for f in client_logger.filters):
+            client_logger.addFilter(RetriedConnectionErrors())

@@ -388,6 +388,30 @@ class Settings(BaseSettings):
         None, description="Where undeliverable events are spooled; default ATALAIA_HOME/spool."
     )
     models_dir: Path | None = Field(None, description="Folder of prepared models; default ATALAIA_HOME/models.")
+    # Delivery promise (issue 14): limits and deadlines of the event path.
+    kafka_max_message_bytes: Annotated[int, Field(ge=4096)] = Field(
+        1_048_576,
+        description="Largest message the broker takes (its message.max.bytes; Kafka's default is 1048588). "
+        "The producer's max_request_size; events are also held to the parser's 900 kB limit.",
+    )
+    producer_in_flight_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        45.0,
+        description="An event handed to Kafka and not acknowledged within this is spooled "
+        "(a retry may duplicate it; writes are idempotent).",
+    )
+    spool_max_bytes: Annotated[int, Field(ge=4096)] = Field(
+        1_073_741_824,
+        description="Disk the spool may use; past it events are counted as lost (atalaia_events_lost) and logged.",
+    )
+    delivery_degraded_after_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="/healthz says degraded once the oldest undelivered event is older than this."
+    )
+    request_max_bytes: Annotated[int, Field(ge=1024)] = Field(
+        800_000, description="Largest request body inference accepts (413 above it)."
+    )
+    request_metadata_max_bytes: Annotated[int, Field(ge=2)] = Field(
+        16_384, description="Largest JSON-encoded metadata a chat or feedback request may carry (400 above it)."
+    )
 
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool | None = Field(None, description="JSON log lines; default: JSON unless stderr is a TTY.")

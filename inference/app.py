@@ -27,6 +27,7 @@ from atalaia.settings import Settings
 from atalaia.subjects import subject_id, subject_pepper
 from inference.auth import current_caller, install_api_keys
 from inference.cache import KeyParts, ResponseCache, cacheable
+from inference.limits import BodySizeLimit, metadata_too_large
 from inference.models import ModelManager, ServedModel, SwapError
 from inference.schemas import ChatCompletionRequest, DeployRequest, FeedbackRequest, RollbackRequest
 from inference.telemetry import ServiceMetrics
@@ -132,6 +133,7 @@ def create_app(
     deterministic questions; ``embedder`` embeds each question once for both.
     """
     app = FastAPI(title="Atalaia inference", version="0.1.0")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.request_max_bytes)
     metrics = ServiceMetrics()
     # The request's `user` is stored only as a keyed hash (atalaia.privacy): read the key once.
     pepper = subject_pepper(settings)
@@ -224,6 +226,11 @@ def create_app(
             raise APIError(400, f"max_tokens must be at most {settings.max_new_tokens_limit}", "max_tokens")
         return value
 
+    def _check_metadata(metadata: Any) -> None:
+        refusal = metadata_too_large(metadata, settings.request_metadata_max_bytes)
+        if refusal:
+            raise APIError(400, refusal, "metadata", "metadata_too_large")
+
     def _check_model(req: ChatCompletionRequest, version: str) -> None:
         if req.model not in {settings.generator_model, settings.model_version, version}:
             raise APIError(
@@ -238,6 +245,7 @@ def create_app(
         served = models.active  # this request stays on this model, whatever a swap does meanwhile
         version, generator = served.version, served.generator
         _check_model(req, version)
+        _check_metadata(req.metadata)
         max_tokens = _max_tokens(req)
         messages = [{"role": m.role, "content": m.text} for m in req.messages]
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
@@ -470,6 +478,7 @@ def create_app(
             raise APIError(
                 400, "completion_id must be the id of a chat completion (chatcmpl-<uuid>)", "completion_id"
             ) from None
+        _check_metadata(req.metadata)
         if req.rating is None and not req.corrected_answer and not req.comment:
             raise APIError(400, "give at least one of rating, corrected_answer or comment")
         event = FeedbackEvent(
@@ -485,30 +494,62 @@ def create_app(
             producer.emit(event)
         return {"id": str(event.event_id), "object": "feedback", "status": "accepted"}
 
+    def _delivery() -> dict[str, Any]:
+        """What happened to this process's events: waiting (memory, disk), how old, refused, lost."""
+        stats = getattr(producer, "stats", None)
+        oldest = getattr(producer, "oldest_undelivered_age_s", None)
+        age = oldest() if callable(oldest) else None
+        return {
+            "spool_depth": producer.spool_depth if producer is not None else 0,
+            "pending": getattr(producer, "pending", 0),
+            "oldest_undelivered_age_s": round(age, 1) if age is not None else None,
+            "dead_lettered": getattr(stats, "dead_lettered", 0),
+            "lost": getattr(stats, "lost", 0),
+            "trimmed": getattr(stats, "trimmed", 0),
+            "degraded_after_s": settings.delivery_degraded_after_s,
+        }
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        kafka_ok = producer.connected if producer is not None else None
-        spool = producer.spool_depth if producer is not None else 0
+        delivery = _delivery() if producer is not None else None
+        age = delivery["oldest_undelivered_age_s"] if delivery else None
+        # Degraded, not down: answers go on and events wait in the spool, but someone should look
+        # once events have waited longer than the setting allows.
+        late = age is not None and age > settings.delivery_degraded_after_s
         body = {
-            "status": "ok",
+            "status": "degraded" if late else "ok",
             "model": {
                 "version": models.active.version,
                 "loaded": models.active.generator is not None,
                 "context_length": models.active.generator.context_length,
                 "previous": models.previous.version if models.previous else None,
             },
-            "kafka": {"connected": kafka_ok, "bootstrap": settings.kafka_bootstrap, "spool_depth": spool},
+            "kafka": {
+                # connected: events flow to Kafka now; reachable: the broker answers (a poison
+                # record, dead-lettered, makes neither false).
+                "connected": producer.connected if producer is not None else None,
+                "reachable": getattr(producer, "broker_reachable", producer.connected)
+                if producer is not None
+                else None,
+                "bootstrap": settings.kafka_bootstrap,
+                "spool_depth": delivery["spool_depth"] if delivery else 0,
+            },
+            "delivery": delivery,
         }
-        # Degraded Kafka does not make the service unhealthy: events are spooled, answers go on.
+        # A degraded pipeline does not make the service unhealthy: HTTP 200 either way.
         return JSONResponse(body, status_code=200)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         if producer is not None:
-            metrics.spool_depth.set(producer.spool_depth)
-            stats = getattr(producer, "stats", None)
-            if stats is not None:
-                metrics.events_lost.set(stats.lost)
+            delivery = _delivery()
+            metrics.spool_depth.set(delivery["spool_depth"])
+            metrics.events_lost.set(delivery["lost"])
+            metrics.events_pending.set(delivery["pending"])
+            metrics.events_dead_lettered.set(delivery["dead_lettered"])
+            metrics.events_trimmed.set(delivery["trimmed"])
+            metrics.oldest_undelivered.set(delivery["oldest_undelivered_age_s"] or 0.0)
+            metrics.kafka_reachable.set(1 if getattr(producer, "broker_reachable", producer.connected) else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

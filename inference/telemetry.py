@@ -31,6 +31,25 @@ class ServiceMetrics:
         self.events_lost = Gauge(
             "atalaia_events_lost", "Events lost because the spool was unwritable", registry=self.registry
         )
+        self.events_pending = Gauge(
+            "atalaia_events_pending", "Events in memory not yet acknowledged by Kafka", registry=self.registry
+        )
+        self.events_dead_lettered = Gauge(
+            "atalaia_events_dead_lettered",
+            "Events Kafka can never take (too large, invalid topic), kept in the local dead-letter file",
+            registry=self.registry,
+        )
+        self.events_trimmed = Gauge(
+            "atalaia_events_trimmed", "Events whose metadata was replaced by a marker to fit", registry=self.registry
+        )
+        self.oldest_undelivered = Gauge(
+            "atalaia_oldest_undelivered_age_seconds",
+            "Age of the oldest event not yet acknowledged by Kafka (0: none waiting)",
+            registry=self.registry,
+        )
+        self.kafka_reachable = Gauge(
+            "atalaia_kafka_reachable", "1 while the broker answers the producer", registry=self.registry
+        )
         self.active_model = Gauge(
             "atalaia_active_model", "1 for the model version being served", ["model_version"], registry=self.registry
         )

@@ -70,9 +70,13 @@ class RuleEvaluator:
     ``firing`` once it has stayed unresolved for ``for`` seconds and is breached at that moment,
     ``resolved`` when the value is back on the safe side of ``resolve_threshold`` (for a firing
     alert: continuously for ``resolve_for`` seconds). A value between the two thresholds keeps an
-    open alert as it is, so a value hovering at the threshold does not flap. No data (an empty
-    window) counts as safe. A detector rule is breached while its detector signalled a change
-    within the last ``window`` seconds.
+    open alert as it is, so a value hovering at the threshold does not flap. A window without
+    enough samples follows the rule's ``on_no_data``: ``keep`` (default) changes nothing while
+    the whole rule is without data (a stalled pipeline), but counts as safe when other series of
+    the same rule still get samples in the window (the series' version or service went idle, for
+    example a model version replaced by a deploy, while the pipeline flows); ``resolve`` counts
+    as safe; ``alert`` as breached. A detector rule is breached while its
+    detector signalled a change within the last ``window`` seconds.
 
     Examples
     --------
@@ -89,7 +93,10 @@ class RuleEvaluator:
     ['pending']
     >>> [a.state for a in ev.evaluate(t0 + timedelta(seconds=10))]
     ['firing']
-    >>> [a.state for a in ev.evaluate(t0 + timedelta(seconds=61))]
+    >>> [a.state for a in ev.evaluate(t0 + timedelta(seconds=61))]  # no data: the alert keeps firing
+    []
+    >>> ev.observe(m(50.0, t0 + timedelta(seconds=70)))
+    >>> [a.state for a in ev.evaluate(t0 + timedelta(seconds=70))]  # a safe value resolves it
     ['resolved']
     """
 
@@ -101,6 +108,9 @@ class RuleEvaluator:
         self._series: dict[tuple[str, str], Series] = {}
         self._open: dict[tuple[str, str], OpenAlert] = {}
         self._max_samples = max_samples_per_series
+        #: Newest sample time per rule, over all its series: tells a stalled pipeline (every
+        #: series silent) from one idle series (on_no_data: keep).
+        self._last_seen: dict[str, datetime] = {}
 
     @staticmethod
     def _labels(rule: Rule, metric: MetricEvent) -> dict[str, str]:
@@ -149,6 +159,9 @@ class RuleEvaluator:
                     series.baseline = sum(series.baseline_values) / len(series.baseline_values)
                     series.baseline_values = []
             sample = (metric.source_ts, value)
+            seen = self._last_seen.get(rule.name)
+            if seen is None or sample[0] > seen:
+                self._last_seen[rule.name] = sample[0]
             # A late arrival is inserted in time order, so pruning from the left stays correct.
             series.samples.insert(sample)
             while len(series.samples) > self._max_samples:
@@ -185,7 +198,7 @@ class RuleEvaluator:
         return dict(self._open)
 
     def _value(self, rule: Rule, series: Series, now: datetime) -> tuple[float, bool, bool]:
-        """(value, breached, clear) of one series at ``now``."""
+        """(value, breached, clear) of one series at ``now``; no data follows ``rule.on_no_data``."""
         horizon = now - timedelta(seconds=rule.window_s)
         if series.detector is not None:
             while series.detections and series.detections[0] < horizon:
@@ -196,6 +209,12 @@ class RuleEvaluator:
         series.samples.prune(horizon)
         n = len(series.samples)
         if n < rule.min_samples:
+            if rule.on_no_data == "alert":
+                return math.nan, True, False
+            if rule.on_no_data == "keep":
+                seen = self._last_seen.get(rule.name)
+                others_flow = seen is not None and horizon <= seen <= now
+                return math.nan, False, others_flow
             return math.nan, False, True
         # Kept up to date as samples come and go: the cost does not grow with the window.
         value = series.samples.value(rule.aggregation, rule.window_s, rule.share_above)
@@ -235,7 +254,10 @@ class RuleEvaluator:
                     current.clear_since = current.clear_since or now
                     if (now - current.clear_since).total_seconds() >= rule.resolve_for_s:
                         out.append(self._resolve(key, rule, series, fp, current, now, shown))
-            if not series.keep and not series.samples and key not in self._open:
+            # A series with no samples and no alert is forgotten, unless its silence is what the
+            # rule watches (on_no_data: alert).
+            silence_matters = rule.on_no_data == "alert" and rule.detector is None
+            if not series.keep and not series.samples and key not in self._open and not silence_matters:
                 del self._series[key]
         return out
 

@@ -19,6 +19,7 @@ GROUPABLE = ("model_version", "service")
 #: Keys of a threshold rule that mean nothing on a detector rule.
 THRESHOLD_ONLY = (
     "threshold",
+    "on_no_data",
     "resolve_threshold",
     "aggregation",
     "comparator",
@@ -115,6 +116,12 @@ class Rule(BaseModel):
     instead of a value (a failed score: empty or unscorable response, scorer failure).
     With ``baseline``, the value compared is the relative change from the series' own baseline.
 
+    ``on_no_data`` says what a window without enough samples (fewer than ``min_samples``) means:
+    ``keep`` (default) leaves the alert as it is, since a stalled pipeline must not clear the
+    alerts that should page someone; ``resolve`` treats it as safe; ``alert`` treats it as
+    breached, which makes a "was sending and stopped" rule: a series that had data and then has
+    none for ``window`` seconds (the minimum quiet time) goes pending, then firing after ``for``.
+
     >>> r = Rule(name="slow", metric="latency_ms", aggregation="p95", window_s=60, comparator=">", threshold=1000,
     ...          resolve_threshold=800)
     >>> r.breached(1500.0), r.breached(900.0), r.cleared(900.0), r.cleared(700.0)
@@ -134,6 +141,7 @@ class Rule(BaseModel):
     resolve_for_s: float = Field(0.0, ge=0, le=86_400, alias="resolve_for")
     renotify_s: float | None = Field(None, ge=0, alias="renotify")
     min_samples: int = Field(1, ge=1)
+    on_no_data: Literal["keep", "resolve", "alert"] = "keep"
     share_above: float | None = None
     baseline: BaselineSpec | None = None
     detector: DetectorSpec | None = None

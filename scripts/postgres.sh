@@ -2,6 +2,7 @@
 # A PostgreSQL cluster for Atalaia's tests, from Debian's postgresql package, on 127.0.0.1 only.
 #   scripts/postgres.sh start   -> create (once) and start cluster "atalaia", role and database
 #   scripts/postgres.sh stop    -> stop it
+#   scripts/postgres.sh status  -> exit 0 if it is running (scripts/test.sh stops only what it started)
 #   scripts/postgres.sh url     -> print the SQLAlchemy URL
 # Port: ATALAIA_PG_PORT (default 55432), so it never collides with a system cluster on 5432.
 set -euo pipefail
@@ -63,6 +64,10 @@ SQL
   stop)
     $SUDO pg_ctlcluster "$VER" "$CLUSTER" stop 2>/dev/null || true
     ;;
+  status)
+    status=$($SUDO pg_lsclusters -h 2>/dev/null | awk -v v="$VER" -v c="$CLUSTER" '$1==v && $2==c {print $4}')
+    [ "$status" = "online" ]
+    ;;
   *)
-    echo "usage: $0 start|stop|url" >&2; exit 2 ;;
+    echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
 esac

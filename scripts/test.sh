@@ -9,6 +9,18 @@ export ATALAIA_HOME=${ATALAIA_HOME:-$PWD/.atalaia}
 
 ./scripts/system-deps.sh test
 ./scripts/wordnet.sh
+
+# Stop, at exit, exactly what this script started: a PostgreSQL or broker that was already
+# running (someone else's, or a developer's) is left running.
+pg_was_running=0
+./scripts/postgres.sh status >/dev/null 2>&1 && pg_was_running=1
+kafka_was_running=0
+kafka_started=0
+cleanup() {
+  if [ "$kafka_started" = 1 ] && [ "$kafka_was_running" = 0 ]; then $BIN/atalaia kafka stop || true; fi
+  if [ "$pg_was_running" = 0 ]; then ./scripts/postgres.sh stop || true; fi
+}
+trap cleanup EXIT
 # Start output (pg_ctl's "Removed stale pid file." and the like) goes to the log, not into the URL.
 ./scripts/postgres.sh start >/dev/null
 ATALAIA_TEST_DATABASE_URL=$(./scripts/postgres.sh url)
@@ -17,12 +29,8 @@ export ATALAIA_REQUIRE_SERVICES=1
 
 $BIN/atalaia models prepare
 
-kafka_was_running=0
 $BIN/atalaia kafka status >/dev/null 2>&1 && kafka_was_running=1
-cleanup() {
-  if [ "$kafka_was_running" = 0 ]; then $BIN/atalaia kafka stop || true; fi
-}
-trap cleanup EXIT
+kafka_started=1
 $BIN/atalaia kafka start
 
 set +e

@@ -50,6 +50,7 @@ RULE = Rule.model_validate(
         "threshold": 100,
         "severity": "critical",
         "annotations": {"summary": "latency above 100 ms"},
+        "on_no_data": "resolve",  # _transitions resolves by letting the window empty
     }
 )
 

@@ -67,7 +67,15 @@ def engine(tmp_path: Path) -> Engine:
 
 
 RULE = Rule.model_validate(
-    {"name": "slow", "metric": "latency_ms", "aggregation": "max", "window": 30, "threshold": 100, "renotify": 60}
+    {
+        "name": "slow",
+        "metric": "latency_ms",
+        "aggregation": "max",
+        "window": 30,
+        "threshold": 100,
+        "renotify": 60,
+        "on_no_data": "resolve",  # these tests resolve by letting the window empty
+    }
 )
 
 

@@ -50,7 +50,7 @@ def run(ev: RuleEvaluator, values: list[float], start: float = 0.0, step: float 
 
 
 def test_fires_after_for_and_resolves_with_the_same_alert_id() -> None:
-    ev = RuleEvaluator([rule(threshold=100, **{"for": 5}, window=2)])
+    ev = RuleEvaluator([rule(threshold=100, **{"for": 5}, window=2, on_no_data="resolve")])
     out = []
     for i in range(8):
         ev.observe(metric(500.0, at(i)))
@@ -112,7 +112,7 @@ def test_a_pending_alert_that_clears_resolves_at_once() -> None:
 
 
 def test_action_retrain_travels_on_every_transition() -> None:
-    ev = RuleEvaluator([rule(threshold=1, action="retrain", window=0.5)])
+    ev = RuleEvaluator([rule(threshold=1, action="retrain", window=0.5, on_no_data="resolve")])
     out = []
     ev.observe(metric(5.0, at(0)))
     out += ev.evaluate(at(0))

@@ -231,6 +231,27 @@ def test_commands_are_real_cli_commands(services: dict[str, Any], name: str, exp
     assert "entrypoint" not in services[name], "the image's ENTRYPOINT is `atalaia`"
 
 
+def _seconds(duration: str) -> float:
+    """A compose duration (``1m30s``, ``45s``, ``500ms``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(duration))
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_stop_grace_covers_the_services_close_time(services: dict[str, Any]) -> None:
+    # inference's producer.close(timeout=30) plus the Kafka client's close (5 s) and the server's
+    # own shutdown: Docker's default 10 s would SIGKILL it while it still delivers or spools events.
+    from inference import server
+
+    close_s = float(re.search(r"producer\.close\(timeout=(\d+)\)", Path(server.__file__).read_text()).group(1))  # type: ignore[union-attr]
+    for name in LONG_RUNNING:
+        grace = _seconds(services[name].get("stop_grace_period", "10s"))
+        assert grace >= close_s + 10, f"{name}: stop_grace_period {grace:.0f} s < close() {close_s:.0f} s + 10 s"
+    for name in ("kafka", "postgres"):
+        assert _seconds(services[name].get("stop_grace_period", "10s")) >= 30, name
+
+
 def test_one_shots_do_not_restart(services: dict[str, Any]) -> None:
     for name in ("topics", "migrate"):
         assert services[name].get("restart", "no") == "no"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,3 +327,52 @@ def test_stream_with_include_usage_ends_with_the_usage(client_and_events) -> Non
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     last = json.loads(lines[-2][6:])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == producer.events[0].completion_tokens
+def test_request_limits_answer_413_and_400_with_a_clear_message(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path, max_new_tokens_limit=32, request_max_bytes=20_000, request_metadata_max_bytes=1_000
+    )
+    producer = RecordingProducer()
+    client = TestClient(create_app(settings, FakeGenerator(), producer))
+    # A body over the cap: refused before it is parsed, whether its length is declared or streamed.
+    big = {**_body(settings), "messages": [{"role": "user", "content": "x" * 30_000}]}
+    r = client.post("/v1/chat/completions", json=big)
+    assert r.status_code == 413 and "ATALAIA_REQUEST_MAX_BYTES" in r.json()["error"]["message"]
+    chunked = client.post(
+        "/v1/chat/completions",
+        content=iter([json.dumps(big).encode()[:15_000], json.dumps(big).encode()[15_000:]]),
+        headers={"content-type": "application/json"},
+    )
+    assert chunked.status_code == 413
+    # Metadata over its own cap: a 400 naming the field; nothing is emitted.
+    r = client.post("/v1/chat/completions", json={**_body(settings), "metadata": {"blob": "y" * 2_000}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "metadata"
+    assert "ATALAIA_REQUEST_METADATA_MAX_BYTES" in r.json()["error"]["message"]
+    fb = client.post(
+        "/v1/feedback", json={"completion_id": f"chatcmpl-{uuid.uuid4()}", "rating": 1, "metadata": {"b": "z" * 2_000}}
+    )
+    assert fb.status_code == 400 and not producer.events
+    # Under both caps: answered.
+    assert client.post("/v1/chat/completions", json={**_body(settings), "metadata": {"k": "v"}}).status_code == 200
+
+
+def test_health_reports_delivery_and_degrades_on_old_undelivered_events(tmp_path: Path) -> None:
+    import time
+
+    from producers.sdk import EventProducer
+    from producers.spool import SpooledMessage
+
+    settings = Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1", delivery_degraded_after_s=30)
+    producer = EventProducer(settings, client_id="health", start=False)
+    client = TestClient(create_app(settings, FakeGenerator(), producer))
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["delivery"]["oldest_undelivered_age_s"] is None
+    producer.spool.append(SpooledMessage("t", None, b"{}", created=time.time() - 120))
+    health = client.get("/healthz").json()
+    delivery = health["delivery"]
+    assert (
+        health["status"] == "degraded" and delivery["spool_depth"] == 1 and delivery["oldest_undelivered_age_s"] >= 120
+    )
+    assert health["kafka"]["reachable"] is False and delivery["dead_lettered"] == 0 and delivery["lost"] == 0
+    text = client.get("/metrics").text
+    assert "atalaia_events_dead_lettered 0.0" in text and "atalaia_kafka_reachable 0.0" in text
+    assert re.search(r"^atalaia_oldest_undelivered_age_seconds 1[2-9]\d", text, re.MULTILINE)

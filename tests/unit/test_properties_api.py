@@ -195,6 +195,8 @@ def test_deep_nesting_and_huge_bodies(clients: dict[str, Any]) -> None:
     client, _, s = clients["full"]
     deep = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     huge = {"model": s.model_version, "messages": [{"role": "user", "content": "word " * 400_000}]}
+    # Under the body cap (ATALAIA_REQUEST_MAX_BYTES) but over the model's context.
+    long = {"model": s.model_version, "messages": [{"role": "user", "content": "word " * 100_000}]}
     nested_meta = {
         "model": s.model_version,
         "messages": [{"role": "user", "content": "hi"}],
@@ -203,6 +205,8 @@ def test_deep_nesting_and_huge_bodies(clients: dict[str, Any]) -> None:
     for path in ("/v1/chat/completions", "/v1/feedback", "/admin/deploy"):
         _assert_ok_or_4xx(_post(client, path, deep, {"authorization": f"Bearer {TOKEN}"}))
     r = _post(client, "/v1/chat/completions", huge)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = _post(client, "/v1/chat/completions", long)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     _assert_ok_or_4xx(_post(client, "/v1/chat/completions", nested_meta))
 

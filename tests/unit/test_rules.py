@@ -61,6 +61,7 @@ def test_lifecycle_pending_firing_resolved_with_for_duration() -> None:
             "threshold": 1000,
             "for": 30,
             "min_samples": 3,
+            "on_no_data": "resolve",  # the default, keep, is tested in test_no_data_*
         }
     )
     ev = RuleEvaluator([rule])
@@ -119,7 +120,7 @@ def test_min_samples_and_errors_are_ignored() -> None:
 
 
 def test_restore_reopens_without_new_transition() -> None:
-    rule = Rule.model_validate({"name": "r", "metric": "latency_ms", "threshold": 10})
+    rule = Rule.model_validate({"name": "r", "metric": "latency_ms", "threshold": 10, "on_no_data": "resolve"})
     ev = RuleEvaluator([rule])
     aid = uuid.uuid4()
     ev.restore("r", {"model_version": "v1"}, aid, "firing", T0)
@@ -127,3 +128,72 @@ def test_restore_reopens_without_new_transition() -> None:
     assert ev.evaluate(T0 + timedelta(seconds=1)) == []
     out = ev.evaluate(T0 + timedelta(seconds=120))
     assert [(a.state, a.alert_id) for a in out] == [("resolved", aid)]
+
+
+# -- no data ---------------------------------------------------------------------------------------
+def _fire(on_no_data: str | None) -> tuple[RuleEvaluator, list[str]]:
+    spec = {"name": "r", "metric": "latency_ms", "window": 60, "threshold": 10, "for": 5}
+    if on_no_data is not None:
+        spec["on_no_data"] = on_no_data
+    ev = RuleEvaluator([Rule.model_validate(spec)])
+    states: list[str] = []
+    for i in range(7):
+        ev.observe(metric(100.0, T0 + timedelta(seconds=i)))
+        states += [a.state for a in ev.evaluate(T0 + timedelta(seconds=i))]
+    assert states == ["pending", "firing"]
+    return ev, states
+
+
+def test_no_data_keeps_a_firing_alert_by_default() -> None:
+    """A stalled pipeline (no samples) must not clear the alerts that should page someone."""
+    ev, _ = _fire(None)
+    for minutes in (2, 10, 60):
+        assert ev.evaluate(T0 + timedelta(minutes=minutes)) == []
+    assert [a.state for a in ev.open_alerts().values()] == ["firing"]
+    ev.observe(metric(1.0, T0 + timedelta(minutes=61)))  # data again, and safe: now it resolves
+    assert [a.state for a in ev.evaluate(T0 + timedelta(minutes=61))] == ["resolved"]
+
+
+def test_keep_resolves_an_idle_series_while_the_rule_gets_data_elsewhere() -> None:
+    """A replaced model version stops getting samples while the new one does: not a stall."""
+    ev, _ = _fire(None)  # firing on v1
+    for i in range(100, 170, 5):
+        ev.observe(metric(1.0, T0 + timedelta(seconds=i), version="v2"))
+        out = ev.evaluate(T0 + timedelta(seconds=i))
+        if out:
+            break
+    assert [(a.state, a.labels["model_version"]) for a in out] == [("resolved", "v1")]
+
+
+def test_no_data_resolves_when_the_rule_says_so() -> None:
+    ev, _ = _fire("resolve")
+    assert [a.state for a in ev.evaluate(T0 + timedelta(minutes=2))] == ["resolved"]
+
+
+def test_on_no_data_alert_pages_on_a_service_that_was_sending_and_stopped() -> None:
+    rule = Rule.model_validate(
+        {
+            "name": "silent",
+            "metric": "latency_ms",
+            "aggregation": "count",
+            "window": 600,  # the minimum quiet time: a shorter pause pages no one
+            "comparator": "<",
+            "threshold": 1,
+            "for": 60,
+            "on_no_data": "alert",
+            "group_by": ["service"],
+        }
+    )
+    ev = RuleEvaluator([rule])
+    ev.observe(metric(5.0, T0))
+    assert ev.evaluate(T0) == []
+    assert ev.evaluate(T0 + timedelta(seconds=599)) == []  # quiet, but not for long enough
+    assert [a.state for a in ev.evaluate(T0 + timedelta(seconds=601))] == ["pending"]
+    assert [a.state for a in ev.evaluate(T0 + timedelta(seconds=662))] == ["firing"]
+    ev.observe(metric(5.0, T0 + timedelta(seconds=700)))  # traffic is back
+    assert [a.state for a in ev.evaluate(T0 + timedelta(seconds=700))] == ["resolved"]
+
+
+def test_on_no_data_is_checked() -> None:
+    with pytest.raises(RuleError, match="on_no_data"):
+        parse_rules({"rules": [{"name": "a", "metric": "m", "threshold": 1, "on_no_data": "ignore"}]})
