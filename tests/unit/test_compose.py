@@ -740,64 +740,6 @@ def test_operations_doc_covers_the_stack(services: dict[str, Any]) -> None:
             assert (OPERATIONS.parent / target).exists(), f"broken link {target}"
 
 
-@pytest.mark.integration
-def test_operations_retention_sql_on_postgres(fresh_pg: str) -> None:
-    """The retention statements of docs/operations.md run on PostgreSQL and keep what they promise."""
-    import uuid
-    from datetime import timedelta
-
-    from sqlalchemy import create_engine, text
-
-    from atalaia.events import utcnow
-    from atalaia.storage import tables as t
-    from tests.unit.test_report import NEW, seed
-
-    sql = re.search(r"```sql\n(.*?)```", OPERATIONS.read_text(encoding="utf-8"), re.DOTALL)
-    assert sql
-    statements = [x.strip() for x in re.sub(r"--[^\n]*", "", sql.group(1)).split(";") if x.strip()]
-    engine = create_engine(fresh_pg)
-    old = utcnow() - timedelta(days=100)
-    try:
-        seed(engine, now=old)
-        with engine.begin() as conn:
-            events = conn.execute(text("SELECT event_id, model_version FROM inference_events ORDER BY ts")).all()
-            kept = events[0].event_id
-            conn.execute(
-                t.feedback.insert().values(
-                    event_id=str(uuid.uuid4()),
-                    inference_event_id=kept,
-                    ts=old,
-                    rating=-1,
-                    corrected_answer="25 working days.",
-                    comment=None,
-                    metadata={},
-                    ingested_at=old,
-                )
-            )
-            conn.execute(
-                t.embeddings.insert(),
-                [
-                    {"event_id": e, "kind": "prompt", "model_version": v, "ts": old, "dim": 2, "vector": bytes(8)}
-                    for e, v in events
-                ],
-            )
-        with engine.begin() as conn:
-            deleted = [conn.execute(text(statements[0])).rowcount for _ in range(3)]
-            for statement in statements[1:]:
-                conn.execute(text(statement))
-        with engine.connect() as conn:
-            left = conn.execute(text("SELECT event_id FROM inference_events")).scalars().all()
-            metric_events = set(conn.execute(text("SELECT DISTINCT event_id FROM metrics")).scalars())
-            embedding_versions = set(conn.execute(text("SELECT DISTINCT model_version FROM embeddings")).scalars())
-            windows = conn.execute(text("SELECT count(*) FROM metric_windows")).scalar()
-    finally:
-        engine.dispose()
-    assert deleted == [len(events) - 1, 0, 0]  # one batch, then nothing left to delete
-    assert left == [kept] and metric_events == {kept}  # the event with a corrected answer stays
-    assert embedding_versions == {NEW}  # the active version keeps its embeddings (drift tests)
-    assert windows > 0  # 100 days old: inside the 400-day window retention
-
-
 # -- the real Compose validator, when a docker compose CLI is installed ----------------------------
 def _compose_cli() -> list[str] | None:
     """A Compose v2 CLI (``docker compose`` or a v2 ``docker-compose``), or None.

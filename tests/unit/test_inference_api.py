@@ -327,6 +327,8 @@ def test_stream_with_include_usage_ends_with_the_usage(client_and_events) -> Non
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     last = json.loads(lines[-2][6:])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == producer.events[0].completion_tokens
+
+
 def test_request_limits_answer_413_and_400_with_a_clear_message(tmp_path: Path) -> None:
     settings = Settings(
         home=tmp_path, max_new_tokens_limit=32, request_max_bytes=20_000, request_metadata_max_bytes=1_000
