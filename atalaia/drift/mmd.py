@@ -29,6 +29,7 @@ import numpy.typing as npt
 from scipy import stats
 
 from atalaia.drift.base import DriftDetector
+from atalaia.drift.mmd_null import kernel_spectrum, reference_aware_threshold
 
 __all__ = ["MMDDriftDetector", "MMDResult", "median_bandwidth", "mmd2", "mmd_permutation_test"]
 
@@ -36,7 +37,9 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Largest number of permutation columns multiplied at once (bounds the memory of the product).
 _MAX_PERM_CELLS = 1 << 23
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+#: Draws of the reference's mean-embedding error in :func:`reference_aware_threshold`.
+_REFERENCE_DRAWS = 2000
 
 
 class MMDResult(NamedTuple):
@@ -371,6 +374,7 @@ class MMDDriftDetector(DriftDetector):
         *,
         reference: npt.ArrayLike | None = None,
         bandwidth: float | None = None,
+        reference_confidence: float | None = 0.99,
         seed: int = 0,
     ) -> None:
         if window_size < 2:
@@ -381,6 +385,8 @@ class MMDDriftDetector(DriftDetector):
             raise ValueError("target_arl must be greater than 1")
         if n_calibration < 10:
             raise ValueError("n_calibration must be at least 10")
+        if reference_confidence is not None and not 0.5 <= reference_confidence < 1:
+            raise ValueError("reference_confidence must be in [0.5, 1) or None")
         ref = None if reference is None else _as_samples(reference, "reference")
         if ref is not None:
             reference_size = ref.shape[0]
@@ -391,6 +397,7 @@ class MMDDriftDetector(DriftDetector):
         self.stride = int(stride)
         self.target_arl = float(target_arl)
         self.n_calibration = int(n_calibration)
+        self.reference_confidence = None if reference_confidence is None else float(reference_confidence)
         self.seed = int(seed)
         self._fixed_bandwidth = None if bandwidth is None else _check_bandwidth(bandwidth)
         self._given_reference = ref is not None
@@ -543,6 +550,12 @@ class MMDDriftDetector(DriftDetector):
         else:  # degenerate reference (e.g. all vectors equal): fall back to the largest split
             shape = scale = math.nan
             q_alarm = float(q.max())
+        threshold = scale_test * (q_alarm - tau)
+        if self.reference_confidence is not None:
+            K0 += np.eye(N)  # the full kernel matrix again (the diagonal of an RBF kernel is 1)
+            threshold = reference_aware_threshold(
+                kernel_spectrum(K0), w, N, 1.0 / self.target_arl, self.reference_confidence, rng, _REFERENCE_DRAWS
+            )
         self._reference = ref
         self._ref_norms = norms
         self._bandwidth = bw
@@ -551,7 +564,7 @@ class MMDDriftDetector(DriftDetector):
         self._gamma_shape = shape
         self._gamma_scale = scale
         self._scale_test = scale_test
-        self._threshold = scale_test * (q_alarm - tau)
+        self._threshold = threshold
 
     def _test(self) -> None:
         assert self._reference is not None and self._ref_norms is not None and self._window is not None
@@ -584,6 +597,7 @@ class MMDDriftDetector(DriftDetector):
                 "target_arl": self.target_arl,
                 "n_calibration": self.n_calibration,
                 "bandwidth": self._fixed_bandwidth,
+                "reference_confidence": self.reference_confidence,
                 "seed": self.seed,
                 "given_reference": self._given_reference,
             },
@@ -609,7 +623,7 @@ class MMDDriftDetector(DriftDetector):
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> MMDDriftDetector:
         """Rebuild a detector from :meth:`state_dict`; it continues exactly where it stopped."""
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") not in (1, _STATE_VERSION):
             raise ValueError(f"unsupported MMDDriftDetector state version {state.get('version')!r}")
         p = state["params"]
         det = cls(
@@ -619,6 +633,8 @@ class MMDDriftDetector(DriftDetector):
             target_arl=float(p["target_arl"]),
             n_calibration=int(p["n_calibration"]),
             bandwidth=p["bandwidth"],
+            # States saved before version 2 were calibrated without the reference's variance.
+            reference_confidence=p.get("reference_confidence"),
             seed=int(p["seed"]),
         )
         det._given_reference = bool(p["given_reference"])
