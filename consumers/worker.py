@@ -21,8 +21,8 @@ from atalaia.events import EventError, FeedbackEvent, InferenceEvent, MetricEven
 from atalaia.settings import Settings
 from atalaia.storage import repository, tables
 from atalaia.storage.db import get_engine, redact_url
-from consumers.feedback_signals import feedback_signal_metrics
 from consumers.drift import DriftRunner, drift_metrics
+from consumers.feedback_signals import feedback_signal_metrics
 from consumers.scoring import BatchScorer, ScoredBatch
 from consumers.windows import materialize
 

@@ -59,9 +59,7 @@ def kernel_spectrum(K: npt.ArrayLike, rtol: float = 1e-10) -> FloatArray:
     return lam[lam > rtol * max(float(lam[0]), 1e-300)]
 
 
-def conditional_quantiles(
-    lam: npt.ArrayLike, m: int, n: int, alpha: float, draws: npt.ArrayLike
-) -> FloatArray:
+def conditional_quantiles(lam: npt.ArrayLike, m: int, n: int, alpha: float, draws: npt.ArrayLike) -> FloatArray:
     """Upper ``1 - alpha`` quantiles of MMD² of a window of size ``m`` against references of
     size ``n`` whose mean-embedding errors are ``r = sqrt(lam / n) * draws`` (one row of ``draws``
     per reference, standard normal values).
