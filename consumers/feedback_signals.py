@@ -5,6 +5,11 @@ Keyed on the rated inference event (one row per inference event, so a second fee
 same answer does not count twice), with that event's model version and service, so the mean of
 ``feedback_negative`` over a window is the share of negative feedback per model version, a
 retraining trigger that production traffic has (see ``monitors/default_rules.yaml``).
+
+Known gap: feedback processed before its inference event is stored (the two topics are consumed
+by separate agents) gets no ``feedback_negative`` row; tests/integration/test_slice.py showed
+this race for feedback sent right after the request. It should be re-derived when the inference
+event arrives (not done yet).
 """
 
 from __future__ import annotations
