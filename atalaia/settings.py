@@ -131,14 +131,19 @@ class Settings(BaseSettings):
         128, description="Tokens of the response scored for perplexity (longer responses are truncated)."
     )
     drift_reference_size: Annotated[int, Field(ge=20)] = Field(
-        500, description="First N prompt embeddings of a model version that form its drift reference."
+        1000, description="First N prompt embeddings of a model version that form its drift reference."
     )
     drift_window_size: Annotated[int, Field(ge=10)] = Field(
         200, description="Recent embeddings tested against the reference."
     )
     drift_stride: Annotated[int, Field(ge=1)] = Field(50, description="New embeddings between two drift tests.")
     drift_target_arl: Annotated[float, Field(gt=1)] = Field(
-        1000.0, description="Expected number of drift tests between false alarms on a stationary stream."
+        10000.0, description="Expected number of drift tests between false alarms on a stationary stream."
+    )
+    drift_reference_confidence: Annotated[float, Field(ge=0.5, lt=1)] = Field(
+        0.99,
+        description="Share of references whose tests keep the target false-alarm rate: the threshold accounts "
+        "for the reference's own sampling noise (atalaia.drift.mmd_null).",
     )
     toxicity_checkpoint: Path | None = Field(
         None, description="Detoxify checkpoint file (.ckpt); empty uses the offline default scorer."

@@ -10,8 +10,9 @@
    on one core (median of the segments), the goal being >= 5,000. Parsing JSON into events is timed apart.
 2. **Embedding drift**: real all-MiniLM-L6-v2 embeddings and the calibrated
    :class:`~atalaia.drift.MMDDriftDetector` with the worker's settings (reference = the first
-   500 prompt embeddings, window 200, stride 50, target ARL 1,000 tests), and two alternative
-   settings (target ARL 10,000, with the 500-event reference or a 1,000-event one). Questions of
+   ``ATALAIA_DRIFT_REFERENCE_SIZE`` prompt embeddings, window 200, stride 50, the default target
+   ARL and reference confidence), against the previous default (reference 500, target ARL 1,000,
+   threshold ignoring the reference's own variance). Questions of
    ``data/qa/train.jsonl`` (212) are drawn **with replacement** to make 1,000-event and
    10,000-event streams; then questions of ``data/qa/off_topic.jsonl`` (70, also with
    replacement), either all of them off-topic or a quarter. Reported: events from the shift to
@@ -28,6 +29,7 @@
 
 Usage::
 
+    OMP_NUM_THREADS=1 .venv/bin/python bench/monitors.py --only embedding   # drift: ~2 min idle
     .venv/bin/python bench/monitors.py     # everything: ~3 min on the idle 2-core box (6 when cores are shared)
     .venv/bin/python bench/monitors.py --only calibrate --calibrate 1000 --grid   # docstring tables
 """
@@ -220,16 +222,28 @@ def bench_embedding(repeats: int, fa_streams: int) -> None:
         "before the shift | events from shift to alarm, all off-topic | same, 25 % off-topic | ms per test |"
     )
     print("|---|---|---|---|---|---|")
-    configs = [
-        (f"reference {ref_size}, target ARL {target_arl:g} (default)", ref_size, target_arl),
-        (f"reference {ref_size}, target ARL 10,000", ref_size, 10_000.0),
-        ("reference 1,000, target ARL 10,000", 1000, 10_000.0),
+    confidence = float(fields["drift_reference_confidence"].default)
+    # (label, reference size, target ARL, reference confidence): None = the fixed-reference
+    # calibration used before atalaia.drift.mmd_null (the previous default, for comparison).
+    configs: list[tuple[str, int, float, float | None]] = [
+        ("reference 500, target ARL 1,000, reference's variance ignored (previous default)", 500, 1000.0, None),
+        (
+            f"reference {ref_size}, target ARL {target_arl:g}, reference confidence {confidence:g} (**default**)",
+            ref_size,
+            target_arl,
+            confidence,
+        ),
     ]
-    for label, ref_n, arl in configs:
+    for label, ref_n, arl, conf in configs:
 
-        def detector(ref_n: int = ref_n, arl: float = arl) -> MMDDriftDetector:
+        def detector(ref_n: int = ref_n, arl: float = arl, conf: float | None = conf) -> MMDDriftDetector:
             return MMDDriftDetector(
-                reference_size=ref_n, window_size=min(window, ref_n - 2), stride=stride, target_arl=arl, seed=0
+                reference_size=ref_n,
+                window_size=min(window, ref_n - 2),
+                stride=stride,
+                target_arl=arl,
+                reference_confidence=conf,
+                seed=0,
             )
 
         pre = max(1000, ref_n + window + 2 * stride)
@@ -461,7 +475,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="event-time seconds per timed segment")
     parser.add_argument("--shift-streams", type=int, default=20, help="streams per step scenario (default 20)")
     parser.add_argument("--fa-streams", type=int, default=20, help="10,000-event stationary streams (default 20)")
-    parser.add_argument("--mmd-fa-streams", type=int, default=10, help="the same for the MMD detector (default 10)")
+    parser.add_argument("--mmd-fa-streams", type=int, default=20, help="the same for the MMD detector (default 20)")
     parser.add_argument("--calibrate", type=int, default=100, help="streams per noise type (default 100)")
     parser.add_argument("--grid", action="store_true", help="calibrate the alternative settings too")
     args = parser.parse_args()

@@ -82,6 +82,7 @@ class DriftRunner:
             window_size=min(self.settings.drift_window_size, size - 2),
             stride=self.settings.drift_stride,
             target_arl=self.settings.drift_target_arl,
+            reference_confidence=self.settings.drift_reference_confidence,
             reference=reference,
             seed=0,
         )

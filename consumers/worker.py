@@ -23,6 +23,7 @@ from atalaia.settings import Settings
 from atalaia.storage import repository, tables
 from atalaia.storage.db import get_engine, redact_url
 from consumers.drift import DriftRunner, drift_metrics
+from consumers.feedback_signals import feedback_signal_metrics
 from consumers.scoring import BatchScorer, ScoredBatch
 from consumers.windows import materialize
 
@@ -227,6 +228,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
                 with engine.begin() as conn:
                     repository.store_feedback_batch(conn, valid)
                     metrics = correction_metrics(conn, valid, scorer.text) if "text" in scorer.groups else []
+                    metrics += feedback_signal_metrics(conn, valid)
                     repository.insert_ignoring_duplicates(
                         conn, tables.metrics, [repository.metric_row(m) for m in metrics]
                     )

@@ -57,6 +57,9 @@ def _env(lora_steps: int, eval_limit: int, drift_ref: int, drift_window: int, dr
         "ATALAIA_DRIFT_WINDOW_SIZE": str(drift_window),
         "ATALAIA_DRIFT_STRIDE": str(drift_stride),
         "ATALAIA_DRIFT_TARGET_ARL": "200",
+        # A small reference over a few minutes of traffic: the median reference's threshold
+        # (close to the fixed-reference calibration the demo was tuned with).
+        "ATALAIA_DRIFT_REFERENCE_CONFIDENCE": "0.5",
         "ATALAIA_SAMPLE_RATES": '{"perplexity": 0.25}',
         "ATALAIA_RETRAIN_CRON": "",
         "ATALAIA_RETRAIN_COOLDOWN_S": "0",

@@ -109,7 +109,8 @@ def test_request_to_alert_on_real_kafka_and_postgres(isolated_settings: Settings
             90,
             "4 stored events\n" + log_text(settings, "worker")[-3000:],
         )
-        wait_until(lambda: _count(engine, t.metrics) == 4 * len(OPERATIONAL_METRICS), 30, "metric rows")
+        operational = t.metrics.c.name != "feedback_negative"
+        wait_until(lambda: _count(engine, t.metrics, operational) == 4 * len(OPERATIONAL_METRICS), 30, "metric rows")
         with engine.connect() as conn:
             stored = {r.event_id: r for r in conn.execute(select(t.inference_events))}
             latency = dict(

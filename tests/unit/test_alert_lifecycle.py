@@ -267,3 +267,11 @@ def test_default_rules_cover_the_issue() -> None:
     assert any(r.detector is not None and r.detector.kind == "page_hinkley" for r in rules.values())
     assert rules["rouge_l_below_baseline"].baseline is not None
     assert rules["rouge_l_below_baseline"].action == "retrain"
+
+
+def test_default_rules_trigger_retraining_without_reference_answers() -> None:
+    """Signals production traffic has (no reference answer needed) carry ``action: retrain``."""
+    rules = {r.name: r for r in load_rules(None)}
+    retrain = {r.metric for r in rules.values() if r.action == "retrain"}
+    assert {"feedback_negative", "similarity_context", "embedding_drift_flag", "toxicity_response"} <= retrain
+    assert rules["groundedness_below_baseline"].baseline is not None
