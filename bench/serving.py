@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         base = formats[0]
         print(f"\n{threads} thread(s); RAG prompts of {min(prompt_tokens)}-{max(prompt_tokens)} tokens, n={len(rag)}")
         print(
-            "| format | size MB | load s | TTFT p50 s | TTFT p95 s | decode tok/s | TTFT vs first | decode vs first | ppl |"
+            "| format | size MB | load s | TTFT p50 s | TTFT p95 s | decode tok/s "
+            "| TTFT vs first | decode vs first | ppl |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for fmt in formats:
