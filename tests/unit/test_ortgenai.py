@@ -67,3 +67,21 @@ def test_served_base_path_follows_the_serving_format(tmp_path: Path) -> None:
         served_base_path(ort)
     _write_manifest(expected)
     assert served_base_path(ort) == expected
+
+
+def test_retrain_quantize_dispatches_ort_methods(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import atalaia.models.ortgenai as ortgenai
+    from retrain.quantize import quantize_model
+
+    calls: list[tuple[Path, Path, str]] = []
+
+    def fake_export(src: Path, out: Path, *, precision: str) -> dict[str, object]:
+        calls.append((src, out, precision))
+        _write_manifest(out, precision=precision)
+        return {}
+
+    monkeypatch.setattr(ortgenai, "export_ort", fake_export)
+    result = quantize_model(tmp_path / "merged", tmp_path / "out", method="ort-int8")
+    assert calls == [(tmp_path / "merged", tmp_path / "out", "int8")]
+    assert result.method == "ort-int8" and result.path == tmp_path / "out" and result.size_bytes > 0
+    assert is_ort_dir(result.path)
