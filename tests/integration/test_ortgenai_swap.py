@@ -59,7 +59,7 @@ def test_swap_to_ort_and_roll_back_under_load(isolated_settings: Settings, model
         return httpx.get(f"{base}/v1/models", timeout=5).json()["data"][0]["id"] == version
 
     with service("serve", settings):
-        wait_until(lambda: _healthy(base), 120, "the inference service\n" + log_text(settings, "serve")[-2000:])
+        wait_until(lambda: _healthy(base), 300, "the inference service\n" + log_text(settings, "serve")[-2000:])
         thread = threading.Thread(target=load)
         thread.start()
         try:
@@ -71,7 +71,7 @@ def test_swap_to_ort_and_roll_back_under_load(isolated_settings: Settings, model
                 "the swap\n" + log_text(settings, "serve")[-2000:],
                 interval=3,
             )
-            wait_until(lambda: any(m == ORT_VERSION for _, m in statuses[-3:]), 120, "answers from the ORT version")
+            wait_until(lambda: any(m == ORT_VERSION for _, m in statuses[-3:]), 300, "answers from the ORT version")
             back = ModelEvent(
                 type="rollback",
                 model_version=settings.model_version,
@@ -85,7 +85,7 @@ def test_swap_to_ort_and_roll_back_under_load(isolated_settings: Settings, model
                 interval=3,
             )
             producer.close()
-            wait_until(lambda: statuses[-1][1] == settings.model_version, 120, "answers from the base again")
+            wait_until(lambda: statuses[-1][1] == settings.model_version, 300, "answers from the base again")
         finally:
             stop.set()
             thread.join(180)
