@@ -67,7 +67,7 @@ def test_swap_to_ort_and_roll_back_under_load(isolated_settings: Settings, model
             deploy = ModelEvent(type="deploy", model_version=ORT_VERSION, artefact_path=str(ort_dir), reason="test")
             wait_until(
                 lambda: serving(ORT_VERSION, deploy, producer),
-                120,
+                300,
                 "the swap\n" + log_text(settings, "serve")[-2000:],
                 interval=3,
             )
@@ -80,7 +80,7 @@ def test_swap_to_ort_and_roll_back_under_load(isolated_settings: Settings, model
             )
             wait_until(
                 lambda: serving(settings.model_version, back, producer),
-                120,
+                300,
                 "the rollback\n" + log_text(settings, "serve")[-2000:],
                 interval=3,
             )
