@@ -340,8 +340,15 @@ class Settings(BaseSettings):
         description="JSON map of guard metric to the largest regression allowed: absolute for similarity, toxicity "
         "and rouge_l; relative (0.25 = 25 %) for perplexity, latency_p50_ms and tokens_per_s.",
     )
-    quantization_method: Literal["int8-weight-only"] = Field(
-        "int8-weight-only", description="How retrained models are quantized for serving."
+    quantization_method: Literal["int8-weight-only", "ort-int4", "ort-int8", "ort-fp32"] = Field(
+        "int8-weight-only",
+        description="How retrained models are quantized for serving: torch weight-only int8, or an ONNX Runtime "
+        "GenAI export (ort-int4, ort-int8, ort-fp32; atalaia.models.ortgenai).",
+    )
+    serving_format: Literal["float32", "ort-int4", "ort-int8", "ort-fp32"] = Field(
+        "float32",
+        description="Format the base model is served in: float32 transformers, or an ONNX Runtime GenAI export "
+        "made by `atalaia models prepare` (ort-int4, ort-int8, ort-fp32).",
     )
     eval_max_tokens: Annotated[int, Field(ge=1, le=1024)] = Field(
         64, description="Tokens generated per holdout question when evaluating a model."

@@ -30,7 +30,9 @@ def initial_model(settings: Settings) -> tuple[str, Path]:
             "active model version has no loadable folder; serving the configured model",
             extra={"version": row["version"], "artefact_path": row["artefact_path"]},
         )
-    return settings.model_version, settings.generator_path
+    from atalaia.models.ortgenai import served_base_path
+
+    return settings.model_version, served_base_path(settings)
 
 
 def serve(settings: Settings) -> None:

@@ -92,7 +92,8 @@ def quantize_model(merged_dir: Path, out_dir: Path, method: str = INT8_WEIGHT_ON
     out_dir
         Destination folder.
     method
-        Only ``"int8-weight-only"`` so far (``ATALAIA_RETRAIN_QUANTIZATION``).
+        ``"int8-weight-only"``, or ``"ort-int4"`` / ``"ort-int8"`` / ``"ort-fp32"`` for an ONNX
+        Runtime GenAI export (``ATALAIA_QUANTIZATION_METHOD``).
 
     Returns
     -------
@@ -105,6 +106,12 @@ def quantize_model(merged_dir: Path, out_dir: Path, method: str = INT8_WEIGHT_ON
     FileNotFoundError
         When ``merged_dir`` has no ``config.json``.
     """
+    if method.startswith("ort-"):
+        # ONNX Runtime GenAI export (atalaia.models.ortgenai), e.g. "ort-int4".
+        from atalaia.models.ortgenai import export_ort
+
+        export_ort(Path(merged_dir), Path(out_dir), precision=method.removeprefix("ort-"))
+        return QuantizedModel(path=Path(out_dir), method=method, size_bytes=dir_size(Path(out_dir)))
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose from {list(METHODS)}")
     merged_dir, out_dir = Path(merged_dir), Path(out_dir)

@@ -131,6 +131,11 @@ def models_prepare(force: Annotated[bool, typer.Option(help="Convert again even 
     try:
         gen = prepare_generator(settings, console=console, force=force)
         emb = prepare_embedder(settings, console=console)
+        if settings.serving_format != "float32":
+            from atalaia.models.ortgenai import prepare_serving_format
+
+            served = prepare_serving_format(settings, force=force)
+            console.print(f"served:    {served} ({settings.serving_format})")
     except Exception as exc:  # noqa: BLE001
         raise _fail(str(exc)) from None
     console.print(f"generator: {gen}\nembedder:  {emb}")

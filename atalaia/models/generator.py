@@ -167,7 +167,8 @@ class Generator:
 
     @classmethod
     def load(cls, path: Path | str, threads: int = 0) -> Generator:
-        """Load a prepared generator folder on CPU: float32, or int8 when the folder is quantized.
+        """Load a prepared generator folder on CPU: float32, int8 when the folder is quantized, or
+        ONNX Runtime GenAI when it was exported by :func:`atalaia.models.ortgenai.export_ort`.
 
         Parameters
         ----------
@@ -193,6 +194,13 @@ class Generator:
                 f"generator model not found at {path}. Fix: run `atalaia models prepare` "
                 f"(or set ATALAIA_HOME / ATALAIA_GENERATOR_MODEL to where it was prepared)."
             )
+        from atalaia.models.ortgenai import is_ort_dir
+
+        if is_ort_dir(path):
+            # An ONNX Runtime GenAI version (atalaia.models.ortgenai): same interface.
+            from atalaia.models.ortgenai import OrtGenerator
+
+            return OrtGenerator.load_ort(path, threads=threads)
         from atalaia.models.prepare import _quiet_transformers_bars, require_module
 
         require_module("torch", "torch", "run the generator")

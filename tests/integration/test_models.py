@@ -20,6 +20,7 @@ from rich.console import Console
 
 from atalaia.models.embedder import load_embedder
 from atalaia.models.generator import ChatResult, Generator, PromptTooLongError
+from atalaia.models.ortgenai import OrtGenerator, ort_dir_for, prepare_ort
 from atalaia.models.prepare import EMBEDDING_DIM, prepare_embedder, prepare_generator, read_manifest
 from atalaia.settings import Settings
 
@@ -41,9 +42,16 @@ def generator_path(settings: Settings) -> Path:
     return prepare_generator(settings, console=Console(file=io.StringIO()))
 
 
-@pytest.fixture(scope="session")
-def generator(generator_path: Path, settings: Settings) -> Generator:
-    return Generator.load(generator_path, threads=settings.torch_threads)
+@pytest.fixture(scope="session", params=["transformers", "ort-int4"])
+def generator(request: pytest.FixtureRequest, generator_path: Path, settings: Settings) -> Generator:
+    """The same suite runs on both backends: transformers float32 and ONNX Runtime GenAI int4."""
+    if request.param == "transformers":
+        return Generator.load(generator_path, threads=settings.torch_threads)
+    assert settings.models_dir is not None
+    out = ort_dir_for(settings.models_dir, settings.generator_model, "int4")
+    gen = Generator.load(prepare_ort(generator_path, out, precision="int4"), threads=settings.torch_threads)
+    assert isinstance(gen, OrtGenerator)
+    return gen
 
 
 def test_prepared_folder_and_manifest(generator_path: Path, settings: Settings) -> None:

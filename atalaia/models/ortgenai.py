@@ -1,0 +1,487 @@
+"""A second generation backend: ONNX Runtime GenAI (int4/int8/fp32 ONNX models on CPU).
+
+An ORT folder is exported offline from a float32 model folder by the onnxruntime-genai model
+builder (:func:`export_ort`) and holds
+
+- ``model.onnx`` + ``model.onnx.data`` and ``genai_config.json`` (the builder's output);
+- ``config.json``, the tokenizer files and the chat template of the source folder;
+- ``atalaia-ort.json``: the precision and builder version, written last (marks a complete folder).
+
+:class:`OrtGenerator` serves such a folder behind the interface of
+:class:`atalaia.models.generator.Generator` (``chat``, ``chat_stream``, stop strings,
+``max_tokens``, temperature, usage counts); ``Generator.load`` dispatches to it when the folder
+has the manifest. Token ids come from the Hugging Face tokenizer: the builder's own tokenizer
+conversion of SmolLM2 returns -1 ids (see ``shared/README.md``), so prompts are encoded with the
+HF tokenizer, fed with ``append_tokens`` and decoded with the HF tokenizer again.
+
+Examples
+--------
+>>> export_ort(settings.generator_path, out_dir, precision="int4")      # doctest: +SKIP
+>>> Generator.load(out_dir).chat([{"role": "user", "content": "Hi"}]).text  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from atalaia.models.generator import (
+    _DECODE_KWARGS,
+    ChatResult,
+    ChatStream,
+    Generator,
+    _find_stop,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from atalaia.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ORT_MANIFEST = "atalaia-ort.json"
+ORT_FORMAT = 1
+#: Precisions the builder exports for CPU, as recorded in ``model_versions.quantization``.
+PRECISIONS = ("int4", "int8", "fp32")
+#: Files copied from the source folder: the HF tokenizer serves the ids (see module docstring).
+_COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+class OrtExportError(RuntimeError):
+    """The onnxruntime-genai builder failed; the message carries the end of its output."""
+
+
+def quantization_label(precision: str) -> str:
+    """The ``model_versions.quantization`` value of an ORT folder, e.g. ``'ort-int4'``."""
+    return f"ort-{precision}"
+
+
+def is_ort_dir(path: Path | str) -> bool:
+    """Whether ``path`` holds a complete ONNX Runtime GenAI folder written by :func:`export_ort`."""
+    return (Path(path) / ORT_MANIFEST).is_file()
+
+
+def read_ort_manifest(path: Path | str) -> dict[str, Any]:
+    """The ``atalaia-ort.json`` of an ORT folder.
+
+    Raises
+    ------
+    ValueError
+        When it is unreadable, of another format version or of an unknown precision.
+    """
+    file = Path(path) / ORT_MANIFEST
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{file} is not a readable ORT manifest: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != ORT_FORMAT:
+        raise ValueError(f"{file}: ORT format {manifest.get('format')!r}, expected {ORT_FORMAT}")
+    if manifest.get("precision") not in PRECISIONS:
+        raise ValueError(f"{file}: unknown precision {manifest.get('precision')!r}; known: {list(PRECISIONS)}")
+    return manifest
+
+
+def export_ort(
+    src_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    precision: str = "int4",
+    extra_options: dict[str, str] | None = None,
+    timeout_s: float = 1800.0,
+) -> dict[str, Any]:
+    """Export a float32 model folder to an ONNX Runtime GenAI folder, offline.
+
+    Runs ``python -m onnxruntime_genai.models.builder`` in a subprocess (it keeps its own
+    memory), into a temporary sibling folder that is renamed to ``out_dir`` only when complete.
+
+    Parameters
+    ----------
+    src_dir
+        A float32 safetensors folder (the prepared base model or a merged candidate).
+    out_dir
+        Destination; replaced if it exists.
+    precision
+        ``int4`` (default), ``int8`` or ``fp32``.
+    extra_options
+        The builder's ``--extra_options`` (e.g. ``{"int4_accuracy_level": "4"}``).
+    timeout_s
+        Give up after this many seconds.
+
+    Returns
+    -------
+    dict
+        The manifest written (precision, builder version, seconds, size in bytes).
+
+    Raises
+    ------
+    ValueError
+        Unknown precision.
+    OrtExportError
+        The builder failed or timed out.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    from atalaia.models.prepare import require_module
+
+    require_module("onnxruntime_genai", "onnxruntime-genai", "export the ONNX Runtime GenAI model")
+    require_module("onnx_ir", "onnx-ir", "export the ONNX Runtime GenAI model")
+    import onnxruntime_genai as og
+
+    src, out = Path(src_dir), Path(out_dir)
+    if not (src / "config.json").is_file():
+        raise OrtExportError(f"no model folder at {src} (config.json missing). Fix: run `atalaia models prepare`.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ort-", dir=out.parent))
+    t0 = time.perf_counter()
+    try:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(tmp)]
+        cmd += ["-p", precision, "-e", "cpu", "-c", str(tmp / ".cache")]
+        if extra_options:
+            cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra_options.items())]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise OrtExportError(f"onnxruntime-genai builder timed out after {timeout_s:.0f} s on {src}") from exc
+        if proc.returncode != 0 or not (tmp / "model.onnx").is_file():
+            tail = (proc.stdout + proc.stderr)[-2000:]
+            raise OrtExportError(f"onnxruntime-genai builder failed on {src} (exit {proc.returncode}): {tail}")
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)
+        for name in _COPIED:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        _patch_genai_config(tmp / "genai_config.json")
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        manifest = {
+            "format": ORT_FORMAT,
+            "precision": precision,
+            "extra_options": dict(extra_options or {}),
+            "onnxruntime_genai_version": og.__version__,
+            "source": str(src),
+            "export_s": round(time.perf_counter() - t0, 2),
+            "size_bytes": size,
+        }
+        (tmp / ORT_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("exported %s to ONNX Runtime GenAI %s at %s in %.1f s", src, precision, out, manifest["export_s"])
+    return manifest
+
+
+def _patch_genai_config(path: Path) -> None:
+    """End generation at ``<|im_end|>`` only, as the transformers backend does.
+
+    The builder lists every id the HF config calls an end (``<|im_start|>`` too); a reply that
+    opened a new turn would then stop one token earlier than on transformers.
+    """
+    config = json.loads(path.read_text(encoding="utf-8"))
+    pad = config["model"].get("pad_token_id")
+    if isinstance(pad, int):
+        config["model"]["eos_token_id"] = pad
+    path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+
+
+class _OrtLogits:
+    """Full-sequence logits of an ORT model, shaped like a transformers forward pass.
+
+    Lets code written for ``generator.model(input_ids=...).logits`` (holdout perplexity in
+    ``retrain.evaluate``) score an ORT version too.
+    """
+
+    def __init__(self, og_model: Any, context_length: int) -> None:
+        self._og_model = og_model
+        self.config = SimpleNamespace(max_position_embeddings=context_length)
+
+    def __call__(self, input_ids: Any, **_: Any) -> SimpleNamespace:
+        import onnxruntime_genai as og
+        import torch
+
+        ids = [int(i) for i in input_ids[0].tolist()]
+        params = og.GeneratorParams(self._og_model)
+        params.set_search_options(max_length=len(ids) + 1)
+        gen = og.Generator(self._og_model, params)
+        gen.append_tokens([ids])
+        return SimpleNamespace(logits=torch.from_numpy(gen.get_output("logits").copy()))
+
+    def eval(self) -> _OrtLogits:
+        return self
+
+
+class OrtGenerator(Generator):
+    """A :class:`Generator` whose model runs on ONNX Runtime GenAI.
+
+    ``self.model`` is a logits shim (see :class:`_OrtLogits`); generation uses the ORT model.
+    Use ``Generator.load`` on an ORT folder rather than the constructor.
+    """
+
+    def __init__(self, og_model: Any, tokenizer: Any, path: Path, context_length: int, precision: str) -> None:
+        super().__init__(_OrtLogits(og_model, context_length), tokenizer, path)
+        self._og_model = og_model
+        self._context_length = context_length
+        self.precision = precision
+
+    @classmethod
+    def load_ort(cls, path: Path | str, threads: int = 0) -> OrtGenerator:
+        """Load an ORT folder written by :func:`export_ort`.
+
+        Parameters
+        ----------
+        path
+            The folder.
+        threads
+            ORT intra-op threads for this model; 0 lets ORT choose (all cores).
+
+        Returns
+        -------
+        OrtGenerator
+        """
+        from atalaia.models.prepare import _quiet_transformers_bars, require_module
+
+        require_module("onnxruntime_genai", "onnxruntime-genai", "serve an ONNX Runtime GenAI model version")
+        import onnxruntime_genai as og
+        from transformers import AutoTokenizer
+
+        path = Path(path).expanduser()
+        manifest = read_ort_manifest(path)
+        t0 = time.perf_counter()
+        config = og.Config(str(path))
+        if threads > 0:
+            # Per session, not process-wide as torch's setting is.
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        og_model = og.Model(config)
+        with _quiet_transformers_bars():
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        genai = json.loads((path / "genai_config.json").read_text(encoding="utf-8"))
+        context = int(genai["model"]["context_length"])
+        logger.info(
+            "ONNX Runtime GenAI %s generator loaded from %s in %.2f s (%s threads)",
+            manifest["precision"],
+            path,
+            time.perf_counter() - t0,
+            threads or "default",
+        )
+        return cls(og_model, tokenizer, path, context, str(manifest["precision"]))
+
+    @property
+    def context_length(self) -> int:
+        """Largest number of tokens (prompt + completion) the model accepts."""
+        return self._context_length
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        enc = self._encode(messages)
+        return [int(i) for i in enc["input_ids"][0].tolist()]
+
+    def _tokens(
+        self, ids: list[int], max_tokens: int, temperature: float, top_p: float, cancel: threading.Event
+    ) -> Iterator[int]:
+        """Generated token ids, one at a time, until ``<|im_end|>``, ``max_tokens`` or ``cancel``."""
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self._og_model)
+        options: dict[str, Any] = {"max_length": len(ids) + max_tokens, "do_sample": temperature > 0}
+        if temperature > 0:
+            # top_k 50 is also transformers' default, so both backends sample the same way.
+            options.update(temperature=temperature, top_p=top_p, top_k=50)
+        params.set_search_options(**options)
+        gen = og.Generator(self._og_model, params)
+        gen.append_tokens([ids])
+        produced = 0
+        while produced < max_tokens and not cancel.is_set() and not gen.is_done():
+            gen.generate_next_token()
+            token = int(gen.get_next_tokens()[0])
+            produced += 1
+            yield token
+            if token == self.eos_token_id:
+                return
+
+    def _finish(self, ids: list[int], new: list[int], max_tokens: int, stop: list[str] | None) -> ChatResult:
+        import torch
+
+        return self._result(torch.tensor([ids + new]), len(ids), max_tokens, stop)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+    ) -> ChatResult:
+        """As :meth:`Generator.chat`, on ONNX Runtime GenAI."""
+        ids = self._prompt_ids(messages)
+        self._check(len(ids), max_tokens, temperature, top_p)
+        stops = [s for s in stop or [] if s]
+        new: list[int] = []
+        with self._lock:
+            for token in self._tokens(ids, max_tokens, temperature, top_p, threading.Event()):
+                new.append(token)
+                # Stop as soon as a stop string appears, as transformers' stop_strings does.
+                if stops and _find_stop(self.tokenizer.decode(new, **_DECODE_KWARGS), stops) is not None:
+                    break
+        return self._finish(ids, new, max_tokens, stop)
+
+    def chat_stream(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+    ) -> ChatStream:
+        """As :meth:`Generator.chat_stream`, on ONNX Runtime GenAI.
+
+        Generation runs in the consumer's thread, one token per ``next()`` at most; closing the
+        stream (or garbage-collecting it) stops generation and frees the model.
+        """
+        ids = self._prompt_ids(messages)
+        self._check(len(ids), max_tokens, temperature, top_p)
+        stream = ChatStream(iter(()))
+        stream._pieces = self._stream_pieces_ort(stream, ids, max_tokens, temperature, top_p, stop)
+        return stream
+
+    def _stream_pieces_ort(
+        self,
+        stream: ChatStream,
+        ids: list[int],
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: list[str] | None,
+    ) -> Iterator[str]:
+        stops = [s for s in stop or [] if s]
+        # Longest text that could be the beginning of a stop string: held back until resolved.
+        hold = max((len(s) for s in stops), default=1) - 1
+        new: list[int] = []
+        sent = 0
+        cancel = threading.Event()
+        with self._lock:
+            try:
+                for token in self._tokens(ids, max_tokens, temperature, top_p, cancel):
+                    new.append(token)
+                    text = self.tokenizer.decode(new, **_DECODE_KWARGS)
+                    cut = _find_stop(text, stops) if stops else None
+                    if cut is not None:
+                        if cut > sent:
+                            yield text[sent:cut]
+                            sent = cut
+                        break
+                    # A token that ends inside a multi-byte character decodes to U+FFFD until
+                    # the next token completes it: never emit text that may still change.
+                    safe = len(text.rstrip("\ufffd")) - hold
+                    if safe > sent:
+                        chunk, sent = text[sent:safe], safe
+                        yield chunk
+            finally:
+                cancel.set()
+        result = self._finish(ids, new, max_tokens, stop)
+        emitted = self.tokenizer.decode(new, **_DECODE_KWARGS)[:sent]
+        if result.text.startswith(emitted):
+            if len(result.text) > len(emitted):
+                yield result.text[len(emitted) :]
+        else:
+            logger.warning("streamed text diverged from the decoded reply: %r vs %r", emitted, result.text)
+        stream.result = result
+
+
+def ort_dir_for(models_dir: Path, model_name: str, precision: str) -> Path:
+    """Where the prepared base model's ORT export lives: ``<models_dir>/<name>-ort-<precision>``."""
+    return Path(models_dir) / f"{model_name}-{quantization_label(precision)}"
+
+
+def prepare_ort(base_dir: Path | str, out_dir: Path | str, *, precision: str = "int4", force: bool = False) -> Path:
+    """Export the prepared base model to ORT once and reuse it while the base is unchanged.
+
+    The export is redone when ``out_dir`` has no complete manifest, when it was exported from
+    another base preparation (the base manifest's ``gguf_sha256`` and ``created`` are recorded),
+    or with ``force``.
+
+    Parameters
+    ----------
+    base_dir
+        The prepared float32 folder (``settings.generator_path``).
+    out_dir
+        Destination, normally :func:`ort_dir_for`.
+    precision
+        As for :func:`export_ort`.
+    force
+        Export again even if a matching export exists.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    from atalaia.models.prepare import read_manifest
+
+    base, out = Path(base_dir), Path(out_dir)
+    base_manifest = read_manifest(base) or {}
+    stamp = {k: base_manifest.get(k) for k in ("gguf_sha256", "created")}
+    if not force and is_ort_dir(out):
+        try:
+            current = read_ort_manifest(out)
+        except ValueError:
+            current = {}
+        if current.get("precision") == precision and current.get("base") == stamp:
+            return out
+    export_ort(base, out, precision=precision)
+    # Record which base preparation this export came from (the cache key above).
+    manifest = read_ort_manifest(out)
+    manifest["base"] = stamp
+    (out / ORT_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def _ort_precision(serving_format: str) -> str | None:
+    """``'int4'`` for ``'ort-int4'``; ``None`` for ``'float32'`` (served by transformers)."""
+    return serving_format.removeprefix("ort-") if serving_format.startswith("ort-") else None
+
+
+def prepare_serving_format(settings: Settings, *, force: bool = False) -> Path:
+    """Prepare the base model in ``settings.serving_format`` (``ATALAIA_SERVING_FORMAT``).
+
+    Returns ``settings.generator_path`` for ``float32``, else the cached ORT export of it
+    (see :func:`prepare_ort`).
+    """
+    precision = _ort_precision(settings.serving_format)
+    if precision is None:
+        return settings.generator_path
+    assert settings.models_dir is not None  # resolved by Settings
+    out = ort_dir_for(settings.models_dir, settings.generator_model, precision)
+    return prepare_ort(settings.generator_path, out, precision=precision, force=force)
+
+
+def served_base_path(settings: Settings) -> Path:
+    """The folder the base model is served from in ``settings.serving_format``.
+
+    Raises
+    ------
+    GeneratorNotPreparedError
+        When the format's export is missing (it is made by ``atalaia models prepare``, not at
+        service start: an export takes minutes).
+    """
+    from atalaia.models.generator import GeneratorNotPreparedError
+
+    precision = _ort_precision(settings.serving_format)
+    if precision is None:
+        return settings.generator_path
+    assert settings.models_dir is not None  # resolved by Settings
+    out = ort_dir_for(settings.models_dir, settings.generator_model, precision)
+    if not is_ort_dir(out):
+        raise GeneratorNotPreparedError(
+            f"ATALAIA_SERVING_FORMAT={settings.serving_format} but {out} is not prepared. "
+            "Fix: run `atalaia models prepare` (or set ATALAIA_SERVING_FORMAT=float32)."
+        )
+    return out
