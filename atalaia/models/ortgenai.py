@@ -301,10 +301,10 @@ class OrtGenerator(Generator):
         produced = 0
         while produced < max_tokens and not cancel.is_set() and not gen.is_done():
             gen.generate_next_token()
-            token = int(gen.get_next_tokens()[0])
+            next_id = int(gen.get_next_tokens()[0])
             produced += 1
-            yield token
-            if token == self.eos_token_id:
+            yield next_id
+            if next_id == self.eos_token_id:
                 return
 
     def _finish(self, ids: list[int], new: list[int], max_tokens: int, stop: list[str] | None) -> ChatResult:

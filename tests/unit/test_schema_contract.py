@@ -116,7 +116,7 @@ def _schema(name: str) -> dict[str, Any]:
 
 
 def test_every_schema_requires_what_the_parser_requires() -> None:
-    assert NAMES == ["alert", "deadletter", "feedback", "inference", "metric", "model"]
+    assert NAMES == ["alert", "deadletter", "feedback", "inference", "metric", "metricbatch", "model"]
     for name in NAMES:
         required = set(_schema(name)["required"])
         assert {"type", *ENVELOPE_FIELDS} <= required, name
