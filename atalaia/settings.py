@@ -279,6 +279,34 @@ class Settings(BaseSettings):
         64, description="Tokens generated per holdout question when evaluating a model."
     )
 
+    # -- serving speed on this host: quantized format choice, gate speed probe (issue 12) --
+    quantized_max_slowdown: Annotated[float, Field(ge=1)] = Field(
+        1.0,
+        description="A quantized model is deployed only when neither its prefill nor its decoding is slower than "
+        "this multiple of its float32 merge on this host (measured at quantize time); otherwise the float32 merge "
+        "is deployed.",
+    )
+    gate_max_prefill_slowdown: Annotated[float, Field(ge=1)] = Field(
+        1.2,
+        description="The gate rejects a candidate whose prefill time per prompt token (served-length RAG prompt) "
+        "is above this multiple of the active version's, measured in the same run.",
+    )
+    gate_max_decode_slowdown: Annotated[float, Field(ge=1)] = Field(
+        1.2,
+        description="The gate rejects a candidate whose decoding (tokens/s after the prompt) is slower than the "
+        "active version's by more than this factor, measured in the same run.",
+    )
+    speed_probe_repeats: Annotated[int, Field(ge=1, le=50)] = Field(
+        5, description="Timed runs per model of the speed probe (quantize format choice and gate)."
+    )
+    speed_probe_decode_tokens: Annotated[int, Field(ge=1, le=256)] = Field(
+        16, description="Greedy tokens timed per speed probe run."
+    )
+    speed_probe_threads: Annotated[int, Field(ge=0)] = Field(
+        1, description="torch threads of the speed probe (0: the process's default); 1 matches a service run "
+        "with ATALAIA_TORCH_THREADS=1."
+    )
+
     @field_validator("qa_train_file", "qa_holdout_file", mode="before")
     @classmethod
     def _empty_qa_file(cls, value: object) -> object:
