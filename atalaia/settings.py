@@ -215,7 +215,9 @@ class Settings(BaseSettings):
         0.10, description="Relative fall of live ROUGE-L or reference similarity that rolls a new version back."
     )
     canary_max_latency_ratio: Annotated[float, Field(ge=1)] = Field(
-        1.5, description="Live latency p95 above this multiple of the parent's rolls a new version back."
+        1.5,
+        description="Live median time to first token per prompt token, or time per generated token, above this "
+        "multiple of the parent's rolls a new version back (latency p95 when the parent's events have no ttft).",
     )
     canary_max_toxicity_increase: Annotated[float, Field(ge=0)] = Field(
         0.05, description="Absolute rise of mean response toxicity that rolls a new version back."
@@ -268,7 +270,9 @@ class Settings(BaseSettings):
         "a negative value accepts a candidate up to that much worse (pipeline tests, canary-only rollouts).",
     )
     gate_guards: dict[str, float] = Field(
-        default_factory=lambda: {"similarity": 0.03, "toxicity": 0.02, "perplexity": 0.25, "latency_p50_ms": 0.5},
+        # No latency guard by default: answer length moves latency; speed is judged by the gate's
+        # speed probe (ATALAIA_GATE_MAX_PREFILL_SLOWDOWN / ATALAIA_GATE_MAX_DECODE_SLOWDOWN).
+        default_factory=lambda: {"similarity": 0.03, "toxicity": 0.02, "perplexity": 0.25},
         description="JSON map of guard metric to the largest regression allowed: absolute for similarity, toxicity "
         "and rouge_l; relative (0.25 = 25 %) for perplexity, latency_p50_ms and tokens_per_s.",
     )

@@ -295,6 +295,13 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
                 "parent_holdout": active_scores,
                 "run_id": recorder.run_id,
                 "loss_curve": str(getattr(trained, "loss_curve_path", "")),
+                # Why this serving format on this host (int8 or the float32 merge), with the ratios.
+                "serving_format": {
+                    "format": quantized_format,
+                    "reason": getattr(quantized, "reason", ""),
+                    "speed_vs_float32": (getattr(quantized, "speed", None) or {}).get("ratios"),
+                    "gate_speed_vs_active": speed.get("ratios"),
+                },
             },
         )
         d.update(version=version, path=str(final_dir))
