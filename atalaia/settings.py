@@ -307,8 +307,9 @@ class Settings(BaseSettings):
         16, description="Greedy tokens timed per speed probe run."
     )
     speed_probe_threads: Annotated[int, Field(ge=0)] = Field(
-        1, description="torch threads of the speed probe (0: the process's default); 1 matches a service run "
-        "with ATALAIA_TORCH_THREADS=1."
+        1,
+        description="torch threads of the speed probe (0: the process's default); 1 matches a service run "
+        "with ATALAIA_TORCH_THREADS=1.",
     )
 
     @field_validator("qa_train_file", "qa_holdout_file", mode="before")

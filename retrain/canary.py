@@ -187,11 +187,12 @@ def speed_samples(
     prefill: list[float] = []
     per_token: list[float] = []
     with engine.connect() as conn:
-        for latency, ttft, prompt, completion in conn.execute(query.limit(limit)):
+        for row in conn.execute(query.limit(limit)):
+            latency, ttft, prompt, completion = float(row[0]), float(row[1]), int(row[2]), int(row[3])
             if prompt > 0:
-                prefill.append(float(ttft) / prompt)
+                prefill.append(ttft / prompt)
             if completion >= 2:
-                per_token.append(max(float(latency) - float(ttft), 0.0) / (completion - 1))
+                per_token.append(max(latency - ttft, 0.0) / (completion - 1))
     return {TTFT_PER_PROMPT_TOKEN: prefill, MS_PER_OUTPUT_TOKEN: per_token}
 
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atalaia.models.speed import FLOAT32
 from atalaia.models.quantized import (
     INT8_WEIGHT_ONLY,
     METHODS,
@@ -42,6 +41,7 @@ from atalaia.models.quantized import (
     QUANT_MANIFEST,
     QUANT_WEIGHTS,
 )
+from atalaia.models.speed import FLOAT32
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from atalaia.settings import Settings

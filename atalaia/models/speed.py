@@ -353,9 +353,10 @@ def probe_folders(
     finally:
         torch.set_num_threads(before)
     ref = reports[reference]
-    out = {
+    ratios = {name: speed_ratios(r, ref) for name, r in reports.items() if name != reference}
+    out: dict[str, Any] = {
         "reports": {name: r.as_dict() for name, r in reports.items()},
-        "ratios": {name: speed_ratios(r, ref) for name, r in reports.items() if name != reference},
+        "ratios": ratios,
         "median_ratios": {name: speed_ratios(r, ref, best=False) for name, r in reports.items() if name != reference},
         "prompt_tokens": ref.prompt_tokens,
         "threads": threads,
@@ -366,6 +367,6 @@ def probe_folders(
         "speed probe (%d prompt tokens, %d thread(s)): %s",
         ref.prompt_tokens,
         threads,
-        {n: {k: round(v, 3) for k, v in r.items()} for n, r in out["ratios"].items()},
+        {n: {k: round(v, 3) for k, v in r.items()} for n, r in ratios.items()},
     )
     return out
