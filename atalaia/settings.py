@@ -301,7 +301,7 @@ class Settings(BaseSettings):
         "active version's by more than this factor, measured in the same run.",
     )
     speed_probe_repeats: Annotated[int, Field(ge=1, le=50)] = Field(
-        5, description="Timed runs per model of the speed probe (quantize format choice and gate)."
+        3, description="Timed runs per model of the speed probe (quantize format choice and gate)."
     )
     speed_probe_decode_tokens: Annotated[int, Field(ge=1, le=256)] = Field(
         16, description="Greedy tokens timed per speed probe run."
