@@ -179,14 +179,19 @@ def probe_messages(settings: Settings) -> list[dict[str, str]]:
     """A chat prompt of served length: the service's RAG prompt with ``rag_top_k`` handbook passages.
 
     No retrieval is run (the probe needs a prompt of the right shape and length, not the right
-    passages): the first passages of the handbook stand in. Without a handbook the bare question
-    is used.
+    passages): the first passages of the handbook stand in. The RAG prompt is used even where
+    RAG is off: prefill per token is then measured on a few hundred tokens, not on a short
+    question whose prefill takes a few milliseconds and is lost in timing noise. Without a
+    handbook folder the bare question is used.
     """
-    from atalaia.rag import build_prompt
+    from atalaia.rag import RegulationsError, build_prompt
 
     passages: list[Any] = []
-    if settings.rag_enabled and settings.regulations_dir is not None and Path(settings.regulations_dir).is_dir():
-        passages = _handbook_passages(str(settings.regulations_dir))[: settings.rag_top_k]
+    if settings.regulations_dir is not None and Path(settings.regulations_dir).is_dir():
+        try:
+            passages = _handbook_passages(str(settings.regulations_dir))[: settings.rag_top_k]
+        except RegulationsError:  # a folder without sections: no passages to stand in
+            passages = []
     return build_prompt(PROBE_QUESTION, passages)
 
 

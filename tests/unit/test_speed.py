@@ -102,7 +102,11 @@ def test_the_probe_prompt_has_the_served_shape(tmp_path: Path) -> None:
     messages = probe_messages(Settings(home=tmp_path))
     assert [m["role"] for m in messages] == ["system", "user"]
     assert messages[0]["content"].count("[") >= 3  # rag_top_k passages, as the service builds it
-    bare = probe_messages(Settings(home=tmp_path, rag_enabled=False))
+    # Also without RAG: prefill per token is measured on a prompt long enough to time.
+    assert probe_messages(Settings(home=tmp_path, rag_enabled=False)) == messages
+    empty = tmp_path / "no-handbook"
+    empty.mkdir()
+    bare = probe_messages(Settings(home=tmp_path, regulations_dir=empty))
     assert len(bare[0]["content"]) < len(messages[0]["content"])
 
 
