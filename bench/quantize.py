@@ -57,12 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--ppl-items", type=int, default=0, help="holdout items for perplexity (0: all)")
+    parser.add_argument(
+        "--served-only", action="store_true", help="only the served-workload table (no perplexity, no short prompt)"
+    )
     args = parser.parse_args(argv)
 
     import torch
 
     from atalaia.models.generator import Generator
-    from atalaia.models.speed import compare_speed, cpu_capability, probe_messages, slowdown_reasons, speed_ratios
+    from atalaia.models.speed import cpu_capability
     from retrain.dataset import load_qa
     from retrain.evaluate import answer_perplexities
     from retrain.quantize import dir_size, quantize_model
@@ -84,31 +87,17 @@ def main(argv: list[str] | None = None) -> None:
             load_s[name] = time.perf_counter() - t0
         sizes = {"fp32": dir_size(fp32_dir), "int8": quantized.size_bytes}
 
+        print(f"\nCPU: {cpu_capability()}", flush=True)
+        _served_workload(loaded, settings, args.repeats, [int(t) for t in args.threads.split(",") if t])
+        if args.served_only:
+            return
+
         items = holdout[: args.ppl_items] if args.ppl_items else holdout
         prompts = [user_messages(i.question) for i in items]
         ppl = {
             name: answer_perplexities(gen.model, gen.tokenizer, prompts, [i.answer for i in items])[0]
             for name, gen in loaded.items()
         }
-
-        served = probe_messages(settings)
-        served_speed: dict[int, dict[str, Any]] = {}
-        probe_threads = [int(t) for t in args.threads.split(",") if t.strip()]
-        for n_threads in probe_threads:
-            torch.set_num_threads(n_threads)
-            reports = compare_speed(
-                loaded, served, repeats=args.repeats, decode_tokens=settings.speed_probe_decode_tokens
-            )
-            served_speed[n_threads] = {
-                "reports": reports,
-                "ratios": speed_ratios(reports["int8"], reports["fp32"]),
-                "median_ratios": speed_ratios(reports["int8"], reports["fp32"], best=False),
-            }
-        decide_at = settings.speed_probe_threads or probe_threads[0]
-        decide = served_speed.get(decide_at, served_speed[probe_threads[0]])
-        limit = settings.quantized_max_slowdown
-        slower = slowdown_reasons(decide["ratios"], max_prefill=limit, max_decode=limit, what="int8")
-        deployed = "fp32" if slower else "int8"
 
         prompt = loaded["fp32"]._encode(user_messages(holdout[0].question))
         rates: dict[tuple[str, int], list[float]] = {}
@@ -122,7 +111,6 @@ def main(argv: list[str] | None = None) -> None:
                 for name, gen in order:
                     rates.setdefault((name, n_threads), []).append(_generate_rate(gen, prompt, args.new_tokens))
 
-    print(f"\nCPU: {cpu_capability()}")
     print(f"\nfloat32 vs {quantized.method} ({fp32_dir.name}), {len(items)} holdout answers for perplexity")
     print(f"quantization took {quant_s:.1f} s; load: fp32 {load_s['fp32']:.2f} s, int8 {load_s['int8']:.2f} s\n")
     header = f"{'':>24} {'fp32':>10} {'int8':>10} {'int8/fp32':>10}"
@@ -134,10 +122,32 @@ def main(argv: list[str] | None = None) -> None:
         f, q = statistics.median(rates[("fp32", n_threads)]), statistics.median(rates[("int8", n_threads)])
         print(f"{f'tokens/s, {n_threads} thread(s)':>24} {f:>10.1f} {q:>10.1f} {q / f:>10.2f}")
     print(f"{'holdout perplexity':>24} {ppl['fp32']:>10.3f} {ppl['int8']:>10.3f} {ppl['int8'] / ppl['fp32']:>10.3f}")
-    n_prompt = next(iter(served_speed.values()))["reports"]["fp32"].prompt_tokens
+    print(f"\n(tokens/s: median of {args.repeats} runs of {args.new_tokens} greedy tokens; all runs: ", end="")
+    print({f"{k[0]}@{k[1]}": [round(r, 1) for r in v] for k, v in rates.items()}, ")")
+
+
+def _served_workload(loaded: dict[str, Any], settings: Any, repeats: int, threads: list[int]) -> dict[int, Any]:
+    """Probe float32 and int8 on the served workload at each thread count; print the table at once."""
+    import torch
+
+    from atalaia.models.speed import compare_speed, probe_messages, slowdown_reasons, speed_ratios
+
+    served = probe_messages(settings)
+    served_speed: dict[int, dict[str, Any]] = {}
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        reports = compare_speed(loaded, served, repeats=repeats, decode_tokens=settings.speed_probe_decode_tokens)
+        served_speed[n_threads] = {"reports": reports, "ratios": speed_ratios(reports["int8"], reports["fp32"])}
+    # The rule of retrain.quantize.quantize_for_host, on the probe at ATALAIA_SPEED_PROBE_THREADS.
+    decide_at = settings.speed_probe_threads if settings.speed_probe_threads in served_speed else threads[0]
+    limit = settings.quantized_max_slowdown
+    slower = slowdown_reasons(served_speed[decide_at]["ratios"], max_prefill=limit, max_decode=limit, what="int8")
+    deployed = "fp32" if slower else "int8"
+
+    n_prompt = served_speed[threads[0]]["reports"]["fp32"].prompt_tokens
     print(f"\nserved workload: RAG prompt of {n_prompt} tokens, {settings.speed_probe_decode_tokens} decoded tokens")
     print(f"deployed on this host: {deployed} ({'; '.join(slower) or 'int8 no slower in either phase'},")
-    print(f"  judged on the best of {args.repeats} runs at {decide_at} thread(s), limit {limit:.2f}x)\n")
+    print(f"  judged on the best of {repeats} runs at {decide_at} thread(s), limit {limit:.2f}x)\n")
     head = f"{'median of runs':>30} {'fp32':>8} {'int8':>8} {'int8/fp32':>10} {'deployed':>9} {'dep/fp32':>9}"
     print(head)
     print("-" * len(head))
@@ -155,9 +165,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{label:>30} {f32:>8.2f} {i8:>8.2f} {r8:>10.2f} {dep:>9.2f} {rd:>9.2f}")
     print("(ratio columns: speed relative to float32, > 1 is faster; prefill time per token inverted)")
     runs = {t: {n: r.samples for n, r in d["reports"].items()} for t, d in served_speed.items()}
-    print(f"(all runs, threads -> model -> [(prefill ms/token, decode tokens/s)]: {runs})")
-    print(f"\n(tokens/s: median of {args.repeats} runs of {args.new_tokens} greedy tokens; all runs: ", end="")
-    print({f"{k[0]}@{k[1]}": [round(r, 1) for r in v] for k, v in rates.items()}, ")")
+    print(f"(all runs, threads -> model -> [(prefill ms/token, decode tokens/s)]: {runs})", flush=True)
+    return served_speed
 
 
 if __name__ == "__main__":
