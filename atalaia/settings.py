@@ -283,7 +283,9 @@ class Settings(BaseSettings):
         0.10, description="Relative fall of live ROUGE-L or reference similarity that rolls a new version back."
     )
     canary_max_latency_ratio: Annotated[float, Field(ge=1)] = Field(
-        1.5, description="Live latency p95 above this multiple of the parent's rolls a new version back."
+        1.5,
+        description="Live median time to first token per prompt token, or time per generated token, above this "
+        "multiple of the parent's rolls a new version back (latency p95 when the parent's events have no ttft).",
     )
     canary_max_toxicity_increase: Annotated[float, Field(ge=0)] = Field(
         0.05, description="Absolute rise of mean response toxicity that rolls a new version back."
@@ -336,7 +338,9 @@ class Settings(BaseSettings):
         "a negative value accepts a candidate up to that much worse (pipeline tests, canary-only rollouts).",
     )
     gate_guards: dict[str, float] = Field(
-        default_factory=lambda: {"similarity": 0.03, "toxicity": 0.02, "perplexity": 0.25, "latency_p50_ms": 0.5},
+        # No latency guard by default: answer length moves latency; speed is judged by the gate's
+        # speed probe (ATALAIA_GATE_MAX_PREFILL_SLOWDOWN / ATALAIA_GATE_MAX_DECODE_SLOWDOWN).
+        default_factory=lambda: {"similarity": 0.03, "toxicity": 0.02, "perplexity": 0.25},
         description="JSON map of guard metric to the largest regression allowed: absolute for similarity, toxicity "
         "and rouge_l; relative (0.25 = 25 %) for perplexity, latency_p50_ms and tokens_per_s.",
     )
@@ -352,6 +356,35 @@ class Settings(BaseSettings):
     )
     eval_max_tokens: Annotated[int, Field(ge=1, le=1024)] = Field(
         64, description="Tokens generated per holdout question when evaluating a model."
+    )
+
+    # -- serving speed on this host: quantized format choice, gate speed probe (issue 12) --
+    quantized_max_slowdown: Annotated[float, Field(ge=1)] = Field(
+        1.0,
+        description="A quantized model is deployed only when neither its prefill nor its decoding is slower than "
+        "this multiple of its float32 merge on this host (measured at quantize time); otherwise the float32 merge "
+        "is deployed.",
+    )
+    gate_max_prefill_slowdown: Annotated[float, Field(ge=1)] = Field(
+        1.2,
+        description="The gate rejects a candidate whose prefill time per prompt token (served-length RAG prompt) "
+        "is above this multiple of the active version's, measured in the same run.",
+    )
+    gate_max_decode_slowdown: Annotated[float, Field(ge=1)] = Field(
+        1.2,
+        description="The gate rejects a candidate whose decoding (tokens/s after the prompt) is slower than the "
+        "active version's by more than this factor, measured in the same run.",
+    )
+    speed_probe_repeats: Annotated[int, Field(ge=1, le=50)] = Field(
+        3, description="Timed runs per model of the speed probe (quantize format choice and gate)."
+    )
+    speed_probe_decode_tokens: Annotated[int, Field(ge=1, le=256)] = Field(
+        16, description="Greedy tokens timed per speed probe run."
+    )
+    speed_probe_threads: Annotated[int, Field(ge=0)] = Field(
+        1,
+        description="torch threads of the speed probe (0: the process's default); 1 matches a service run "
+        "with ATALAIA_TORCH_THREADS=1.",
     )
 
     @field_validator("qa_train_file", "qa_holdout_file", mode="before")

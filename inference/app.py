@@ -181,8 +181,13 @@ def create_app(
         event_id: uuid.UUID,
         context: list[RetrievedPassage] | None = None,
         cache_hit: str | None = None,
+        started: float | None = None,
     ) -> None:
         metrics.latency.labels(version).observe(latency_ms / 1000.0)
+        # From the request's start to the model's first token (a cached answer generated none).
+        ttft_ms = None
+        if started is not None and not cache_hit and result.first_token_at is not None:
+            ttft_ms = min(max((result.first_token_at - started) * 1000.0, 0.0), latency_ms)
         metrics.tokens.labels(version, "prompt").inc(result.prompt_tokens)
         metrics.tokens.labels(version, "completion").inc(result.completion_tokens)
         metrics.requests.labels(version, "ok").inc()
@@ -199,6 +204,7 @@ def create_app(
             messages=[ChatMessage(role=m.role, content=openai_content(m.content, keep_media)) for m in req.messages],
             response=result.text,
             latency_ms=latency_ms,
+            time_to_first_token_ms=ttft_ms,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             # A cached answer costs no generation: only the tokens the model actually processed count.
@@ -306,7 +312,7 @@ def create_app(
             latency_ms = (time.perf_counter() - started) * 1000.0
             if use_cache and cache is not None and key is not None:
                 cache.put(key, (result, context), embedding=vector)
-            emit_inference(version, req, result, latency_ms, event_id, context)
+            emit_inference(version, req, result, latency_ms, event_id, context, started=started)
             return JSONResponse(
                 _completion_body(version, event_id, created, result, context),
                 headers={"x-atalaia-event-id": str(event_id)},
@@ -327,7 +333,8 @@ def create_app(
                 # mid-stream leaves no result, and nothing half-done is cached).
                 if use_cache and cache is not None and key is not None:
                     cache.put(key, (final, context), embedding=vector)
-                emit_inference(version, req, final, (time.perf_counter() - started) * 1000.0, event_id, context)
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                emit_inference(version, req, final, latency_ms, event_id, context, started=started)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})

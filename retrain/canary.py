@@ -1,5 +1,12 @@
 """Canary check after a deploy: live metrics of the new version vs its parent's baseline.
 
+Speed is judged per phase, from the inference events (cache hits excluded), so that answer
+length does not decide: time to first token per prompt token (the prefill, plus retrieval and
+queueing) and time per generated token after the first, ``(latency - ttft) / (completion - 1)``.
+Each regresses when the live median exceeds ``canary_max_latency_ratio`` × the parent's median.
+Events without a time to first token (schema version 1, before the service measured it) leave
+these empty, and the canary falls back to the latency p95 of the ``metrics`` table.
+
 The comparison (:func:`compare`) is pure; :func:`check_canary` reads the ``metrics`` table and
 :func:`settle_canary` acts on the verdict: a regression publishes ``rollback`` on the models topic
 and marks the version ``rolled_back`` in the registry.
@@ -29,6 +36,14 @@ HIGHER_IS_BETTER = ("rougeL", "similarity_reference")
 LOWER_IS_BETTER_ABS = ("toxicity_response",)
 LATENCY = "latency_ms"
 CANARY_METRICS = (*HIGHER_IS_BETTER, *LOWER_IS_BETTER_ABS, LATENCY)
+#: Speed per phase, derived from inference events (see :func:`speed_samples`); lower is better.
+TTFT_PER_PROMPT_TOKEN = "ttft_ms_per_prompt_token"
+MS_PER_OUTPUT_TOKEN = "ms_per_output_token"
+SPEED_METRICS = (TTFT_PER_PROMPT_TOKEN, MS_PER_OUTPUT_TOKEN)
+_SPEED_LABELS = {
+    TTFT_PER_PROMPT_TOKEN: "time to first token per prompt token",
+    MS_PER_OUTPUT_TOKEN: "time per generated token",
+}
 
 
 @dataclass
@@ -59,7 +74,10 @@ def compare(
 
     A quality metric regresses when its live mean falls more than ``max_drop`` (relative) below
     the baseline mean; toxicity when its mean rises more than ``max_toxicity_increase``
-    (absolute); latency when the live p95 exceeds ``max_latency_ratio`` × the baseline p95.
+    (absolute); a speed metric (``ttft_ms_per_prompt_token``, ``ms_per_output_token``) when its
+    live median exceeds ``max_latency_ratio`` × the baseline median. Latency (p95 against
+    ``max_latency_ratio`` × the baseline p95) is judged only when the baseline has neither speed
+    metric (events from before the time to first token was measured).
     A metric is judged once both sides have ``min_events`` samples; until every available metric
     is judged the verdict is ``wait`` — or ``pass`` when ``window_over``.
 
@@ -75,15 +93,34 @@ def compare(
     >>> compare({"rougeL": [0.41] * 5}, base, min_events=30, max_drop=0.1,
     ...         max_latency_ratio=1.5, max_toxicity_increase=0.05).decision
     'wait'
+
+    Longer answers raise latency, not the time per token:
+
+    >>> base = {"ms_per_output_token": [60.0] * 50, "latency_ms": [1000.0] * 50}
+    >>> compare({"ms_per_output_token": [58.0] * 50, "latency_ms": [3000.0] * 50}, base, min_events=30,
+    ...         max_drop=0.1, max_latency_ratio=1.5, max_toxicity_increase=0.05).decision
+    'pass'
     """
     verdict = CanaryVerdict("pass")
     pending = []
-    for name in CANARY_METRICS:
+    # Per-phase speed replaces latency whenever the baseline has it (latency mixes in answer length).
+    by_speed = any(len(baseline.get(name, [])) >= min_events for name in SPEED_METRICS)
+    for name in (*CANARY_METRICS, *SPEED_METRICS):
+        if name == LATENCY and by_speed:
+            continue
         live_v, base_v = live.get(name, []), baseline.get(name, [])
         if len(base_v) < min_events:
             continue  # no baseline for this metric: it cannot regress against nothing
         if len(live_v) < min_events:
             pending.append(name)
+            continue
+        if name in SPEED_METRICS:
+            lv, bv = percentile(live_v, 50), percentile(base_v, 50)
+            verdict.live[f"{name}_p50"], verdict.baseline[f"{name}_p50"] = lv, bv
+            if bv > 0 and lv > max_latency_ratio * bv:
+                verdict.reasons.append(
+                    f"{_SPEED_LABELS[name]} median {lv:.2f} ms > {max_latency_ratio:g} x baseline {bv:.2f} ms"
+                )
             continue
         if name == LATENCY:
             lv, bv = percentile(live_v, 95), percentile(base_v, 95)
@@ -123,7 +160,40 @@ def _samples(
             if before is not None:
                 query = query.where(t.metrics.c.ts < before).order_by(t.metrics.c.ts.desc())
             out[name] = [float(r[0]) for r in conn.execute(query.limit(limit))]
+    out.update(speed_samples(engine, version, after=after, before=before, limit=limit))
     return out
+
+
+def speed_samples(
+    engine: Engine, version: str, *, after: Any = None, before: Any = None, limit: int
+) -> dict[str, list[float]]:
+    """Per-request speed of ``version`` from its inference events (cache hits and events without ttft skipped).
+
+    Returns
+    -------
+    dict
+        ``ttft_ms_per_prompt_token``: time to first token over prompt tokens; ``ms_per_output_token``:
+        ``(latency - ttft) / (completion_tokens - 1)``, for answers of at least two tokens (the first
+        token's time is in the time to first token).
+    """
+    ev = t.inference_events
+    query = select(ev.c.latency_ms, ev.c.time_to_first_token_ms, ev.c.prompt_tokens, ev.c.completion_tokens).where(
+        ev.c.model_version == version, ev.c.cache_hit.is_(False), ev.c.time_to_first_token_ms.is_not(None)
+    )
+    if after is not None:
+        query = query.where(ev.c.ts >= after).order_by(ev.c.ts.asc())
+    if before is not None:
+        query = query.where(ev.c.ts < before).order_by(ev.c.ts.desc())
+    prefill: list[float] = []
+    per_token: list[float] = []
+    with engine.connect() as conn:
+        for row in conn.execute(query.limit(limit)):
+            latency, ttft, prompt, completion = float(row[0]), float(row[1]), int(row[2]), int(row[3])
+            if prompt > 0:
+                prefill.append(ttft / prompt)
+            if completion >= 2:
+                per_token.append(max(latency - ttft, 0.0) / (completion - 1))
+    return {TTFT_PER_PROMPT_TOKEN: prefill, MS_PER_OUTPUT_TOKEN: per_token}
 
 
 def check_canary(engine: Engine, settings: Settings, version: str) -> CanaryVerdict:

@@ -1,4 +1,14 @@
-"""Step 4 of a retraining run: quantize the merged model for CPU serving.
+"""Step 4 of a retraining run: pick the serving format for this host and write the model in it.
+
+:func:`quantize_for_host` is the step: it quantizes the merged model, measures the int8 model
+against its float32 merge on the served workload (prefill time per prompt token on a RAG prompt
+of served length, and decoding tokens/s: :mod:`atalaia.models.speed`) and keeps the int8 folder
+only when neither phase is slower than float32 here (``ATALAIA_QUANTIZED_MAX_SLOWDOWN``).
+Otherwise the float32 merge is deployed, recorded as ``float32``. Why: the int8 kernel
+(``_weight_int8pack_mm``) takes bfloat16 activations, which AVX2-only CPUs emulate; there its
+prefill was measured 1.5-1.7x slower than float32 (BENCHMARKS.md), and RAG prompts make prefill
+most of a request. The decision, the measured ratios and the CPU capability are written to
+``atalaia-format.json`` in the folder and returned for the run's step metrics.
 
 :func:`quantize_model` turns a merged float32 model folder into a weight-only int8 folder
 (layout and kernels in :mod:`atalaia.models.quantized`) that
@@ -22,6 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from atalaia.models.quantized import (
     INT8_WEIGHT_ONLY,
@@ -30,6 +41,10 @@ from atalaia.models.quantized import (
     QUANT_MANIFEST,
     QUANT_WEIGHTS,
 )
+from atalaia.models.speed import FLOAT32
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from atalaia.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +62,10 @@ _CARRIED = (
 )
 
 
+#: Record of the format decision in a deployed folder (written by :func:`quantize_for_host`).
+FORMAT_RECORD = "atalaia-format.json"
+
+
 @dataclass(frozen=True)
 class QuantizedModel:
     """A quantized model folder.
@@ -59,11 +78,17 @@ class QuantizedModel:
         The quantization method, e.g. ``"int8-weight-only"``.
     size_bytes
         Total size of the files in the folder.
+    reason
+        Why this format (set by :func:`quantize_for_host`).
+    speed
+        The probe's measurements (:func:`atalaia.models.speed.probe_folders`), when one ran.
     """
 
     path: Path
     method: str
     size_bytes: int
+    reason: str = ""
+    speed: dict[str, Any] | None = None
 
 
 def dir_size(path: Path) -> int:
@@ -164,3 +189,83 @@ def quantize_model(merged_dir: Path, out_dir: Path, method: str = INT8_WEIGHT_ON
         time.perf_counter() - t0,
     )
     return QuantizedModel(path=out_dir, method=method, size_bytes=size)
+
+
+def _link_or_copy_tree(src: Path, dst: Path) -> None:
+    """Copy a model folder, hard-linking files where the file system allows (no 0.5 GB copy)."""
+
+    def link(a: str, b: str) -> object:
+        try:
+            os.link(a, b)
+            return b
+        except OSError:
+            return shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def quantize_for_host(
+    merged_dir: Path,
+    out_dir: Path,
+    settings: Settings,
+    method: str = INT8_WEIGHT_ONLY,
+    *,
+    probe: Any = None,
+) -> QuantizedModel:
+    """Write ``merged_dir`` into ``out_dir`` in the format that serves fastest on this host.
+
+    The model is quantized with ``method``; the int8 folder and the float32 merge are probed
+    side by side (:func:`atalaia.models.speed.probe_folders`). The int8 folder is kept when its
+    prefill and its decoding are both within ``settings.quantized_max_slowdown`` of float32;
+    otherwise ``out_dir`` becomes a copy of the float32 merge and the result's ``method`` is
+    ``"float32"``. Either way ``atalaia-format.json`` in ``out_dir`` records the decision, the
+    ratios and the CPU capability.
+
+    Parameters
+    ----------
+    merged_dir
+        The float32 merged model folder.
+    out_dir
+        Destination folder (replaced if present).
+    settings
+        The speed probe settings and ``quantized_max_slowdown``.
+    method
+        The quantization method to try (``ATALAIA_QUANTIZATION_METHOD``).
+    probe
+        ``probe(folders, settings, reference=...)``: :func:`atalaia.models.speed.probe_folders`
+        by default (tests pass a fake).
+
+    Returns
+    -------
+    QuantizedModel
+        ``method`` is ``method`` or ``"float32"``; ``reason`` and ``speed`` say why.
+    """
+    from atalaia.models.speed import probe_folders, slowdown_reasons
+
+    probe = probe or probe_folders
+    merged_dir, out_dir = Path(merged_dir), Path(out_dir)
+    quantize_model(merged_dir, out_dir, method=method)
+    speed = probe({FLOAT32: merged_dir, method: out_dir}, settings, reference=FLOAT32)
+    ratios = speed["ratios"][method]
+    limit = settings.quantized_max_slowdown
+    slower = slowdown_reasons(ratios, max_prefill=limit, max_decode=limit, what=method)
+    cpu = speed.get("cpu", {})
+    on = f"on this host (ATen {cpu.get('aten', '?')}, {speed.get('threads', '?')} thread(s))"
+    if slower:
+        chosen = FLOAT32
+        reason = f"{'; '.join(slower)} {on}: deploying the float32 merge"
+        shutil.rmtree(out_dir)
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _link_or_copy_tree(merged_dir, tmp)
+        os.replace(tmp, out_dir)
+    else:
+        chosen = method
+        reason = (
+            f"{method} prefill {ratios['prefill_ratio']:.2f}x and decoding {ratios['decode_ratio']:.2f}x the time of "
+            f"float32 {on} (limit {limit:.2f}x): deploying {method}"
+        )
+    record = {"format": chosen, "tried": method, "reason": reason, "max_slowdown": limit, "speed": speed}
+    (out_dir / FORMAT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    logger.info("serving format for %s: %s (%s)", merged_dir, chosen, reason)
+    return QuantizedModel(path=out_dir, method=chosen, size_bytes=dir_size(out_dir), reason=reason, speed=speed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import timedelta
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from atalaia.events import ModelEvent, utcnow
+from atalaia.models.speed import FLOAT32, slowdown_reasons
 from atalaia.settings import Settings
 from atalaia.storage.db import get_engine
 from atalaia.storage.repository import as_utc
@@ -75,6 +77,11 @@ class Steps(Protocol):
 
     def gate(self, candidate: dict[str, float], active: dict[str, float], settings: Settings) -> tuple[bool, list[str]]:
         """Promote or not, with the reasons."""
+        ...
+
+    def speed(self, candidate_dir: Path, active_dir: Path, settings: Settings) -> dict[str, Any]:
+        """Probe both models side by side on the served workload (:func:`atalaia.models.speed.probe_folders`
+        with names ``candidate`` and ``active``); the result has ``ratios["candidate"]``."""
         ...
 
 
@@ -226,10 +233,28 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
     with recorder.step("gate") as d:
         active_scores = _active_scores(engine, settings, steps, served)
         candidate_scores = steps.evaluate(staging, settings)
-        ppl_fp32 = steps.reference_perplexity(Path(trained.merged_dir), settings)
-        ppl_q = steps.reference_perplexity(staging, settings)
+        # A float32 merge deployed as it is (int8 was slower on this host) has nothing to check.
+        quantized_format = getattr(quantized, "method", None)
+        if quantized_format == FLOAT32:
+            ppl_fp32 = ppl_q = None
+            ratio = 1.0
+        else:
+            ppl_fp32 = steps.reference_perplexity(Path(trained.merged_dir), settings)
+            ppl_q = steps.reference_perplexity(staging, settings)
+            ratio = ppl_q / ppl_fp32 if ppl_fp32 > 0 else math.inf
         promote, reasons = steps.gate(candidate_scores, active_scores, settings)
-        ratio = ppl_q / ppl_fp32 if ppl_fp32 > 0 else float("inf")
+        # Speed on the served workload, both versions probed in this run (not the cached scores'
+        # latency: shorter answers would hide a slower model).
+        speed = steps.speed(staging, served.path, settings)
+        slower = slowdown_reasons(
+            speed["ratios"]["candidate"],
+            max_prefill=settings.gate_max_prefill_slowdown,
+            max_decode=settings.gate_max_decode_slowdown,
+            what="candidate",
+        )
+        if slower:
+            promote = False
+            reasons.extend(f"{r} than the active version" for r in slower)
         if ratio > 1 + settings.quantized_ppl_tolerance:
             promote = False
             reasons.append(
@@ -241,6 +266,8 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
             active=active_scores,
             active_version=served.version,
             reference_perplexity={"fp32": ppl_fp32, "quantized": ppl_q, "ratio": ratio},
+            format=quantized_format,
+            speed=speed,
             promote=promote,
             reasons=reasons,
         )
@@ -268,6 +295,13 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
                 "parent_holdout": active_scores,
                 "run_id": recorder.run_id,
                 "loss_curve": str(getattr(trained, "loss_curve_path", "")),
+                # Why this serving format on this host (int8 or the float32 merge), with the ratios.
+                "serving_format": {
+                    "format": quantized_format,
+                    "reason": getattr(quantized, "reason", ""),
+                    "speed_vs_float32": (getattr(quantized, "speed", None) or {}).get("ratios"),
+                    "gate_speed_vs_active": speed.get("ratios"),
+                },
             },
         )
         d.update(version=version, path=str(final_dir))
@@ -312,9 +346,9 @@ class ModelSteps:
         return train_lora(base_dir, dataset, out_dir, config, progress=True)
 
     def quantize(self, merged_dir: Path, out_dir: Path, settings: Settings) -> Any:
-        from retrain.quantize import quantize_model
+        from retrain.quantize import quantize_for_host
 
-        return quantize_model(Path(merged_dir), out_dir, method=settings.quantization_method)
+        return quantize_for_host(Path(merged_dir), out_dir, settings, method=settings.quantization_method)
 
     def _holdout(self, settings: Settings) -> list[Any]:
         from retrain.evaluate import load_holdout
@@ -343,3 +377,8 @@ class ModelSteps:
 
         decision = gate_scores(candidate, active, settings)
         return decision.promote, list(decision.reasons)
+
+    def speed(self, candidate_dir: Path, active_dir: Path, settings: Settings) -> dict[str, Any]:
+        from atalaia.models.speed import probe_folders
+
+        return probe_folders({"active": active_dir, "candidate": candidate_dir}, settings, reference="active")

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -73,12 +73,16 @@ class ChatResult:
         and any tokens of a matched stop string (the work done, as OpenAI-style servers count).
     finish_reason : {'stop', 'length'}
         ``'length'`` when ``max_tokens`` ran out, otherwise ``'stop'``.
+    first_token_at : float or None
+        ``time.perf_counter()`` when the model produced its first token (the end of the prefill),
+        for the caller's time to first token; ``None`` when unknown. Not part of equality.
     """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
+    first_token_at: float | None = field(default=None, compare=False)
 
     @property
     def total_tokens(self) -> int:
@@ -121,6 +125,26 @@ class ChatStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _FirstTokenClock:
+    """A ``generate`` streamer that only notes when the first new token came out.
+
+    transformers hands a streamer the prompt first, then every new token as it is chosen; the
+    second ``put`` is therefore the end of the prefill.
+    """
+
+    def __init__(self) -> None:
+        self._puts = 0
+        self.first_token_at: float | None = None
+
+    def put(self, value: Any) -> None:
+        self._puts += 1
+        if self._puts == 2:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
 
 
 def _validate_messages(messages: list[dict[str, str]]) -> None:
@@ -303,7 +327,14 @@ class Generator:
             kwargs["stop_strings"] = [s for s in stop if s]
         return GenerationConfig(**kwargs)
 
-    def _result(self, output_ids: torch.Tensor, prompt_len: int, max_tokens: int, stop: list[str] | None) -> ChatResult:
+    def _result(
+        self,
+        output_ids: torch.Tensor,
+        prompt_len: int,
+        max_tokens: int,
+        stop: list[str] | None,
+        first_token_at: float | None = None,
+    ) -> ChatResult:
         new = output_ids[0, prompt_len:].tolist()
         hit_eos = self.eos_token_id in new
         if hit_eos:
@@ -315,7 +346,11 @@ class Generator:
             text = text[:cut]
         finish: FinishReason = "length" if (cut is None and not hit_eos and completion_tokens >= max_tokens) else "stop"
         return ChatResult(
-            text=text, prompt_tokens=prompt_len, completion_tokens=completion_tokens, finish_reason=finish
+            text=text,
+            prompt_tokens=prompt_len,
+            completion_tokens=completion_tokens,
+            finish_reason=finish,
+            first_token_at=first_token_at,
         )
 
     # ------------------------------------------------------------------ generation
@@ -360,9 +395,10 @@ class Generator:
         prompt_len = int(inputs["input_ids"].shape[1])
         self._check(prompt_len, max_tokens, temperature, top_p)
         config = self._generation_config(max_tokens, temperature, top_p, stop)
+        clock = _FirstTokenClock()
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**inputs, generation_config=config, tokenizer=self.tokenizer)
-        return self._result(out, prompt_len, max_tokens, stop)
+            out = self.model.generate(**inputs, generation_config=config, tokenizer=self.tokenizer, streamer=clock)
+        return self._result(out, prompt_len, max_tokens, stop, clock.first_token_at)
 
     def chat_stream(
         self,
@@ -422,7 +458,16 @@ class Generator:
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
                 return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, **_DECODE_KWARGS)
+        class _TimedStreamer(TextIteratorStreamer):
+            # Notes the end of the prefill: the first put after the (skipped) prompt.
+            first_token_at: float | None = None
+
+            def put(self, value: torch.Tensor) -> None:
+                if self.first_token_at is None and not self.next_tokens_are_prompt:
+                    self.first_token_at = time.perf_counter()
+                super().put(value)
+
+        streamer = _TimedStreamer(self.tokenizer, skip_prompt=True, **_DECODE_KWARGS)
         outcome: dict[str, Any] = {}
 
         def work() -> None:
@@ -472,7 +517,7 @@ class Generator:
             worker.join()
             if "error" in outcome:
                 raise RuntimeError(f"generation failed: {outcome['error']}") from outcome["error"]
-            result = self._result(outcome["ids"], prompt_len, max_tokens, stop)
+            result = self._result(outcome["ids"], prompt_len, max_tokens, stop, streamer.first_token_at)
             # The streamer decodes line by line; the result decodes all tokens at once. Emit
             # whatever the streamed text lacks (held-back text, final flush) so pieces == text.
             emitted = received[:sent]

@@ -378,3 +378,50 @@ def test_health_reports_delivery_and_degrades_on_old_undelivered_events(tmp_path
     text = client.get("/metrics").text
     assert "atalaia_events_dead_lettered 0.0" in text and "atalaia_kafka_reachable 0.0" in text
     assert re.search(r"^atalaia_oldest_undelivered_age_seconds 1[2-9]\d", text, re.MULTILINE)
+class TimedGenerator(FakeGenerator):
+    """Notes its first token 20 ms into generation, as the real generator's clock does."""
+
+    def _timed(self, prompt: int) -> ChatResult:
+        import time
+
+        start = time.perf_counter()
+        time.sleep(0.03)
+        return ChatResult("Thirty days.", prompt, 3, "stop", first_token_at=start + 0.02)
+
+    def chat(self, messages, max_tokens=128, temperature=0.0, top_p=1.0, stop=None) -> ChatResult:  # type: ignore[no-untyped-def]
+        return self._timed(self._check(messages, max_tokens))
+
+    def chat_stream(self, messages, max_tokens=128, temperature=0.0, top_p=1.0, stop=None) -> ChatStream:  # type: ignore[no-untyped-def]
+        prompt = self._check(messages, max_tokens)
+        stream = ChatStream(iter(()))
+
+        def pieces() -> Iterator[str]:
+            result = self._timed(prompt)
+            yield from ("Thirty", " days.")
+            stream.result = result
+
+        stream._pieces = pieces()
+        return stream
+
+
+def test_events_carry_the_time_to_first_token(tmp_path: Path) -> None:
+    from inference.cache import ResponseCache
+
+    settings = Settings(home=tmp_path, max_new_tokens_limit=32)
+    producer = RecordingProducer()
+    cache = ResponseCache(semantic_threshold=None)
+    client = TestClient(create_app(settings, TimedGenerator(), producer, cache=cache))
+    assert client.post("/v1/chat/completions", json=_body(settings, max_tokens=8)).status_code == 200
+    with client.stream("POST", "/v1/chat/completions", json=_body(settings, max_tokens=9, stream=True)) as r:
+        assert r.status_code == 200 and list(r.iter_lines())
+    assert client.post("/v1/chat/completions", json=_body(settings, max_tokens=8)).headers["x-atalaia-cache"]
+    plain, streamed, cached = [e for e in producer.events if isinstance(e, InferenceEvent)]
+    for event in (plain, streamed):
+        assert event.time_to_first_token_ms is not None
+        assert 20.0 <= event.time_to_first_token_ms <= event.latency_ms
+    # A cached answer generated no token: no time to first token to compare models by.
+    assert cached.cache_hit and cached.time_to_first_token_ms is None
+    # A generator that does not know (another backend) leaves it empty rather than guessing.
+    plain_client = TestClient(create_app(settings, FakeGenerator(), producer))
+    plain_client.post("/v1/chat/completions", json=_body(settings, max_tokens=7))
+    assert producer.events[-1].time_to_first_token_ms is None  # type: ignore[attr-defined]

@@ -125,3 +125,16 @@ def test_dequantized_model_is_a_plain_float_model(tiny_model_dir: Path, tmp_path
     assert torch.allclose(a, b, atol=1e-2 * float(b.abs().max()))
     plain.save_pretrained(tmp_path / "float")  # an ordinary model folder again
     assert (tmp_path / "float" / "model.safetensors").is_file()
+
+
+def test_the_generator_notes_when_the_first_token_came_out(tiny_model_dir: Path) -> None:
+    import time
+
+    from atalaia.models.generator import _FirstTokenClock
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
+    clock = _FirstTokenClock()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False, streamer=clock, pad_token_id=0)
+    assert clock.first_token_at is not None and t0 < clock.first_token_at < time.perf_counter()

@@ -189,3 +189,85 @@ def test_a_still_firing_retrain_alert_is_rechecked_unless_a_run_holds_the_lock(s
         )
     _recheck(settings, recorder, waiting)
     assert len(recorder.jobs) == 1
+
+
+def _events(settings: Settings, speeds: dict[str, tuple[float, float | None, int, int]], n: int = 20) -> None:
+    """Inference events of ``m@base`` (before the deploy) and ``m@ft-1`` (after it).
+
+    ``speeds`` maps version to ``(latency_ms, ttft_ms or None, prompt_tokens, completion_tokens)``.
+    """
+    from atalaia.events import ChatMessage, InferenceEvent
+    from atalaia.storage import repository
+
+    now = utcnow()
+    events = []
+    for i in range(n):
+        for version, ts in (
+            ("m@base", now - timedelta(minutes=30, seconds=i)),
+            ("m@ft-1", now - timedelta(minutes=4, seconds=-i)),
+        ):
+            latency, ttft, prompt, completion = speeds[version]
+            events.append(
+                InferenceEvent(
+                    ts=ts,
+                    service="s",
+                    model_version=version,
+                    messages=[ChatMessage(role="user", content="q")],
+                    response="a",
+                    latency_ms=latency,
+                    time_to_first_token_ms=ttft,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    cost=0.0,
+                )
+            )
+    with get_engine(settings.database_url).begin() as conn:
+        repository.store_inference_batch(conn, events, [])
+
+
+def test_the_canary_judges_speed_per_phase_not_answer_length(settings: Settings) -> None:
+    engine = get_engine(settings.database_url)
+    version = _deployed(settings, rouge_new=0.42)
+    # The parent: 450-token prompts, 500 ms to the first token, 40 tokens at 50 ms each. The new
+    # version answers at the same speed but three times longer: latency triples, nothing regressed.
+    _events(settings, {"m@base": (500 + 39 * 50, 500.0, 450, 40), "m@ft-1": (500 + 119 * 50, 500.0, 450, 120)})
+    verdict = canary.check_canary(engine, settings, version)
+    assert verdict.decision == "pass", verdict
+    assert verdict.live["ttft_ms_per_prompt_token_p50"] == pytest.approx(500 / 450)
+    assert verdict.live["ms_per_output_token_p50"] == pytest.approx(50.0)
+    assert "latency_ms_p95" not in verdict.live  # latency is not judged when the phases are
+
+
+@pytest.mark.parametrize(
+    ("child", "needle"),
+    [
+        # Short answers hide a prefill twice as slow from the latency: 1000 ms vs 500 ms to the first token.
+        ((1000 + 4 * 50, 1000.0, 450, 5), "time to first token per prompt token"),
+        ((500 + 39 * 100, 500.0, 450, 40), "time per generated token"),
+    ],
+)
+def test_a_slower_phase_rolls_back(settings: Settings, child: tuple[float, float, int, int], needle: str) -> None:
+    engine = get_engine(settings.database_url)
+    version = _deployed(settings, rouge_new=0.42)
+    _events(settings, {"m@base": (500 + 39 * 50, 500.0, 450, 40), "m@ft-1": child})
+    verdict = canary.check_canary(engine, settings, version)
+    assert verdict.decision == "rollback", verdict
+    assert any(needle in r for r in verdict.reasons), verdict.reasons
+
+
+def test_events_without_ttft_fall_back_to_latency(settings: Settings) -> None:
+    engine = get_engine(settings.database_url)
+    version = _deployed(settings, rouge_new=0.42)
+    # Old (schema 1) events: no time to first token on the parent's side; cache hits never count.
+    _events(settings, {"m@base": (900.0, None, 450, 40), "m@ft-1": (950.0, 400.0, 450, 40)})
+    samples = canary.speed_samples(engine, "m@base", limit=100)
+    assert samples == {"ttft_ms_per_prompt_token": [], "ms_per_output_token": []}
+    verdict = canary.check_canary(engine, settings, version)
+    assert verdict.decision == "pass" and "latency_ms_p95" in verdict.live, verdict
+
+
+def test_speed_is_not_judged_until_the_new_version_has_enough_events() -> None:
+    base = {"ttft_ms_per_prompt_token": [1.0] * 40, "ms_per_output_token": [50.0] * 40, "latency_ms": [9.0] * 40}
+    live = {"ttft_ms_per_prompt_token": [1.0] * 5, "ms_per_output_token": [50.0] * 5, "latency_ms": [9.0] * 40}
+    verdict = canary.compare(live, base, min_events=30, max_drop=0.1, max_latency_ratio=1.5, max_toxicity_increase=0.05)
+    assert verdict.decision == "wait" and "ttft_ms_per_prompt_token" in verdict.reasons[0]

@@ -46,11 +46,22 @@ class FakeQuantized:
 class FakeSteps:
     """Deterministic steps: the candidate scores ``candidate_rouge``; the active model 0.2."""
 
-    def __init__(self, candidate_rouge: float = 0.4, new_data: int = 100, ppl_ratio: float = 1.01) -> None:
+    def __init__(
+        self,
+        candidate_rouge: float = 0.4,
+        new_data: int = 100,
+        ppl_ratio: float = 1.01,
+        speed_ratios: tuple[float, float] = (1.0, 1.0),
+        method: str = "int8-weight-only",
+    ) -> None:
         self.candidate_rouge = candidate_rouge
         self.new_data = new_data
         self.ppl_ratio = ppl_ratio
+        self.speed_ratios = speed_ratios
+        self.method = method
         self.evaluated: list[Path] = []
+        self.perplexity_of: list[Path] = []
+        self.probed: list[tuple[Path, Path]] = []
 
     def count_new_data(self, engine: Any, settings: Settings, since: Any) -> int:
         return self.new_data
@@ -69,14 +80,20 @@ class FakeSteps:
         out_dir.mkdir(parents=True)
         (out_dir / "config.json").write_text("{}")
         (out_dir / "model.bin").write_bytes(b"q" * 100)
-        return FakeQuantized(out_dir)
+        return FakeQuantized(out_dir, self.method)
 
     def evaluate(self, model_dir: Path, settings: Settings) -> dict[str, float]:
         self.evaluated.append(model_dir)
         rouge = self.candidate_rouge if model_dir.name.endswith(registry.PARTIAL_SUFFIX) else 0.2
         return {"rouge_l": rouge, "toxicity": 0.01}
 
+    def speed(self, candidate_dir: Path, active_dir: Path, settings: Settings) -> dict[str, Any]:
+        self.probed.append((candidate_dir, active_dir))
+        prefill, decode = self.speed_ratios
+        return {"ratios": {"candidate": {"prefill_ratio": prefill, "decode_ratio": decode}}, "prompt_tokens": 450}
+
     def reference_perplexity(self, model_dir: Path, settings: Settings) -> float:
+        self.perplexity_of.append(model_dir)
         return 10.0 * (self.ppl_ratio if model_dir.name.endswith(registry.PARTIAL_SUFFIX) else 1.0)
 
     def gate(self, candidate: dict[str, float], active: dict[str, float], settings: Settings) -> tuple[bool, list[str]]:
@@ -145,6 +162,41 @@ def test_a_quantized_model_that_lost_too_much_perplexity_is_rejected(
     outcome = runner.run_retrain(settings, trigger="manual", steps=FakeSteps(ppl_ratio=1.2))
     assert outcome.status == "rejected"
     assert "quantized perplexity" in outcome.reason
+
+
+@pytest.mark.parametrize(("ratios", "phase"), [((1.5, 0.5), "prefill"), ((0.9, 1.3), "decoding")])
+def test_a_candidate_slower_on_the_served_workload_is_rejected(
+    settings: Settings, published: list[ModelEvent], ratios: tuple[float, float], phase: str
+) -> None:
+    # Better quality does not buy a slower model: each phase is judged on its own.
+    steps = FakeSteps(candidate_rouge=0.9, speed_ratios=ratios)
+    outcome = runner.run_retrain(settings, trigger="manual", steps=steps)
+    assert outcome.status == "rejected", outcome
+    assert f"candidate {phase} is" in outcome.reason and "than the active version" in outcome.reason
+    # Both versions were probed in this run, the candidate's staging folder against the served one.
+    assert steps.probed == [(settings.models_dir / f"{outcome.candidate_version}.partial", settings.generator_path)]  # type: ignore[operator]
+    assert published == []
+    run = get_run(get_engine(settings.database_url), outcome.run_id)
+    assert run is not None
+    gate = next(s for s in run["steps"] if s["name"] == "gate")
+    assert gate["details"]["speed"]["ratios"]["candidate"]["prefill_ratio"] == ratios[0]
+
+
+def test_a_candidate_within_the_speed_limits_passes(settings: Settings, published: list[ModelEvent]) -> None:
+    tuned = settings.model_copy(update={"gate_max_prefill_slowdown": 1.6, "gate_max_decode_slowdown": 1.6})
+    outcome = runner.run_retrain(tuned, trigger="manual", steps=FakeSteps(speed_ratios=(1.5, 1.5)))
+    assert outcome.status == "deployed", outcome
+
+
+def test_a_float32_merge_is_registered_as_such_without_a_perplexity_check(
+    settings: Settings, published: list[ModelEvent]
+) -> None:
+    steps = FakeSteps(method="float32", ppl_ratio=2.0)  # the ratio would fail an int8 folder
+    outcome = runner.run_retrain(settings, trigger="manual", steps=steps)
+    assert outcome.status == "deployed", outcome
+    assert steps.perplexity_of == []
+    version = registry.get_version(get_engine(settings.database_url), outcome.candidate_version or "")
+    assert version is not None and version["quantization"] == "float32"
 
 
 def test_not_enough_new_data_or_cooldown_skip_the_run(settings: Settings, published: list[ModelEvent]) -> None:
