@@ -378,6 +378,8 @@ def test_health_reports_delivery_and_degrades_on_old_undelivered_events(tmp_path
     text = client.get("/metrics").text
     assert "atalaia_events_dead_lettered 0.0" in text and "atalaia_kafka_reachable 0.0" in text
     assert re.search(r"^atalaia_oldest_undelivered_age_seconds 1[2-9]\d", text, re.MULTILINE)
+
+
 class TimedGenerator(FakeGenerator):
     """Notes its first token 20 ms into generation, as the real generator's clock does."""
 
