@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atalaia.content import openai_content
-from atalaia.events import ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
+from atalaia.events import ATALAIA_PROVIDER, ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
 from atalaia.metrics.operational import Price
 from atalaia.model_signing import sign
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
@@ -201,6 +201,7 @@ def create_app(
             event_id=event_id,
             service=settings.service_name,
             model_version=version,
+            provider=ATALAIA_PROVIDER,
             messages=[ChatMessage(role=m.role, content=openai_content(m.content, keep_media)) for m in req.messages],
             response=result.text,
             latency_ms=latency_ms,

@@ -235,3 +235,12 @@ def test_text_metrics_read_the_text_parts_of_a_multimodal_message(tmp_path: Path
     by_name = {m.name: m for m in batch.metrics}
     assert by_name["toxicity_prompt"].value == pytest.approx(0.9)  # the text part was scored
     assert by_name["rougeL"].value == 1.0
+
+
+def test_perplexity_only_for_models_atalaia_hosts(tmp_path: Path) -> None:
+    # SmolLM2's perplexity of a hosted model's answer would describe SmolLM2, not that model.
+    own, legacy, hosted = _event(), _event(), _event()
+    own.provider, hosted.provider = "atalaia", "openai"
+    batch = _scorer(tmp_path, metric_groups="perplexity").score([own, legacy, hosted])
+    scored = {m.source_event_id for m in batch.metrics if m.name == "perplexity"}
+    assert scored == {own.event_id, legacy.event_id}
