@@ -37,6 +37,7 @@ WINDOW_METRICS = {
     "toxicity_response": (0.02, 0.05),
     "rougeL": (0.45, 0.30),
     "perplexity": (12.0, 19.0),
+    "answer_length_ratio": (1.0, 1.4),  # the length group's chart (metric-group plugin)
 }
 DRIFT_THRESHOLD = 0.012
 
