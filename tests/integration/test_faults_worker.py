@@ -134,8 +134,10 @@ def test_sigkill_in_the_middle_of_a_batch_write(settings: Settings) -> None:
             def worker_waiting() -> bool:
                 with psycopg.connect(dsn, autocommit=True) as probe:
                     row = probe.execute(
+                        # The batch write (COPY into a staging table, then INSERT ... SELECT from
+                        # it, or a plain INSERT for small batches) waits on the table's lock.
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query ILIKE 'INSERT INTO inference_events%%'"
+                        "AND query ILIKE '%%inference_events%%'"
                     ).fetchone()
                 return bool(row and row[0])
 
