@@ -222,7 +222,7 @@ class MonitorService:
         web, feed = self._start_web() if self.serve_web else (None, None)
         last_eval = 0.0
 
-        def observe(metrics: list[MetricEvent], _msg: Any) -> None:
+        def observe(metrics: Any, _msg: Any) -> None:  # list[MetricEvent], from parse_metrics
             # One message holds one metric (schema 1) or a scored event's batch (metric_batch).
             for metric in metrics:
                 if self._seen.add(str(metric.event_id)):
