@@ -307,10 +307,12 @@ class OrtGenerator(Generator):
             if next_id == self.eos_token_id:
                 return
 
-    def _finish(self, ids: list[int], new: list[int], max_tokens: int, stop: list[str] | None) -> ChatResult:
+    def _finish(
+        self, ids: list[int], new: list[int], max_tokens: int, stop: list[str] | None, first_token_at: float | None
+    ) -> ChatResult:
         import torch
 
-        return self._result(torch.tensor([ids + new]), len(ids), max_tokens, stop)
+        return self._result(torch.tensor([ids + new]), len(ids), max_tokens, stop, first_token_at)
 
     def chat(
         self,
@@ -325,13 +327,16 @@ class OrtGenerator(Generator):
         self._check(len(ids), max_tokens, temperature, top_p)
         stops = [s for s in stop or [] if s]
         new: list[int] = []
+        first_token_at: float | None = None  # the end of the prefill, for time to first token
         with self._lock:
             for token in self._tokens(ids, max_tokens, temperature, top_p, threading.Event()):
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
                 new.append(token)
                 # Stop as soon as a stop string appears, as transformers' stop_strings does.
                 if stops and _find_stop(self.tokenizer.decode(new, **_DECODE_KWARGS), stops) is not None:
                     break
-        return self._finish(ids, new, max_tokens, stop)
+        return self._finish(ids, new, max_tokens, stop, first_token_at)
 
     def chat_stream(
         self,
@@ -366,10 +371,13 @@ class OrtGenerator(Generator):
         hold = max((len(s) for s in stops), default=1) - 1
         new: list[int] = []
         sent = 0
+        first_token_at: float | None = None
         cancel = threading.Event()
         with self._lock:
             try:
                 for token in self._tokens(ids, max_tokens, temperature, top_p, cancel):
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
                     new.append(token)
                     text = self.tokenizer.decode(new, **_DECODE_KWARGS)
                     cut = _find_stop(text, stops) if stops else None
@@ -386,7 +394,7 @@ class OrtGenerator(Generator):
                         yield chunk
             finally:
                 cancel.set()
-        result = self._finish(ids, new, max_tokens, stop)
+        result = self._finish(ids, new, max_tokens, stop, first_token_at)
         emitted = self.tokenizer.decode(new, **_DECODE_KWARGS)[:sent]
         if result.text.startswith(emitted):
             if len(result.text) > len(emitted):

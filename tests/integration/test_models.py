@@ -79,7 +79,10 @@ def test_prepare_again_is_a_no_op(generator_path: Path, settings: Settings) -> N
 
 
 def test_chat_answers_capital_of_france(generator: Generator) -> None:
+    started = time.perf_counter()
     result = generator.chat(FRANCE, max_tokens=16)
+    # Both backends time the first token (the canary compares time to first token per prompt token).
+    assert result.first_token_at is not None and started < result.first_token_at < time.perf_counter()
     assert isinstance(result, ChatResult)
     assert result.text.strip()
     assert "paris" in result.text.lower()  # greedy SmolLM2 says "The capital of France is Paris."
@@ -111,6 +114,7 @@ def test_stream_pieces_join_to_chat_text(generator: Generator) -> None:
     assert all(isinstance(p, str) for p in pieces)
     assert "".join(pieces) == expected.text
     assert stream.result == expected
+    assert stream.result is not None and stream.result.first_token_at is not None
 
 
 def test_stop_strings_in_chat_and_stream(generator: Generator) -> None:
