@@ -116,37 +116,39 @@ def create_app(settings: Settings, emit: Callable[[Any], None], wait_s: float = 
     def _unstorable(content_type: str, body: bytes) -> bool:
         return (b"\x00" in body) if content_type == PROTOBUF else bool(_UNSTORABLE.search(body))
 
-    @app.post("/v1/traces")
-    async def traces(request: Request) -> Response:
+    async def _ingest(request: Request, from_protobuf: Any, from_json: Any, add: Any) -> Response:
+        """One OTLP export request: read, decode (protobuf or JSON), scrub, hand to ``add``."""
         read = await _read(request)
         if isinstance(read, Response):
             return read
         content_type, body = read
         assembler.stats.requests += 1
         try:
-            found = decode.traces_from_protobuf(body) if content_type == PROTOBUF else decode.traces_from_json(body)
+            found = from_protobuf(body) if content_type == PROTOBUF else from_json(body)
         except decode.DecodeError as exc:
             return _answer(content_type, 400, str(exc))
         if _unstorable(content_type, body):
             _scrub_decoded(found)
-        assembler.add_spans(found.spans, found.skipped)
+        add(found)
         return _answer(content_type)
+
+    @app.post("/v1/traces")
+    async def traces(request: Request) -> Response:
+        return await _ingest(
+            request,
+            decode.traces_from_protobuf,
+            decode.traces_from_json,
+            lambda found: assembler.add_spans(found.spans, found.skipped),
+        )
 
     @app.post("/v1/logs")
     async def logs(request: Request) -> Response:
-        read = await _read(request)
-        if isinstance(read, Response):
-            return read
-        content_type, body = read
-        assembler.stats.requests += 1
-        try:
-            found = decode.logs_from_protobuf(body) if content_type == PROTOBUF else decode.logs_from_json(body)
-        except decode.DecodeError as exc:
-            return _answer(content_type, 400, str(exc))
-        if _unstorable(content_type, body):
-            _scrub_decoded(found)
-        assembler.add_logs(found.logs, found.skipped)
-        return _answer(content_type)
+        return await _ingest(
+            request,
+            decode.logs_from_protobuf,
+            decode.logs_from_json,
+            lambda found: assembler.add_logs(found.logs, found.skipped),
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
