@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from atalaia.events import ContentPart
@@ -83,85 +84,71 @@ def data_url(url: Any) -> tuple[str | None, bytes | None, str | None]:
     return None, None, url[:2000]
 
 
-def openai_content(content: Any, keep_media: bool = False) -> str | list[ContentPart]:
-    """An OpenAI Chat Completions ``content`` (a string, or a list of parts) as event content."""
+def _each_part(content: Any, convert: Callable[[str, dict[str, Any]], ContentPart]) -> str | list[ContentPart]:
+    """Content as text, or each dict part as ``convert(type, part)`` (anything else: ``unknown``)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         return str(content)
-    parts: list[ContentPart] = []
-    for item in content:
-        if not isinstance(item, dict):
-            parts.append(ContentPart(type="unknown"))
-            continue
-        kind = str(item.get("type") or "unknown")[:64]
+    return [
+        convert(str(i.get("type") or "unknown")[:64], i) if isinstance(i, dict) else ContentPart(type="unknown")
+        for i in content
+    ]
+
+
+def openai_content(content: Any, keep_media: bool = False) -> str | list[ContentPart]:
+    """An OpenAI Chat Completions ``content`` (a string, or a list of parts) as event content."""
+
+    def convert(kind: str, item: dict[str, Any]) -> ContentPart:
         if kind in ("text", "input_text", "output_text", "refusal"):
-            parts.append(ContentPart(type="text", text=str(item.get("text") or item.get("refusal") or "")))
-        elif kind in ("image_url", "input_image"):
+            return ContentPart(type="text", text=str(item.get("text") or item.get("refusal") or ""))
+        if kind in ("image_url", "input_image"):
             ref = item.get("image_url")
             url = ref.get("url") if isinstance(ref, dict) else ref
             mime, data, uri = data_url(url)
-            parts.append(media_part("image", mime, data, keep_media, uri))
-        elif kind == "input_audio":
+            return media_part("image", mime, data, keep_media, uri)
+        if kind == "input_audio":
             audio = _dict(item.get("input_audio"))
             fmt = str(audio.get("format") or "")
-            parts.append(
-                media_part(
-                    "audio",
-                    _AUDIO_FORMATS.get(fmt, f"audio/{fmt}" if fmt else None),
-                    _b64(audio.get("data")),
-                    keep_media,
-                )
-            )
-        elif kind == "file":
+            mime = _AUDIO_FORMATS.get(fmt, f"audio/{fmt}" if fmt else None)
+            return media_part("audio", mime, _b64(audio.get("data")), keep_media)
+        if kind == "file":
             ref = _dict(item.get("file"))
             mime, data, _ = data_url(ref.get("file_data"))
-            parts.append(media_part("file", mime, data, keep_media, ref.get("file_id") or ref.get("filename")))
-        else:
-            parts.append(ContentPart(type=_OPENAI_MEDIA_TYPES.get(kind, kind)))
-    return parts
+            return media_part("file", mime, data, keep_media, ref.get("file_id") or ref.get("filename"))
+        return ContentPart(type=_OPENAI_MEDIA_TYPES.get(kind, kind))
+
+    return _each_part(content, convert)
 
 
 def anthropic_content(content: Any, keep_media: bool = False) -> str | list[ContentPart]:
     """An Anthropic Messages ``content`` (a string, or a list of content blocks) as event content."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return str(content)
-    parts: list[ContentPart] = []
-    for block in content:
-        if not isinstance(block, dict):
-            parts.append(ContentPart(type="unknown"))
-            continue
-        kind = str(block.get("type") or "unknown")[:64]
+
+    def convert(kind: str, block: dict[str, Any]) -> ContentPart:
         if kind == "text":
-            parts.append(ContentPart(type="text", text=str(block.get("text") or "")))
-        elif kind in ("image", "document"):
+            return ContentPart(type="text", text=str(block.get("text") or ""))
+        if kind in ("image", "document"):
             source = _dict(block.get("source"))
             data = _b64(source.get("data")) if source.get("type") == "base64" else None
             if source.get("type") == "text" and isinstance(source.get("data"), str):
                 data = source["data"].encode()
             uri = source.get("url") or source.get("file_id")
-            parts.append(
-                media_part("image" if kind == "image" else "file", source.get("media_type"), data, keep_media, uri)
-            )
-        elif kind == "tool_result":
+            return media_part("image" if kind == "image" else "file", source.get("media_type"), data, keep_media, uri)
+        if kind == "tool_result":
             inner = block.get("content")
             text = inner if isinstance(inner, str) else ""
             if isinstance(inner, list):
                 text = "\n".join(
                     str(b.get("text", "")) for b in inner if isinstance(b, dict) and b.get("type") == "text"
                 )
-            parts.append(ContentPart(type="tool_call_response", text=text or None))
-        elif kind == "tool_use":
-            parts.append(ContentPart(type="tool_call", name=block.get("name"), id=block.get("id")))  # type: ignore[call-arg]
-        else:
-            parts.append(ContentPart(type=kind))
-    return parts
+            return ContentPart(type="tool_call_response", text=text or None)
+        if kind == "tool_use":
+            return ContentPart(type="tool_call", name=block.get("name"), id=block.get("id"))  # type: ignore[call-arg]
+        return ContentPart(type=kind)
+
+    return _each_part(content, convert)
 
 
 def otel_parts(parts: Any, keep_media: bool = False) -> str | list[ContentPart]:
