@@ -43,6 +43,7 @@ from atalaia.models.generator import (
     Generator,
     _find_stop,
 )
+from atalaia.models.manifest import read_format_manifest
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from atalaia.settings import Settings
@@ -79,16 +80,7 @@ def read_ort_manifest(path: Path | str) -> dict[str, Any]:
     ValueError
         When it is unreadable, of another format version or of an unknown precision.
     """
-    file = Path(path) / ORT_MANIFEST
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{file} is not a readable ORT manifest: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != ORT_FORMAT:
-        raise ValueError(f"{file}: ORT format {manifest.get('format')!r}, expected {ORT_FORMAT}")
-    if manifest.get("precision") not in PRECISIONS:
-        raise ValueError(f"{file}: unknown precision {manifest.get('precision')!r}; known: {list(PRECISIONS)}")
-    return manifest
+    return read_format_manifest(Path(path) / ORT_MANIFEST, ORT_FORMAT, "precision", PRECISIONS, "ORT")
 
 
 def export_ort(

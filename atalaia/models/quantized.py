@@ -34,7 +34,6 @@ torch.Size([1, 2, 8])
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -42,6 +41,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from atalaia.models.manifest import read_format_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -336,16 +337,7 @@ def read_quant_manifest(path: Path | str) -> dict[str, Any]:
     ValueError
         When it is unreadable, of another format version or of an unknown method.
     """
-    file = Path(path) / QUANT_MANIFEST
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{file} is not a readable quantization manifest: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != QUANT_FORMAT:
-        raise ValueError(f"{file}: quantization format {manifest.get('format')!r}, expected {QUANT_FORMAT}")
-    if manifest.get("method") not in METHODS:
-        raise ValueError(f"{file}: unknown quantization method {manifest.get('method')!r}; known: {list(METHODS)}")
-    return manifest
+    return read_format_manifest(Path(path) / QUANT_MANIFEST, QUANT_FORMAT, "method", METHODS, "quantization")
 
 
 def _no_init() -> Any:
