@@ -45,7 +45,7 @@ def run_once(home: Path, quick: bool) -> dict[str, Any]:
     env |= {"ATALAIA_HOME": str(home), "ATALAIA_MODELS_DIR": str(main.models_dir), "ATALAIA_LOG_JSON": "true"}
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "atalaia.cli.main", "demo", *(["--quick"] if quick else [])],
+        [sys.executable, "-m", "composition.cli.main", "demo", *(["--quick"] if quick else [])],
         env=env,
         capture_output=True,
         text=True,

@@ -86,7 +86,7 @@ def main() -> None:
     ensure_topics(Settings(home=home, kafka_bootstrap=args.bootstrap, topic_namespace=namespace))
     procs = [
         subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)], env=env, cwd=ROOT),
-        subprocess.Popen([sys.executable, "-m", "atalaia.cli.main", "gateway"], env=env, cwd=ROOT),
+        subprocess.Popen([sys.executable, "-m", "composition.cli.main", "gateway"], env=env, cwd=ROOT),
     ]
     try:
         _wait(f"http://127.0.0.1:{up_port}/v1/messages")

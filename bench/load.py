@@ -121,7 +121,7 @@ class Pipeline:
             log = (s.home / "worker.log").open("wb")
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "atalaia.cli.main", "worker"],
+                    [sys.executable, "-m", "composition.cli.main", "worker"],
                     env=settings_env(s) | {"ATALAIA_LOG_LEVEL": "WARNING"},
                     stdout=log,
                     stderr=subprocess.STDOUT,

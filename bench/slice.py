@@ -102,7 +102,7 @@ def bench_freshness(settings, rate: float, seconds: float) -> None:  # type: ign
     log = Path(settings.home) / "bench-worker.log"
     with log.open("wb") as fh:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "atalaia.cli.main", "worker"],
+            [sys.executable, "-m", "composition.cli.main", "worker"],
             env=settings_env(settings),
             stdout=fh,
             stderr=subprocess.STDOUT,

@@ -42,7 +42,7 @@ def retrain_in_subprocess(trigger: str, force: bool = False) -> int:
     A child keeps training's memory out of the long-lived scheduler, and a crash there (even
     SIGKILL) leaves the scheduler running; the next run recovers the lock and the run record.
     """
-    cmd = [sys.executable, "-m", "atalaia.cli.main", "retrain", "--now", "--trigger", trigger]
+    cmd = [sys.executable, "-m", "composition.cli.main", "retrain", "--now", "--trigger", trigger]
     if force:
         cmd.append("--force")
     log.info("starting a retrain run", extra={"trigger": trigger})

@@ -1,1 +1,5 @@
-"""Kafka plumbing of Atalaia: the local development broker (:mod:`atalaia.kafka.broker`)."""
+"""Kafka plumbing of the kernel: the one place that builds Kafka clients (:mod:`atalaia.kafka.clients`).
+
+The local development broker lives in the composition layer (:mod:`composition.kafka.broker`); the
+kernel never starts one.
+"""

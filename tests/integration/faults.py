@@ -4,7 +4,7 @@ Fault tests stop, kill and restart the services they depend on. They never touch
 broker or database that other tests (and other developers on the machine) use: each helper here
 runs its own instance, with its own data directory and ports, and removes it afterwards.
 
-- :func:`private_kafka`: a single-node KRaft broker through :mod:`atalaia.kafka.broker` with
+- :func:`private_kafka`: a single-node KRaft broker through :mod:`composition.kafka.broker` with
   ``ATALAIA_HOME`` in a temporary directory and free ports; ``stop()``/``start()`` for outages.
 - :func:`private_postgres`: ``initdb`` into a temporary directory and ``pg_ctl`` on a free port
   (as the ``postgres`` user when run as root, since the server refuses to run as root), trust
@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from atalaia.kafka import broker
 from atalaia.settings import Settings
+from composition.kafka import broker
 from tests.conftest import MAIN_SETTINGS, free_port
 
 

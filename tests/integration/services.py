@@ -39,7 +39,7 @@ def service(
     env = settings_env(settings) | (extra_env or {})
     with log_path.open("ab") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "atalaia.cli.main", name],
+            [sys.executable, "-m", "composition.cli.main", name],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,

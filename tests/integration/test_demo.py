@@ -48,7 +48,7 @@ def test_quick_demo_closes_the_loop(isolated_settings: Settings, models_dir: Pat
     settings = isolated_settings.model_copy(update={"scheduler_group": f"test-scheduler-{uuid.uuid4().hex[:8]}"})
     env = settings_env(settings) | {"COLUMNS": "120"}
     proc = subprocess.run(
-        [sys.executable, "-m", "atalaia.cli.main", "demo", "--quick"],
+        [sys.executable, "-m", "composition.cli.main", "demo", "--quick"],
         env=env,
         capture_output=True,
         text=True,

@@ -9,10 +9,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from typer.testing import CliRunner
 
-from atalaia.cli.main import app
 from atalaia.deadletter import REPLAY_HEADER, dead_letter_for
 from atalaia.settings import Settings
 from atalaia.topics import ensure_topics
+from composition.cli.main import app
 from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration

@@ -131,7 +131,7 @@ def test_no_secret_and_no_personal_data_leaks(
     env = settings_env(settings)
     cli = [
         subprocess.run(
-            [sys.executable, "-m", "atalaia.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "composition.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
         )
         for args in (["status"], ["db", "upgrade"], ["deadletter", "list"])
     ]

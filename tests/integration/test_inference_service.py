@@ -11,10 +11,10 @@ from kafka import KafkaProducer
 from sqlalchemy import create_engine, func, select
 
 from atalaia.events import ModelEvent
-from atalaia.kafka import broker
 from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.topics import ensure_topics
+from composition.kafka import broker
 from tests.conftest import MAIN_SETTINGS
 from tests.integration.services import log_text, service, wait_until
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from atalaia.kafka import broker
-from atalaia.kafka.broker import BrokerError, BrokerInfo
 from atalaia.settings import Settings
+from composition.kafka import broker
+from composition.kafka.broker import BrokerError, BrokerInfo
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@ users created by Kafka's own ``kafka-storage format --add-scram``, and PLAIN), t
 through it (SDK producer -> topic -> faust worker -> database, a follow loop), and a wrong password
 failing at start with a message naming the setting.
 
-The broker is the project's tooling (``atalaia.kafka.broker``) on free ports with its data under
+The broker is the project's tooling (``composition.kafka.broker``) on free ports with its data under
 the test's temporary folder; the shared broker on 9092 is not touched.
 """
 
@@ -20,10 +20,11 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine, func, select
 
 from atalaia.events import ChatMessage, InferenceEvent, ModelEvent
-from atalaia.kafka import broker, clients
+from atalaia.kafka import clients
 from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.topics import ensure_topics
+from composition.kafka import broker
 from producers import EventProducer
 from tests.integration.services import log_text, service, wait_until
 from tests.integration.test_kafka_broker import _free_ports, _require_java_and_maven

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from atalaia.report import build_report, summarize
 from atalaia.settings import Settings
 from atalaia.storage.db import upgrade
+from composition.report import build_report, summarize
 from tests.unit.test_report import CHARTS, NEW, OLD, RULES, seed
 
 pytestmark = pytest.mark.integration

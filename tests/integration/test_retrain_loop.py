@@ -239,7 +239,7 @@ def test_a_run_killed_mid_training_is_recovered_and_a_strict_gate_rejects(
     logs = tmp_path / "retrain.log"
     with logs.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "atalaia.cli.main", "retrain", "--now", "--force"],
+            [sys.executable, "-m", "composition.cli.main", "retrain", "--now", "--force"],
             env=settings_env(settings),
             stdout=fh,
             stderr=subprocess.STDOUT,

@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine
 from typer.testing import CliRunner
 
-from atalaia.cli.main import app as cli
 from atalaia.events import AlertEvent, utcnow
 from atalaia.settings import Settings
 from atalaia.storage import repository
 from atalaia.storage import tables as t
+from composition.cli.main import app as cli
 from monitors import api
 
 TOKEN = "admin-secret"

@@ -25,8 +25,8 @@ import pytest
 import typer
 import yaml
 
-from atalaia.cli.main import app
 from atalaia.settings import ENV_PREFIX, Settings, load_settings
+from composition.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

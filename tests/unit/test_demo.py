@@ -10,11 +10,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine
 
-from atalaia.cli.demo import BUSY_STEPS, loop_facts, run_is_busy, write_demo_holdout
-from atalaia.cli.demo_scenario import DRIFT_TOPICS
-from atalaia.cli.supervisor import Supervisor
 from atalaia.settings import Settings
 from atalaia.storage.tables import metadata, metrics
+from composition.cli.demo import BUSY_STEPS, loop_facts, run_is_busy, write_demo_holdout
+from composition.cli.demo_scenario import DRIFT_TOPICS
+from composition.cli.supervisor import Supervisor
 from retrain.runner import eval_cache_key
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import typer
 
-from atalaia.cli.main import app
 from atalaia.events import EVENT_TYPES
 from atalaia.settings import ENV_PREFIX, Settings, load_settings
 from atalaia.storage.tables import metadata
 from atalaia.topics import topic_specs
+from composition.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

@@ -1,4 +1,4 @@
-"""Unit tests of atalaia.kafka.broker that need neither Java nor a running broker."""
+"""Unit tests of composition.kafka.broker that need neither Java nor a running broker."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from atalaia.kafka import broker
-from atalaia.kafka.broker import BrokerError, render_server_properties
 from atalaia.settings import Settings
+from composition.kafka import broker
+from composition.kafka.broker import BrokerError, render_server_properties
 
 
 def _props(text: str) -> dict[str, str]:

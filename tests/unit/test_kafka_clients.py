@@ -15,7 +15,7 @@ from atalaia.settings import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Packages whose code runs in production (tests/ and bench/ may build their own clients).
-SOURCES = ("atalaia", "producers", "consumers", "monitors", "retrain", "inference")
+SOURCES = ("atalaia", "composition", "producers", "consumers", "monitors", "retrain", "inference", "otlp", "gateway")
 CONSTRUCTORS = {"KafkaProducer", "KafkaConsumer", "KafkaAdminClient", "App"}
 KAFKA_MODULE = ROOT / "atalaia" / "kafka" / "clients.py"
 

@@ -18,11 +18,11 @@ from atalaia.events import ChatMessage, InferenceEvent
 from atalaia.metrics.groups import registry
 from atalaia.metrics.groups.base import MetricGroup
 from atalaia.metrics.groups.length import LengthGroup
-from atalaia.report import build_report
 from atalaia.settings import METRIC_GROUPS, SAMPLED_GROUPS, Settings
 from atalaia.storage import tables as t
 from atalaia.storage.db import upgrade
 from atalaia.storage.repository import inference_row, insert_ignoring_duplicates, metric_row
+from composition.report import build_report
 from consumers import feedback_signals
 from consumers.scoring import BatchScorer
 from consumers.windows import materialize

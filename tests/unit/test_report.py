@@ -21,12 +21,12 @@ from sqlalchemy import Engine, create_engine, update
 from typer.testing import CliRunner
 
 from atalaia.events import utcnow
-from atalaia.report import build_report, data, summarize
-from atalaia.report.html import render_html, rule_metrics
 from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.storage.db import upgrade
 from atalaia.storage.repository import insert_ignoring_duplicates
+from composition.report import build_report, data, summarize
+from composition.report.html import render_html, rule_metrics
 from consumers.windows import materialize
 
 OLD, NEW = "smollm2-135m-instruct@base", "smollm2-135m-instruct@ft-20260101T100000-abc123"
@@ -487,7 +487,7 @@ def test_rule_metrics_from_the_rules_file(tmp_path: Path) -> None:
 
 # -- the command ---------------------------------------------------------------------------------
 def test_cli_report(db: tuple[Engine, Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atalaia.cli.main import app
+    from composition.cli.main import app
 
     engine, settings = db
     seed(engine)
@@ -510,7 +510,7 @@ def test_cli_report(db: tuple[Engine, Settings], tmp_path: Path, monkeypatch: py
 
 
 def test_cli_report_without_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atalaia.cli.main import app
+    from composition.cli.main import app
 
     monkeypatch.setenv("ATALAIA_HOME", str(tmp_path))
     monkeypatch.setenv("ATALAIA_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")

@@ -288,7 +288,7 @@ def test_retrain_cli_lists_runs_as_json(settings: Settings, published: list[Mode
     env["ATALAIA_HOME"] = str(settings.home)
     env["ATALAIA_LOG_JSON"] = "true"
     done = subprocess.run(
-        [sys.executable, "-m", "atalaia.cli.main", "retrain", "--json"], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "composition.cli.main", "retrain", "--json"], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr
     runs = json.loads(done.stdout)

@@ -24,7 +24,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def summary_tables(summary: dict[str, Any]) -> list[Table]:
-    """Rich tables of a :func:`atalaia.report.summarize` dict: per version, alerts and deploys, holdout.
+    """Rich tables of a :func:`composition.report.summarize` dict: per version, alerts and deploys, holdout.
 
     The demo prints the same tables at its end.
     """
@@ -105,9 +105,9 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
 ) -> None:
     """Write a self-contained HTML report (metrics over time, alerts, deploys, holdout scores) and summarize it."""
-    from atalaia.cli.main import _settings
-    from atalaia.report import build_report, summarize
     from atalaia.storage.db import get_engine, has_schema, redact_url
+    from composition.cli.main import _settings
+    from composition.report import build_report, summarize
 
     start = _since(since, minutes)
     settings = _settings()

@@ -1,6 +1,6 @@
 """``atalaia privacy export|erase|retention``: data-subject requests and the retention job.
 
-Registered on the main ``atalaia`` app by :mod:`atalaia.cli.main`. The logic lives in
+Registered on the main ``atalaia`` app by :mod:`composition.cli.main`. The logic lives in
 :mod:`atalaia.privacy`; this module only parses options and prints.
 """
 
@@ -30,9 +30,9 @@ ByOpt = Annotated[str, typer.Option("--requested-by", help="Who asked (recorded 
 
 
 def _engine_and_subject(subject: str | None, subject_id: str | None):  # type: ignore[no-untyped-def]
-    from atalaia.cli.main import _fail, _settings
     from atalaia.privacy import resolve_subject
     from atalaia.storage.db import get_engine, has_schema
+    from composition.cli.main import _fail, _settings
 
     settings = _settings()
     if not has_schema(settings.database_url):
@@ -112,9 +112,9 @@ def retention(
 ) -> None:
     """Delete rows older than ATALAIA_RETENTION_DAYS (per table: ATALAIA_RETENTION_TABLE_DAYS) now.
     The scheduler runs the same job on ATALAIA_RETENTION_CRON."""
-    from atalaia.cli.main import _settings
     from atalaia.privacy import apply_retention, retention_plan
     from atalaia.storage.db import get_engine
+    from composition.cli.main import _settings
 
     settings = _settings()
     if dry_run:

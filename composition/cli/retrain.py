@@ -28,8 +28,8 @@ def retrain(
     With --now the exit status says how the run ended: 0 deployed, 4 rejected by the gate, 5 skipped
     (another run, cooldown, not enough new data), 1 failed.
     """
-    from atalaia.cli.main import _settings
     from atalaia.storage.db import get_engine, upgrade
+    from composition.cli.main import _settings
 
     settings = _settings()
     upgrade(settings.database_url)
@@ -90,8 +90,8 @@ def scheduler() -> None:
     import signal
     import threading
 
-    from atalaia.cli.main import _fail, _settings
     from atalaia.settings import ConfigError
+    from composition.cli.main import _fail, _settings
     from retrain.scheduler import run_scheduler
 
     settings = _settings()

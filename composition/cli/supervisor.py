@@ -45,7 +45,8 @@ class Supervisor:
         self.env = {**os.environ, **(env or {})}
         self.service_env = service_env or {}
         self.children = [
-            Child(name, [sys.executable, "-m", "atalaia.cli.main", name], logs_dir / f"{name}.log") for name in services
+            Child(name, [sys.executable, "-m", "composition.cli.main", name], logs_dir / f"{name}.log")
+            for name in services
         ]
         self._stopping = False
 

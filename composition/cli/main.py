@@ -32,9 +32,9 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(schema_app, name="schema")
-app.add_typer(__import__("atalaia.cli.deadletter", fromlist=["app"]).app, name="deadletter")
-app.add_typer(__import__("atalaia.cli.privacy", fromlist=["app"]).app, name="privacy")
-app.command("report")(__import__("atalaia.cli.report", fromlist=["report"]).report)
+app.add_typer(__import__("composition.cli.deadletter", fromlist=["app"]).app, name="deadletter")
+app.add_typer(__import__("composition.cli.privacy", fromlist=["app"]).app, name="privacy")
+app.command("report")(__import__("composition.cli.report", fromlist=["report"]).report)
 
 
 def _settings() -> Settings:
@@ -58,8 +58,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 @kafka_app.command("start")
 def kafka_start(timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 120.0) -> None:
     """Assemble the broker jars (once), format storage (once), start Kafka and create the topics."""
-    from atalaia.kafka import broker
     from atalaia.topics import ensure_topics
+    from composition.kafka import broker
 
     settings = _settings()
     try:
@@ -76,7 +76,7 @@ def kafka_start(timeout: Annotated[float, typer.Option(help="Seconds to wait for
 @kafka_app.command("stop")
 def kafka_stop() -> None:
     """Stop the local broker started by `atalaia kafka start`."""
-    from atalaia.kafka import broker
+    from composition.kafka import broker
 
     stopped = broker.stop(_settings())
     console.print("Kafka stopped" if stopped else "Kafka was not running")
@@ -85,7 +85,7 @@ def kafka_stop() -> None:
 @kafka_app.command("status")
 def kafka_status() -> None:
     """Show whether the local broker runs, and where its data and log are."""
-    from atalaia.kafka import broker
+    from composition.kafka import broker
 
     st = broker.status(_settings())
     out.print_json(data={k: str(v) if isinstance(v, Path) else v for k, v in st.__dict__.items()})
@@ -222,8 +222,8 @@ def monitor(
         raise _fail(str(exc), 2) from None
 
 
-app.command("retrain")(__import__("atalaia.cli.retrain", fromlist=["retrain"]).retrain)
-app.command("scheduler")(__import__("atalaia.cli.retrain", fromlist=["scheduler"]).scheduler)
+app.command("retrain")(__import__("composition.cli.retrain", fromlist=["retrain"]).retrain)
+app.command("scheduler")(__import__("composition.cli.retrain", fromlist=["scheduler"]).scheduler)
 
 
 @app.command()
@@ -231,7 +231,7 @@ def up(
     services: Annotated[str, typer.Option(help="Comma-separated services to run.")] = "serve,worker,monitor",
 ) -> None:
     """Run the services under one supervisor (restarts crashed ones) until Ctrl-C."""
-    from atalaia.cli.supervisor import Supervisor
+    from composition.cli.supervisor import Supervisor
 
     settings = _settings()
     names = [s.strip() for s in services.split(",") if s.strip()]
@@ -292,9 +292,9 @@ def status() -> None:
     """Show Kafka, database and service health."""
     import httpx
 
-    from atalaia.kafka import broker
     from atalaia.storage.db import current_revision, get_engine, redact_url
     from atalaia.storage.repository import table_counts
+    from composition.kafka import broker
 
     settings = _settings()
     table = Table("component", "state", "detail")
@@ -323,7 +323,7 @@ def status() -> None:
     out.print(table)
 
 
-app.add_typer(__import__("atalaia.cli.alerts", fromlist=["app"]).app, name="alerts")
+app.add_typer(__import__("composition.cli.alerts", fromlist=["app"]).app, name="alerts")
 
 
 @app.command()
@@ -338,7 +338,7 @@ def demo(
     ] = False,
 ) -> None:
     """Run the closed loop locally: traffic, drift, alerts, retraining, redeploy, recovery, report."""
-    from atalaia.cli.demo import run_demo
+    from composition.cli.demo import run_demo
 
     settings = _settings()
     code = run_demo(settings, console, out, quick=quick)
@@ -346,7 +346,7 @@ def demo(
 
 
 def main() -> None:
-    """Entry point for ``python -m atalaia.cli.main``."""
+    """Entry point for ``python -m composition.cli.main``."""
     app()
 
 

@@ -29,9 +29,9 @@ from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy import Engine, func, select
 
-from atalaia.cli.demo_scenario import DRIFT_TOPICS, PhaseMix, load_off_topic, load_qa, phase_mixes, plan_question
 from atalaia.settings import Settings
 from atalaia.storage import tables as t
+from composition.cli.demo_scenario import DRIFT_TOPICS, PhaseMix, load_off_topic, load_qa, phase_mixes, plan_question
 
 SYSTEM_PROMPT = "You are the company's regulations assistant. Answer briefly."
 
@@ -433,11 +433,11 @@ def _start_from_base(settings: Settings, engine: Engine, console: Console) -> st
 
 def run_demo(settings: Settings, console: Console, out: Console, quick: bool = False) -> int:
     """Run the closed-loop demo; return an exit code (0 when the loop closed, see :func:`loop_facts`)."""
-    from atalaia.cli.supervisor import Supervisor
-    from atalaia.kafka import broker
     from atalaia.models.prepare import prepare_embedder, prepare_generator
     from atalaia.storage.db import get_engine, redact_url, upgrade
     from atalaia.topics import ensure_topics
+    from composition.cli.supervisor import Supervisor
+    from composition.kafka import broker
 
     plan = PLANS["quick" if quick else "full"]
     console.rule(f"[bold]Atalaia demo: the closed loop ({plan.name})")
@@ -596,8 +596,8 @@ def _finish(
                 out.print(f"  {step['name']}: {step['seconds']:.0f} s")
         if run["status"] == "skipped" and run_reason(dict(run)):
             out.print(f"  {run_reason(dict(run))}")
-    from atalaia.cli.report import summary_tables
-    from atalaia.report import build_report, summarize
+    from composition.cli.report import summary_tables
+    from composition.report import build_report, summarize
 
     summary = summarize(engine, since)
     for table in summary_tables(summary):

@@ -1,6 +1,6 @@
 """``atalaia alerts``: list, silence and acknowledge alerts, directly on the database.
 
-Registered on the main ``atalaia`` app by :mod:`atalaia.cli.main`. The logic lives in
+Registered on the main ``atalaia`` app by :mod:`composition.cli.main`. The logic lives in
 :mod:`monitors.alerts` and :mod:`monitors.silences`; this module parses options and prints.
 Run bare, ``atalaia alerts`` lists the latest alert transitions (as ``atalaia alerts list``).
 """
@@ -39,20 +39,20 @@ ByOpt = Annotated[Optional[str], typer.Option("--by", help="Who does it (default
 
 
 def _engine() -> Engine:
-    from atalaia.cli.main import _settings
     from atalaia.storage.db import get_engine
+    from composition.cli.main import _settings
 
     return get_engine(_settings().database_url)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    from atalaia.cli.main import _fail as fail
+    from composition.cli.main import _fail as fail
 
     return fail(message, code)
 
 
 def _out() -> Any:
-    from atalaia.cli.main import out
+    from composition.cli.main import out
 
     return out
 
@@ -159,7 +159,7 @@ def silence(
     except (SilenceError, ValueError) as exc:
         raise _fail(str(exc), 2) from None
     _out().print(created.silence_id)
-    from atalaia.cli.main import console
+    from composition.cli.main import console
 
     console.print(
         f"silenced {', '.join(f'{k}={v}' for k, v in created.matchers.items())} "
@@ -211,7 +211,7 @@ def unsilence(silence_id: Annotated[str, typer.Argument(help="Id of the silence 
         expired = expire_silence(_engine(), silence_id)
     except SilenceError as exc:
         raise _fail(str(exc)) from None
-    from atalaia.cli.main import console
+    from composition.cli.main import console
 
     console.print(f"silence {expired.silence_id} expired")
 
@@ -232,7 +232,7 @@ def ack(
         raise _fail(str(exc)) from None
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
-    from atalaia.cli.main import console
+    from composition.cli.main import console
 
     console.print(f"alert {alert_id} acknowledged by {stored['by']} at {stored['ts']:%Y-%m-%d %H:%M:%S} UTC")
 

@@ -8,7 +8,7 @@ terminal summary. ``atalaia report`` runs both.
 
 from __future__ import annotations
 
-from atalaia.report.data import ReportData, load_report_data, summarize, summary_of
-from atalaia.report.html import build_report, render_html
+from composition.report.data import ReportData, load_report_data, summarize, summary_of
+from composition.report.html import build_report, render_html
 
 __all__ = ["ReportData", "build_report", "load_report_data", "render_html", "summarize", "summary_of"]

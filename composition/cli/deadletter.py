@@ -1,6 +1,6 @@
 """``atalaia deadletter list|replay``: inspect the dead-letter topic and replay its messages.
 
-Registered on the main ``atalaia`` app by :mod:`atalaia.cli.main`. The logic lives in
+Registered on the main ``atalaia`` app by :mod:`composition.cli.main`. The logic lives in
 :mod:`atalaia.deadletter`; this module only parses options and prints.
 """
 
@@ -40,9 +40,9 @@ TimeoutOpt = Annotated[float, typer.Option(help="Seconds allowed for reading the
 
 
 def _filter(settings: Settings, since: str | None, reason: str | None, source_topic: str | None) -> DeadLetterFilter:
-    from atalaia.cli.main import _fail
     from atalaia.deadletter import DeadLetterFilter, parse_since
     from atalaia.topics import TOPICS
+    from composition.cli.main import _fail
 
     try:
         when = parse_since(since) if since else None
@@ -72,8 +72,8 @@ def list_command(
     timeout: TimeoutOpt = 30.0,
 ) -> None:
     """List dead-letter records, newest first: reason, source, time and a preview of the message."""
-    from atalaia.cli.main import _fail, _settings, console, out
     from atalaia.deadletter import list_dead_letters
+    from composition.cli.main import _fail, _settings, console, out
 
     settings = _settings()
     filters = _filter(settings, since, reason, source_topic)
@@ -114,8 +114,8 @@ def replay_command(
     timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Re-publish the original bytes of matching records to their source topics, each at most once."""
-    from atalaia.cli.main import _fail, _settings, console, out
     from atalaia.deadletter import replay_dead_letters
+    from composition.cli.main import _fail, _settings, console, out
 
     settings = _settings()
     filters = _filter(settings, since, reason, source_topic)
