@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 
-#: When the table was compiled from the pages named above.
-PRICES_AS_OF = "2025-11-01"
+#: When the table was last checked: compiled on 2025-11-01 from the pages named above; on 2026-12-06
+#: spot-checked (Haiku 4.5, Gemini 2.5) against copies of those pages, and the newer Claude and
+#: Gemini families added from them (the official pages are not reachable from the build machine).
+PRICES_AS_OF = "2026-12-06"
 
 # USD per 1M tokens (input, output) as the pricing pages show them; divided by 1000 below.
 _PER_MILLION: dict[str, tuple[float, float]] = {
@@ -42,6 +44,9 @@ _PER_MILLION: dict[str, tuple[float, float]] = {
     "o4-mini": (1.10, 4.40),
     "o1": (15.0, 60.0),
     # Anthropic
+    "claude-opus-4-7": (5.0, 25.0),
+    "claude-opus-4-6": (5.0, 25.0),
+    "claude-sonnet-4-6": (3.0, 15.0),
     "claude-opus-4-5": (5.0, 25.0),
     "claude-opus-4-1": (15.0, 75.0),
     "claude-opus-4": (15.0, 75.0),
@@ -54,6 +59,10 @@ _PER_MILLION: dict[str, tuple[float, float]] = {
     "claude-3-opus": (15.0, 75.0),
     "claude-3-haiku": (0.25, 1.25),
     # Google (prompts up to 200k tokens where the price depends on it)
+    "gemini-3.1-pro": (2.0, 12.0),
+    "gemini-3.1-flash-lite": (0.25, 1.50),
+    "gemini-3-pro": (2.0, 12.0),
+    "gemini-3-flash": (0.50, 3.0),
     "gemini-2.5-pro": (1.25, 10.0),
     "gemini-2.5-flash": (0.30, 2.50),
     "gemini-2.5-flash-lite": (0.10, 0.40),
