@@ -309,12 +309,12 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
 
 
 def serve(settings: Settings) -> None:
-    """Run the gateway until SIGINT/SIGTERM; events go through the producer SDK."""
+    """Run the gateway until SIGINT/SIGTERM; events go through the producer SDK in a child process."""
     import uvicorn
 
-    from producers.sdk import EventProducer
+    from gateway.emitter import ProcessEmitter
 
-    producer = EventProducer(settings, client_id=f"gateway-{settings.gateway_port}")
+    producer = ProcessEmitter(settings, client_id=f"gateway-{settings.gateway_port}")
     app = create_app(settings, producer.emit)
     log.info(
         "gateway starting",
@@ -324,4 +324,4 @@ def serve(settings: Settings) -> None:
         uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False)
     finally:
         producer.close(timeout=30)
-        log.info("gateway stopped", extra={"spooled_left": producer.spool_depth})
+        log.info("gateway stopped", extra={"events": producer.handed_over, "child_restarts": producer.restarts})
