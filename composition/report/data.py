@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Engine, func, select
 from atalaia.events import utcnow
 from atalaia.metrics.groups import registry
 from atalaia.metrics.stats import percentile
+from atalaia.storage import readmodel
 from atalaia.storage import tables as t
 from atalaia.storage.repository import as_utc
 
@@ -38,13 +39,11 @@ log = logging.getLogger(__name__)
 #: Above this many metric rows in the range, series come from ``metric_windows`` (1-minute).
 MAX_RAW_ROWS = 300_000
 #: Most points per series; the bucket width grows with the range to stay under it.
-MAX_BUCKETS = 120
-#: Requests per bucket wanted on average (percentiles and rates of fewer are noise).
-MIN_EVENTS_PER_BUCKET = 5
+MAX_BUCKETS = readmodel.REPORT_MAX_BUCKETS
 #: Bucket widths tried, in seconds.
-BUCKET_STEPS = (5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+BUCKET_STEPS = readmodel.BUCKET_STEPS
 #: Window length the workers materialize (``consumers/worker.py``).
-WINDOW_S = 60
+WINDOW_S = readmodel.DEFAULT_WINDOW_S
 #: Most drift tests drawn per model version; more are reduced to the maximum per bucket.
 MAX_DRIFT_POINTS = 600
 #: Most alert transitions read.
@@ -198,25 +197,6 @@ class ReportData:
     def series_for(self, metric: str, stat: str) -> list[Series]:
         """The series of one metric statistic, one per model version."""
         return [s for s in self.series if s.metric == metric and s.stat == stat]
-
-
-def bucket_seconds(span_s: float, minimum: int = BUCKET_STEPS[0], events: int | None = None) -> int:
-    """The smallest bucket width of :data:`BUCKET_STEPS` giving at most :data:`MAX_BUCKETS` buckets.
-
-    With ``events`` (requests in the range), buckets also hold :data:`MIN_EVENTS_PER_BUCKET`
-    requests on average, so a sparse stream is not drawn as a saw-tooth of 1s and 2s.
-
-    >>> bucket_seconds(600), bucket_seconds(3600), bucket_seconds(86400), bucket_seconds(600, 60)
-    (5, 30, 900, 60)
-    >>> bucket_seconds(1800, events=180), bucket_seconds(180, events=360)
-    (60, 5)
-    """
-    if events:
-        minimum = max(minimum, math.ceil(span_s * MIN_EVENTS_PER_BUCKET / events))
-    for step in BUCKET_STEPS:
-        if step >= minimum and span_s / step <= MAX_BUCKETS:
-            return step
-    return BUCKET_STEPS[-1]
 
 
 def _bucket(ts: datetime, start: datetime, width: int) -> datetime:
@@ -582,11 +562,11 @@ def load_report_data(
             ).scalar_one()
         )
         if raw_rows > MAX_RAW_ROWS:
-            width = bucket_seconds(span, WINDOW_S, answered)
+            width = readmodel.bucket_seconds(span, WINDOW_S, MAX_BUCKETS, BUCKET_STEPS, answered)
             series, extra = _window_series(conn, start, end, width)
             source = f"1-minute windows (metric_windows), {width} s buckets"
         else:
-            width = bucket_seconds(span, events=answered)
+            width = readmodel.bucket_seconds(span, BUCKET_STEPS[0], MAX_BUCKETS, BUCKET_STEPS, answered)
             series, extra = _raw_series(conn, start, end, width)
             source = f"metric rows ({raw_rows:,}), {width} s buckets"
         drift = _drift(conn, start, end, width)
@@ -713,7 +693,6 @@ __all__ = [
     "ReportData",
     "Run",
     "Series",
-    "bucket_seconds",
     "holdout_table",
     "load_report_data",
     "lower_is_better",
