@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -17,9 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from atalaia.admin_auth import is_admin
 from atalaia.content import openai_content
 from atalaia.events import ATALAIA_PROVIDER, ChatMessage, FeedbackEvent, InferenceEvent, ModelEvent, RetrievedPassage
-from atalaia.metrics.operational import Price
+from atalaia.metrics.operational import request_cost
 from atalaia.model_signing import sign
 from atalaia.models.generator import ChatResult, ChatStream, PromptTooLongError
 from atalaia.rag import build_prompt
@@ -208,10 +208,9 @@ def create_app(
             time_to_first_token_ms=ttft_ms,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
-            # A cached answer costs no generation: only the tokens the model actually processed count.
-            cost=0.0
-            if cache_hit
-            else Price(*settings.price_for(version)).cost(result.prompt_tokens, result.completion_tokens),
+            cost=request_cost(
+                settings.price_for(version), result.prompt_tokens, result.completion_tokens, bool(cache_hit)
+            ),
             context=context or [],
             cache_hit=bool(cache_hit),
             reference=reference if isinstance(reference, str) else None,
@@ -414,11 +413,8 @@ def create_app(
         return body
 
     def _require_admin(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        supplied = header[7:].strip() if header[:7].lower() == "bearer " else ""
         token = settings.admin_token
-        # compare_digest: the time taken must not reveal how much of the token was right.
-        if not token or not hmac.compare_digest(supplied.encode(), token.encode()):
+        if not is_admin(request.headers.get("authorization", ""), token):
             hint = "" if token else " (admin routes are disabled until ATALAIA_ADMIN_TOKEN is set)"
             raise APIError(
                 401,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from atalaia.events import InferenceEvent
 from atalaia.metrics.groups.base import Chart, Collector, Metric, MetricGroup
-from atalaia.metrics.operational import Price, operational_values
+from atalaia.metrics.operational import operational_values, request_cost
 
 
 class OperationalGroup(MetricGroup):
@@ -35,6 +35,8 @@ class OperationalGroup(MetricGroup):
             values = operational_values(ev)
             if ev.model_version in prices:
                 # A configured price wins: the emitting service may not know the contract price.
-                values["cost"] = Price(*prices[ev.model_version]).cost(ev.prompt_tokens, ev.completion_tokens)
+                values["cost"] = request_cost(
+                    prices[ev.model_version], ev.prompt_tokens, ev.completion_tokens, ev.cache_hit
+                )
             for name, value in values.items():
                 out.add(ev, name, value)
