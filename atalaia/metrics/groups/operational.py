@@ -19,7 +19,12 @@ class OperationalGroup(MetricGroup):
         Metric("prompt_tokens", "tokens", "neither", "tokens of the prompt"),
         Metric("completion_tokens", "tokens", "neither", "tokens of the response"),
         Metric("total_tokens", "tokens", "neither", "prompt plus completion tokens"),
-        Metric("cost", "USD", "lower", "cost of the request; `ATALAIA_PRICES` wins over the event's own"),
+        Metric(
+            "cost",
+            "USD",
+            "lower",
+            "cost of the request (0 for a cached answer); `ATALAIA_PRICES` wins over the event's own",
+        ),
         Metric("cache_hit", "0/1", "neither", "1 when the answer came from the semantic cache"),
     )
     method = "from the event; `cost` from `ATALAIA_PRICES` when the model version is listed"
