@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from atalaia.durations import parse_time
 from atalaia.events import DeadLetterEvent, EventError, parse_event
 from atalaia.settings import Settings
 from atalaia.topics import topic_specs
@@ -75,8 +75,6 @@ def original_bytes(event: DeadLetterEvent) -> bytes:
 REPLAY_HEADER = "atalaia-replay-of"
 #: Kafka refuses offset metadata above ``offset.metadata.max.bytes`` (4096 by default).
 MAX_STATE_CHARS = 3_000
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def replay_group(settings: Settings) -> str:
@@ -103,14 +101,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     ...
     ValueError: --since wants a duration like 30m, 2h or 7d, or an ISO 8601 time; got 'yesterday'
     """
-    match = _DURATION.match(text)
-    if match:
-        return (now or datetime.now(UTC)) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
     try:
-        when = datetime.fromisoformat(text.strip())
+        return parse_time(text, now)
     except ValueError:
         raise ValueError(f"--since wants a duration like 30m, 2h or 7d, or an ISO 8601 time; got {text!r}") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -589,9 +589,3 @@ def hit_rate_at_k(
         for k in ks:
             hits[k] += item["section"] in sections[:k]
     return {k: hits[k] / len(items) for k in ks}
-
-
-def read_qa(path: Path) -> list[dict[str, Any]]:
-    """The QA items of a JSON Lines file (``data/qa/train.jsonl``, ``holdout.jsonl``)."""
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

@@ -7,6 +7,7 @@ moved there. This module keeps the old import path working.
 
 from __future__ import annotations
 
+from atalaia.qa import read_qa
 from atalaia.rag import (
     DEFAULT_EMBEDDER_NAME,
     DEFAULT_K,
@@ -24,7 +25,6 @@ from atalaia.rag import (
     embedder_name,
     hit_rate_at_k,
     load_or_build,
-    read_qa,
     regulations_digest,
 )
 

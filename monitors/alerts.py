@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from atalaia.events import utcnow
 from atalaia.storage import repository
 from atalaia.storage import tables as t
+from atalaia.storage.readmodel import latest_alert_rows
 from atalaia.storage.repository import as_utc
 
 STATES = ("pending", "firing", "resolved")
@@ -59,8 +60,7 @@ def list_alerts(engine: Engine, where: AlertFilter | None = None) -> list[dict[s
     a = t.alerts
     query = select(a)
     if f.current:
-        latest = select(a.c.alert_id, func.max(a.c.ts).label("ts")).group_by(a.c.alert_id).subquery()
-        query = query.join(latest, (latest.c.alert_id == a.c.alert_id) & (latest.c.ts == a.c.ts))
+        query = latest_alert_rows(query)
     if f.state:
         query = query.where(a.c.state == f.state)
     if f.rule:

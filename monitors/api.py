@@ -9,7 +9,6 @@ service's admin routes; an empty token disables them: 401).
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, select
 
+from atalaia.admin_auth import is_admin
 from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.storage.repository import as_utc
@@ -38,11 +38,8 @@ def get_settings(request: Request) -> Settings:
 
 def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
     """401 unless the request carries ``Authorization: Bearer <ATALAIA_ADMIN_TOKEN>``."""
-    header = request.headers.get("authorization", "")
-    supplied = header[7:].strip() if header[:7].lower() == "bearer " else ""
     token = settings.admin_token
-    # compare_digest: the time taken must not reveal how much of the token was right.
-    if not token or not hmac.compare_digest(supplied.encode(), token.encode()):
+    if not is_admin(request.headers.get("authorization", ""), token):
         hint = "" if token else " (disabled until ATALAIA_ADMIN_TOKEN is set)"
         raise HTTPException(
             401,

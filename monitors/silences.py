@@ -19,13 +19,12 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, select, update
 
+from atalaia import durations
 from atalaia.events import utcnow
 from atalaia.storage import tables as t
 from atalaia.storage.repository import as_utc
 
 LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 #: Longest silence accepted: a forgotten silence must not mute an alert for ever.
 MAX_DURATION = timedelta(days=366)
 
@@ -97,10 +96,10 @@ def parse_duration(text: str) -> float:
     ...
     monitors.silences.SilenceError: duration 'soon': use a number with s, m, h, d or w, e.g. 2h
     """
-    match = _DURATION.match(text)
-    if not match:
-        raise SilenceError(f"duration {text!r}: use a number with s, m, h, d or w, e.g. 2h")
-    return float(match[1]) * _UNIT_S[match[2]]
+    try:
+        return durations.parse_duration(text)
+    except ValueError as exc:
+        raise SilenceError(str(exc)) from None
 
 
 def alert_match_set(rule: str, labels: Mapping[str, str], severity: str | None = None) -> dict[str, str]:

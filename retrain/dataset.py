@@ -46,6 +46,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atalaia.qa import load_qa, read_jsonl
 from atalaia.redaction import redact_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -76,58 +77,6 @@ _STOPWORDS = frozenset(
     to too under until up upon very was we were what when where which while who whom why will with
     within without would you your employee employees company atalaia""".split()
 )
-
-
-@dataclass(frozen=True)
-class QAItem:
-    """One question/answer pair of the QA data set (``data/qa/*.jsonl``).
-
-    Attributes
-    ----------
-    id
-        ``train-NNNN`` / ``holdout-NNNN``.
-    question, answer
-        The employee's question and the reference answer.
-    section
-        The handbook ``Section id`` the fact comes from.
-    topic
-        A short tag grouping sections.
-    """
-
-    id: str
-    question: str
-    answer: str
-    section: str = ""
-    topic: str = ""
-
-
-def load_qa(path: Path) -> list[QAItem]:
-    """Read a QA JSON Lines file (``data/qa/train.jsonl`` or ``holdout.jsonl``).
-
-    Parameters
-    ----------
-    path
-        The file.
-
-    Returns
-    -------
-    list[QAItem]
-    """
-    items = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                row = json.loads(line)
-                items.append(
-                    QAItem(
-                        id=str(row["id"]),
-                        question=str(row["question"]),
-                        answer=str(row["answer"]),
-                        section=str(row.get("section", "")),
-                        topic=str(row.get("topic", "")),
-                    )
-                )
-    return items
 
 
 @dataclass(frozen=True)
@@ -173,8 +122,7 @@ class DatasetVersion:
     def records(self, split: str = "train") -> list[dict[str, Any]]:
         """The records of ``split`` (``"train"`` or ``"val"``)."""
         path = {"train": self.train_path, "val": self.val_path}[split]
-        with path.open(encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+        return read_jsonl(path)
 
     @classmethod
     def load(cls, path: Path) -> DatasetVersion:

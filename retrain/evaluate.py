@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atalaia.metrics.stats import percentile
-from retrain.dataset import QAItem, load_qa
+from atalaia.qa import QAItem, load_qa
 from retrain.train import encode_example, user_messages
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

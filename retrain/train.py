@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atalaia.charts.svg import step_chart
 from retrain.dataset import DatasetVersion
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -330,36 +330,13 @@ def write_loss_curve(losses: Sequence[float], out_dir: Path) -> Path:
 
 
 def loss_curve_svg(losses: Sequence[float], width: int = 600, height: int = 320) -> str:
-    """An SVG line chart of ``losses`` with axes and min/max labels.
+    """An SVG line chart of ``losses`` per step, with axes (the kernel's :func:`atalaia.charts.svg.step_chart`).
 
     >>> svg = loss_curve_svg([2.0, 1.5, 1.0])
     >>> svg.startswith("<svg") and "polyline" in svg
     True
     """
-    left, right, top, bottom = 60, 20, 30, 40
-    values = [v for v in losses if math.isfinite(v)] or [0.0]
-    lo, hi = min(values), max(values)
-    span = (hi - lo) or 1.0
-    n = max(len(losses) - 1, 1)
-    plot_w, plot_h = width - left - right, height - top - bottom
-    points = " ".join(
-        f"{left + plot_w * i / n:.1f},{top + plot_h * (1 - (v - lo) / span):.1f}"
-        for i, v in enumerate(losses)
-        if math.isfinite(v)
-    )
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-        f'font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
-        f'<text x="{width / 2}" y="18" text-anchor="middle">LoRA fine-tuning: training loss</text>\n'
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>\n'
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>\n'
-        f'<text x="{left - 5}" y="{top + 4}" text-anchor="end">{hi:.3f}</text>\n'
-        f'<text x="{left - 5}" y="{top + plot_h + 4}" text-anchor="end">{lo:.3f}</text>\n'
-        f'<text x="{left}" y="{height - 12}">1</text>\n'
-        f'<text x="{left + plot_w}" y="{height - 12}" text-anchor="end">{len(losses)}</text>\n'
-        f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">step</text>\n'
-        f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>\n</svg>\n'
-    )
+    return step_chart("LoRA fine-tuning: training loss", losses, "step", width, height)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, ClassVar
 
-from atalaia.drift.base import ScalarDriftDetector, check_int, check_number, check_value
+from atalaia.drift.base import ScalarDriftDetector, StateFields, check_int, check_number, check_value
 
 __all__ = ["ADWIN"]
-
-_STATE_VERSION = 1
 
 
 class ADWIN(ScalarDriftDetector):
@@ -263,47 +261,12 @@ class ADWIN(ScalarDriftDetector):
 
     # -- persistence ---------------------------------------------------------------------------
 
-    def params(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {
-            "delta": self.delta,
-            "clock": self.clock,
-            "max_buckets": self.max_buckets,
-            "min_window_length": self.min_window_length,
-            "min_instances": self.min_instances,
-            "scale": self.scale,
-        }
+    state_fields: ClassVar[StateFields] = {"width": int, "total": float, "variance": float, "tick": int}
 
-    def to_dict(self) -> dict[str, Any]:
-        """Configuration and state (the bucket rows) as JSON-compatible values."""
-        return {
-            "kind": self.kind,
-            "version": _STATE_VERSION,
-            "params": self.params(),
-            "state": {
-                "rows": [[list(b) for b in row] for row in self._rows],
-                "width": self._width,
-                "total": self._total,
-                "variance": self._variance,
-                "tick": self._tick,
-                "n_updates": self._n_updates,
-                "n_detections": self._n_detections,
-                "drift_detected": self._drift_detected,
-            },
-        }
+    def _state(self) -> dict[str, Any]:
+        """The bucket rows, then the flat fields."""
+        return {"rows": [[list(b) for b in row] for row in self._rows], **super()._state()}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """Rebuild a detector from :meth:`to_dict`."""
-        cls._check_header(data, _STATE_VERSION)
-        det = cls(**data["params"])
-        s = data["state"]
-        det._rows = [[[float(t), float(v)] for t, v in row] for row in s["rows"]] or [[]]
-        det._width = int(s["width"])
-        det._total = float(s["total"])
-        det._variance = float(s["variance"])
-        det._tick = int(s["tick"])
-        det._n_updates = int(s["n_updates"])
-        det._n_detections = int(s["n_detections"])
-        det._drift_detected = bool(s["drift_detected"])
-        return det
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        self._rows = [[[float(t), float(v)] for t, v in row] for row in state["rows"]] or [[]]
+        super()._load_state(state)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import abc
+import inspect
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self
+
+#: What a scalar detector saves besides its counters: field name → converter applied on load.
+StateFields = Mapping[str, Callable[[Any], Any]]
 
 
 class DriftDetector(abc.ABC):
@@ -33,15 +37,28 @@ class DriftDetector(abc.ABC):
 class ScalarDriftDetector(DriftDetector):
     """A change detector of a stream of numbers whose whole state is a small JSON document.
 
-    Subclasses (one per module, as in ``river.drift``) set :attr:`kind`, implement
-    :meth:`update`, :meth:`reset`, :meth:`to_dict` and :meth:`from_dict`; :meth:`to_bytes` and
-    :meth:`from_bytes` wrap the dict in UTF-8 JSON so the state can be stored (for example in a
-    database column) and survive a restart. Floats are written with ``repr`` precision, so a
-    restored detector continues bit for bit where the saved one stopped.
+    Subclasses (one per module, as in ``river.drift``) set :attr:`kind` and :attr:`state_fields`
+    and implement :meth:`update` and :meth:`reset`. Persistence lives here: :meth:`params` reads
+    the constructor's arguments back from attributes of the same name, :meth:`to_dict` saves
+    :attr:`state_fields` (attribute ``_<name>``) and the three counters, and :meth:`from_dict`
+    builds a detector from the params and restores them; a detector whose state is not flat
+    extends :meth:`_state` and :meth:`_load_state`. :meth:`to_bytes` and :meth:`from_bytes` wrap
+    the dict in UTF-8 JSON so the state can be stored (for example in a database column) and
+    survive a restart. Floats are written with ``repr`` precision, so a restored detector
+    continues bit for bit where the saved one stopped.
     """
 
     #: Name of the detector in :func:`atalaia.drift.make_detector` and in saved states.
     kind: ClassVar[str]
+    #: Version of the saved state; raise it when :attr:`state_fields` change meaning.
+    state_version: ClassVar[int] = 1
+    #: The state saved besides the counters: ``name`` → converter; the value is attribute ``_<name>``.
+    state_fields: ClassVar[StateFields] = {}
+    _COUNTERS: ClassVar[StateFields] = {
+        "n_updates": int,
+        "n_detections": int,
+        "drift_detected": bool,
+    }
 
     @abc.abstractmethod
     def update(self, x: float) -> None:
@@ -67,18 +84,34 @@ class ScalarDriftDetector(DriftDetector):
         """Number of updates that detected drift since the detector was built or :meth:`reset`."""
         return self._n_detections
 
-    @abc.abstractmethod
     def params(self) -> dict[str, Any]:
-        """The constructor arguments, so that ``type(d)(**d.params())`` builds a fresh twin."""
+        """The constructor arguments, so that ``type(d)(**d.params())`` builds a fresh twin.
 
-    @abc.abstractmethod
+        Each argument is read from the attribute of the same name (subclasses store them so).
+        """
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def _state(self) -> dict[str, Any]:
+        """The values of :attr:`state_fields` and the counters, by name."""
+        return {name: getattr(self, f"_{name}") for name in {**self.state_fields, **self._COUNTERS}}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`_state`: set each field from ``state`` through its converter."""
+        for name, convert in {**self.state_fields, **self._COUNTERS}.items():
+            setattr(self, f"_{name}", convert(state[name]))
+
     def to_dict(self) -> dict[str, Any]:
         """The full state as JSON-compatible values (``kind``, ``version``, ``params``, ``state``)."""
+        return {"kind": self.kind, "version": self.state_version, "params": self.params(), "state": self._state()}
 
     @classmethod
-    @abc.abstractmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Rebuild a detector from :meth:`to_dict`; it continues exactly where it stopped."""
+        cls._check_header(data, cls.state_version)
+        det = cls(**data["params"])
+        det._load_state(data["state"])
+        return det
 
     def to_bytes(self) -> bytes:
         """:meth:`to_dict` as compact UTF-8 JSON."""

@@ -8,16 +8,14 @@ deviations whatever the metric's units.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Literal, Self
+from typing import ClassVar, Literal
 
-from atalaia.drift.base import ScalarDriftDetector, check_int, check_number, check_value
+from atalaia.drift.base import ScalarDriftDetector, StateFields, check_int, check_number, check_value
 
 __all__ = ["PageHinkley"]
 
 Mode = Literal["both", "up", "down"]
 _MODES = ("both", "up", "down")
-_STATE_VERSION = 1
 
 
 class PageHinkley(ScalarDriftDetector):
@@ -236,47 +234,4 @@ class PageHinkley(ScalarDriftDetector):
 
     # -- persistence ---------------------------------------------------------------------------
 
-    def params(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {
-            "min_instances": self.min_instances,
-            "delta": self.delta,
-            "threshold": self.threshold,
-            "alpha": self.alpha,
-            "mode": self.mode,
-            "scale": self.scale,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """Configuration and state as JSON-compatible values."""
-        return {
-            "kind": self.kind,
-            "version": _STATE_VERSION,
-            "params": self.params(),
-            "state": {
-                "n": self._n,
-                "mean": self._mean,
-                "m2": self._m2,
-                "up": self._up,
-                "down": self._down,
-                "n_updates": self._n_updates,
-                "n_detections": self._n_detections,
-                "drift_detected": self._drift_detected,
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """Rebuild a detector from :meth:`to_dict`."""
-        cls._check_header(data, _STATE_VERSION)
-        det = cls(**data["params"])
-        s = data["state"]
-        det._n = int(s["n"])
-        det._mean = float(s["mean"])
-        det._m2 = float(s["m2"])
-        det._up = float(s["up"])
-        det._down = float(s["down"])
-        det._n_updates = int(s["n_updates"])
-        det._n_detections = int(s["n_detections"])
-        det._drift_detected = bool(s["drift_detected"])
-        return det
+    state_fields: ClassVar[StateFields] = {"n": int, "mean": float, "m2": float, "up": float, "down": float}

@@ -25,6 +25,23 @@ class Price:
         return (prompt_tokens * self.prompt_per_1k + completion_tokens * self.completion_per_1k) / 1000.0
 
 
+def request_cost(
+    price: tuple[float, float], prompt_tokens: int, completion_tokens: int, cache_hit: bool = False
+) -> float:
+    """What one request costs at ``price`` (USD per 1,000 prompt and completion tokens).
+
+    The one place the cost of a request is computed, by the inference service when it builds the
+    event and by scoring when a configured price overrides the event's own. A cached answer costs
+    nothing: no model processed its tokens.
+
+    >>> request_cost((0.5, 1.5), 1000, 2000), request_cost((0.5, 1.5), 1000, 2000, cache_hit=True)
+    (3.5, 0.0)
+    """
+    if cache_hit:
+        return 0.0
+    return Price(*price).cost(prompt_tokens, completion_tokens)
+
+
 def operational_values(event: InferenceEvent) -> dict[str, float]:
     """Latency, token and cost scores of an event, keyed by metric name.
 

@@ -30,6 +30,7 @@ from rich.table import Table
 from sqlalchemy import Engine, func, select
 
 from atalaia.settings import Settings
+from atalaia.storage import readmodel
 from atalaia.storage import tables as t
 from composition.cli.demo_scenario import DRIFT_TOPICS, PhaseMix, load_off_topic, load_qa, phase_mixes, plan_question
 
@@ -210,21 +211,6 @@ def _ask(client: httpx.Client, state: DemoState, question: Any) -> None:
             state.corrected.append((question.text, question.reference))
 
 
-def _latest_run(engine: Engine, since: datetime) -> dict[str, Any] | None:
-    """The newest retrain run started since the demo began (``status``, ``steps``, ...)."""
-    with engine.connect() as conn:
-        row = (
-            conn.execute(
-                select(t.retrain_runs)
-                .where(t.retrain_runs.c.started_at >= since)
-                .order_by(t.retrain_runs.c.started_at.desc())
-            )
-            .mappings()
-            .first()
-        )
-    return dict(row) if row else None
-
-
 def run_is_busy(run: dict[str, Any] | None) -> bool:
     """Whether a run is in one of the CPU-heavy steps (:data:`BUSY_STEPS`), when the users pause.
 
@@ -270,7 +256,7 @@ def _traffic(base: str, plan: DemoPlan, state: DemoState, on_request: Any, engin
         state.enter("drift")
         deadline = time.monotonic() + plan.drift_timeout_s
         while not state.stop.is_set() and time.monotonic() < deadline:
-            run = _latest_run(engine, since)
+            run = readmodel.latest_run(engine, since)
             if run_is_busy(run):
                 state.paused = True
                 state.stop.wait(1.0)
@@ -304,35 +290,13 @@ def _traffic(base: str, plan: DemoPlan, state: DemoState, on_request: Any, engin
 
 def _db_view(engine: Engine, since: datetime) -> dict[str, Any]:
     """Recent metric levels, open alerts and the latest retrain run, for the live view."""
-    view: dict[str, Any] = {}
     with engine.connect() as conn:
-        for name in ("rougeL", "toxicity_prompt", "latency_ms", "embedding_drift"):
-            values = [
-                r[0]
-                for r in conn.execute(
-                    select(t.metrics.c.value)
-                    .where(t.metrics.c.name == name, t.metrics.c.ts >= since, t.metrics.c.value.is_not(None))
-                    .order_by(t.metrics.c.ts.desc())
-                    .limit(20)
-                )
-            ]
-            view[name] = sum(values) / len(values) if values else None
-        latest = (
-            select(t.alerts.c.fingerprint, func.max(t.alerts.c.ts).label("ts"))
-            .where(t.alerts.c.ts >= since)
-            .group_by(t.alerts.c.fingerprint)
-            .subquery()
+        view: dict[str, Any] = dict(
+            readmodel.recent_levels(conn, ("rougeL", "toxicity_prompt", "latency_ms", "embedding_drift"), since)
         )
-        rows = conn.execute(
-            select(t.alerts.c.rule, t.alerts.c.state, t.alerts.c.labels).join(
-                latest, (t.alerts.c.fingerprint == latest.c.fingerprint) & (t.alerts.c.ts == latest.c.ts)
-            )
-        ).all()
-        view["alerts"] = [(r.rule, r.state, (r.labels or {}).get("model_version", "")) for r in rows]
-        view["fired"] = conn.execute(
-            select(func.count()).select_from(t.alerts).where(t.alerts.c.ts >= since, t.alerts.c.state == "firing")
-        ).scalar_one()
-    view["run"] = _latest_run(engine, since)
+        view["alerts"] = readmodel.alert_states_since(conn, since)
+        view["fired"] = readmodel.fired_since(conn, since)
+    view["run"] = readmodel.latest_run(engine, since)
     return view
 
 

@@ -18,10 +18,11 @@ Phases
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from atalaia.qa import read_jsonl, read_qa
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 NORMAL_TOPICS = (
@@ -73,13 +74,13 @@ class PhaseMix:
 def load_qa(path: Path | None = None) -> list[dict[str, str]]:
     """The training QA set (never the holdout)."""
     path = path or DATA / "qa" / "train.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [{str(k): str(v) for k, v in row.items()} for row in read_qa(path)]
 
 
 def load_off_topic(path: Path | None = None) -> list[str]:
     """Questions that have nothing to do with the regulations."""
     path = path or DATA / "qa" / "off_topic.jsonl"
-    return [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [str(row["question"]) for row in read_jsonl(path)]
 
 
 def phase_mixes(qa: list[dict[str, str]], off_topic: list[str]) -> dict[str, PhaseMix]:

@@ -1,7 +1,7 @@
 """The report as one self-contained HTML file: inline CSS, inline SVG charts, no script, no links out.
 
 :func:`build_report` reads the data (:mod:`composition.report.data`), draws the charts
-(:mod:`composition.report.svg`) and writes ``<out_dir>/report-<UTC timestamp>.html``.
+(:mod:`atalaia.charts.svg`) and writes ``<out_dir>/report-<UTC timestamp>.html``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine
 
+from atalaia.charts import svg
 from atalaia.metrics.groups import registry
 from atalaia.settings import Settings
-from composition.report import svg
 from composition.report.data import Alert, ReportData, Run, load_report_data, lower_is_better
 
 log = logging.getLogger(__name__)

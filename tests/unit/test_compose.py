@@ -661,7 +661,8 @@ def test_prometheus_scrapes_real_services_and_ports(services: dict[str, Any]) ->
     inference = jobs["atalaia-inference"]
     assert _targets(inference["static_configs"]) == [f"inference:{p}" for p in listening_ports(services, "inference")]
     path = inference.get("metrics_path", "/metrics")
-    assert f'@app.get("{path}")' in (ROOT / "inference" / "app.py").read_text(encoding="utf-8")
+    # The route is in the inference service's health router (inference/routes/health.py).
+    assert f'@router.get("{path}")' in (ROOT / "inference" / "routes" / "health.py").read_text(encoding="utf-8")
 
 
 def test_prometheus_alerts_go_to_the_compose_alertmanager(services: dict[str, Any]) -> None:

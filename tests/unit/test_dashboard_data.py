@@ -1,4 +1,5 @@
-"""Dashboard data queries and routes on a migrated SQLite database seeded with a realistic hour.
+"""Dashboard data queries (the read model, ``atalaia/storage/readmodel.py``) and routes on a
+migrated SQLite database seeded with a realistic hour.
 
 :func:`seed` is shared with the browser test (``tests/integration/test_dashboard_browser.py``):
 two model versions (a deploy 20 minutes ago), 1-minute windows of every charted metric, drift
@@ -21,6 +22,7 @@ from sqlalchemy import Engine, create_engine
 
 from atalaia.events import AlertEvent, ModelEvent, utcnow
 from atalaia.settings import Settings
+from atalaia.storage import readmodel
 from atalaia.storage import tables as t
 from atalaia.storage.db import upgrade
 from atalaia.storage.repository import insert_ignoring_duplicates, store_alert
@@ -188,7 +190,7 @@ def test_window_series_splits_by_model_version_and_stat(seeded_db: tuple[Engine,
     engine, seeded, _ = seeded_db
     since = seeded.now - timedelta(hours=1)
     with engine.connect() as conn:
-        series = dashboard.window_series(conn, "latency_ms", ("p50", "p95", "p99"), since, seeded.now)
+        series = readmodel.window_series(conn, "latency_ms", ("p50", "p95", "p99"), since, seeded.now)
     keys = {(s["model_version"], s["stat"]) for s in series}
     assert keys == {(v, stat) for v in (OLD, NEW) for stat in ("p50", "p95", "p99")}
     new_p95 = next(s for s in series if s["model_version"] == NEW and s["stat"] == "p95")
@@ -202,8 +204,8 @@ def test_derived_stats_rate_and_cost_per_hour(seeded_db: tuple[Engine, Seeded, S
     engine, seeded, _ = seeded_db
     since = seeded.now - timedelta(hours=1)
     with engine.connect() as conn:
-        rate = dashboard.window_series(conn, "latency_ms", ("rate",), since, seeded.now)
-        cost = dashboard.window_series(conn, "cost", ("per_hour",), since, seeded.now)
+        rate = readmodel.window_series(conn, "latency_ms", ("rate",), since, seeded.now)
+        cost = readmodel.window_series(conn, "cost", ("per_hour",), since, seeded.now)
     rates = [v for s in rate for _, v in s["points"]]
     assert all(30 / 60 <= r <= 36 / 60 for r in rates)  # 30..36 requests per 1-minute window
     # mean * count is the window's spend; per hour is 60 windows of it.
@@ -214,7 +216,7 @@ def test_derived_stats_rate_and_cost_per_hour(seeded_db: tuple[Engine, Seeded, S
 def test_drift_series_has_score_and_threshold(seeded_db: tuple[Engine, Seeded, Settings]) -> None:
     engine, seeded, _ = seeded_db
     with engine.connect() as conn:
-        series = dashboard.drift_series(conn, seeded.now - timedelta(hours=1), seeded.now)
+        series = readmodel.drift_series(conn, seeded.now - timedelta(hours=1), seeded.now)
     thresholds = [s for s in series if s["role"] == "threshold"]
     scores = [s for s in series if s["stat"] == "score"]
     assert {s["model_version"] for s in thresholds} == {OLD, NEW}
@@ -227,18 +229,18 @@ def test_drift_series_has_score_and_threshold(seeded_db: tuple[Engine, Seeded, S
 def test_range_excludes_older_data(seeded_db: tuple[Engine, Seeded, Settings]) -> None:
     engine, seeded, _ = seeded_db
     with engine.connect() as conn:
-        recent = dashboard.window_series(conn, "rougeL", ("mean",), seeded.now - timedelta(minutes=10), seeded.now)
-        drift = dashboard.drift_series(conn, seeded.now - timedelta(minutes=10), seeded.now)
+        recent = readmodel.window_series(conn, "rougeL", ("mean",), seeded.now - timedelta(minutes=10), seeded.now)
+        drift = readmodel.drift_series(conn, seeded.now - timedelta(minutes=10), seeded.now)
     assert {s["model_version"] for s in recent} == {NEW}
     assert 9 <= sum(len(s["points"]) for s in recent) <= 11
-    assert all(p[0] >= dashboard.epoch_ms(seeded.now - timedelta(minutes=10)) for s in drift for p in s["points"])
+    assert all(p[0] >= readmodel.epoch_ms(seeded.now - timedelta(minutes=10)) for s in drift for p in s["points"])
 
 
 def test_open_alerts_are_the_unresolved_ones(seeded_db: tuple[Engine, Seeded, Settings]) -> None:
     engine, seeded, _ = seeded_db
     with engine.connect() as conn:
-        opened = dashboard.open_alerts(conn, {"latency_p95_high": "latency_ms"})
-        transitions = dashboard.alert_transitions(conn, seeded.now - timedelta(hours=1), seeded.now, {})
+        opened = readmodel.open_alerts(conn, {"latency_p95_high": "latency_ms"})
+        transitions = readmodel.alert_transitions(conn, seeded.now - timedelta(hours=1), seeded.now, {})
     assert [(a["rule"], a["state"]) for a in opened] == [("latency_p95_high", "firing")]
     assert opened[0]["alert_id"] == seeded.firing_alert_id and opened[0]["metric"] == "latency_ms"
     assert opened[0]["acked_by"] is None
@@ -253,7 +255,7 @@ def test_open_alerts_show_their_acknowledgement(seeded_db: tuple[Engine, Seeded,
                 alert_id=seeded.firing_alert_id, acked_by="sre-on-call", comment="looking", ts=seeded.now
             )
         )
-        opened = dashboard.open_alerts(conn, {})
+        opened = readmodel.open_alerts(conn, {})
     assert opened[0]["acked_by"] == "sre-on-call" and opened[0]["acked_at"] is not None
 
 
@@ -266,25 +268,25 @@ def test_deploys_merge_activations_and_model_events(seeded_db: tuple[Engine, See
         ModelEvent(type="deploy", model_version="ancient@0", ts=seeded.now - timedelta(days=3)),
     ]
     with engine.connect() as conn:
-        found = dashboard.deploys(conn, seeded.now - timedelta(hours=1), seeded.now, events)
+        found = readmodel.deploys(conn, seeded.now - timedelta(hours=1), seeded.now, events)
     assert [(d["kind"], d["model_version"], d["source"]) for d in found] == [
         ("deploy", NEW, "models topic"),
         ("rollback", OLD, "models topic"),
     ]
     with engine.connect() as conn:
-        only_table = dashboard.deploys(conn, seeded.now - timedelta(hours=1), seeded.now)
+        only_table = readmodel.deploys(conn, seeded.now - timedelta(hours=1), seeded.now)
     assert [(d["kind"], d["model_version"]) for d in only_table] == [("activated", NEW)]
 
 
 def test_versions_seen(seeded_db: tuple[Engine, Seeded, Settings]) -> None:
     engine, seeded, _ = seeded_db
     with engine.connect() as conn:
-        assert dashboard.model_versions_seen(conn, seeded.now - timedelta(minutes=5), seeded.now) == [OLD, NEW]
+        assert readmodel.model_versions_seen(conn, seeded.now - timedelta(minutes=5), seeded.now) == [OLD, NEW]
 
 
 def test_downsample_keeps_the_time_span() -> None:
     points = [(i * 1000, float(i)) for i in range(10_000)]
-    out = dashboard.downsample(points, 500)
+    out = readmodel.downsample(points, 500)
     assert len(out) == 500 and out[0][0] == 0 and out[-1][0] > 9_900_000
     assert [p[0] for p in out] == sorted(p[0] for p in out)
 
@@ -401,12 +403,12 @@ def test_long_ranges_are_averaged_in_the_database(tmp_path: Path) -> None:
     ]
     with engine.begin() as conn:
         insert_ignoring_duplicates(conn, t.metric_windows, rows)
-        series = dashboard.window_series(
+        series = readmodel.window_series(
             conn, "latency_ms", ("mean", "p95", "p50", "rate"), now - timedelta(days=2), now, max_points=100
         )
     by_stat = {s["stat"]: s["points"] for s in series}
     assert set(by_stat) == {"mean", "p95", "rate"}  # p50 is NULL everywhere: no series
-    bucket_s = dashboard.bucket_seconds(now - timedelta(days=2), now, 60, 100)
+    bucket_s = readmodel.bucket_seconds(timedelta(days=2).total_seconds(), 60, 100)
     assert bucket_s == 1740 and len(by_stat["mean"]) <= 101
     inner = by_stat["mean"][1:-1]  # the edge buckets are partial
     assert all(abs(v - 0.5) < 0.02 for _, v in inner)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from atalaia.events import InferenceEvent
 from atalaia.metrics.groups.base import Chart, Collector, Metric, MetricGroup
-from atalaia.metrics.operational import Price, operational_values
+from atalaia.metrics.operational import operational_values, request_cost
 
 
 class OperationalGroup(MetricGroup):
@@ -19,7 +19,12 @@ class OperationalGroup(MetricGroup):
         Metric("prompt_tokens", "tokens", "neither", "tokens of the prompt"),
         Metric("completion_tokens", "tokens", "neither", "tokens of the response"),
         Metric("total_tokens", "tokens", "neither", "prompt plus completion tokens"),
-        Metric("cost", "USD", "lower", "cost of the request; `ATALAIA_PRICES` wins over the event's own"),
+        Metric(
+            "cost",
+            "USD",
+            "lower",
+            "cost of the request (0 for a cached answer); `ATALAIA_PRICES` wins over the event's own",
+        ),
         Metric("cache_hit", "0/1", "neither", "1 when the answer came from the semantic cache"),
     )
     method = "from the event; `cost` from `ATALAIA_PRICES` when the model version is listed"
@@ -35,6 +40,8 @@ class OperationalGroup(MetricGroup):
             values = operational_values(ev)
             if ev.model_version in prices:
                 # A configured price wins: the emitting service may not know the contract price.
-                values["cost"] = Price(*prices[ev.model_version]).cost(ev.prompt_tokens, ev.completion_tokens)
+                values["cost"] = request_cost(
+                    prices[ev.model_version], ev.prompt_tokens, ev.completion_tokens, ev.cache_hit
+                )
             for name, value in values.items():
                 out.add(ev, name, value)

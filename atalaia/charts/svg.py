@@ -1,9 +1,11 @@
-"""Inline SVG charts drawn in Python: time-series line charts and an alert timeline.
+"""Inline SVG charts drawn in Python: time-series line charts, an alert timeline and a per-step curve.
 
-The report must open on a machine without internet, so there is no charting library and no
-script: every chart is a string of SVG elements (``<path>`` lines, ``<line>`` markers, ``<text>``
-labels) placed straight into the HTML. The functions here know nothing about the database; they
-take points in data coordinates and return markup. All text is escaped.
+Used by the report (``composition/report/``) and by the retraining run's loss curve
+(``retrain/train.py``) when matplotlib is missing. The report must open on a machine without
+internet, so there is no charting library and no script: every chart is a string of SVG elements
+(``<path>`` lines, ``<line>`` markers, ``<text>`` labels) placed straight into the HTML. The
+functions here know nothing about the database; they take points in data coordinates and return
+markup. All text is escaped.
 """
 
 from __future__ import annotations
@@ -429,3 +431,46 @@ def alert_timeline(
     _vlines(frame, vlines, out, labels=False)  # the lanes leave no room for labels
     out.append("</svg>")
     return "\n".join(out)
+
+
+def step_chart(title: str, values: Sequence[float], x_label: str = "step", width: int = 600, height: int = 320) -> str:
+    """A standalone SVG document: ``values`` per step (1, 2, ...) as one ``<polyline>``, with axes.
+
+    Non-finite values are skipped (the line joins their neighbours). Used for the training loss.
+
+    >>> svg = step_chart("Loss", [2.0, 1.5, float("nan"), 1.0])
+    >>> svg.startswith("<svg") and svg.count("<polyline") == 1 and ">4<" in svg
+    True
+    """
+    finite = [v for v in values if math.isfinite(v)] or [0.0]
+    ticks = nice_ticks(min(finite), max(finite), 4)
+    lo, hi = ticks[0], ticks[-1]
+    left, right, top, bottom = MARGIN_LEFT, width - MARGIN_RIGHT, MARGIN_TOP + 4, height - MARGIN_BOTTOM - 6
+    n = max(len(values) - 1, 1)
+
+    def y(value: float) -> float:
+        return bottom - (value - lo) / ((hi - lo) or 1.0) * (bottom - top)
+
+    points = " ".join(
+        f"{left + (right - left) * i / n:.1f},{y(v):.1f}" for i, v in enumerate(values) if math.isfinite(v)
+    )
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        f"<title>{escape(title)}</title>",
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle">{escape(title)}</text>',
+    ]
+    for tick in ticks:
+        out.append(f'<line x1="{left}" y1="{y(tick):.1f}" x2="{right}" y2="{y(tick):.1f}" stroke="#eeeeee"/>')
+        out.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{format_value(tick)}</text>')
+    out += [
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#888888"/>',
+        f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#888888"/>',
+        f'<text x="{left}" y="{height - 12}">1</text>',
+        f'<text x="{right}" y="{height - 12}" text-anchor="end">{len(values)}</text>',
+        f'<text x="{(left + right) / 2}" y="{height - 12}" text-anchor="middle">{escape(x_label)}</text>',
+        f'<polyline fill="none" stroke="{PALETTE[0]}" stroke-width="1.5" points="{points}"/>',
+        "</svg>",
+    ]
+    return "\n".join(out) + "\n"

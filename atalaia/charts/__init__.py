@@ -1,0 +1,1 @@
+"""Charts drawn without a plotting library (inline SVG), shared by the report and the retraining run."""

@@ -1,0 +1,162 @@
+"""``POST /v1/chat/completions`` (plain and streamed as server-sent events) and ``GET /v1/models``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from atalaia.events import RetrievedPassage
+from atalaia.models.generator import ChatResult, PromptTooLongError
+from atalaia.rag import build_prompt
+from inference.cache import KeyParts, cacheable
+from inference.errors import APIError
+from inference.schemas import ChatCompletionRequest
+from inference.service import Service, get_service
+from inference.sse import DONE, completion_body, sse_chunk, usage_chunk
+
+router = APIRouter()
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def _check_model(service: Service, req: ChatCompletionRequest, version: str) -> None:
+    settings = service.settings
+    if req.model not in {settings.generator_model, settings.model_version, version}:
+        raise APIError(
+            404,
+            f"The model '{req.model}' does not exist; GET /v1/models lists the served models",
+            "model",
+            "model_not_found",
+        )
+
+
+def _cached_sse(
+    service: Service,
+    version: str,
+    req: ChatCompletionRequest,
+    result: ChatResult,
+    context: list[RetrievedPassage],
+    kind: str,
+    event_id: uuid.UUID,
+    created: int,
+    started: float,
+) -> Iterator[str]:
+    """A cached answer replayed as a stream: the whole text in one content chunk."""
+    yield sse_chunk(event_id, created, version, {"role": "assistant"}, None)
+    if result.text:
+        yield sse_chunk(event_id, created, version, {"content": result.text}, None)
+    yield sse_chunk(event_id, created, version, {}, result.finish_reason)
+    if (req.stream_options or {}).get("include_usage"):
+        yield usage_chunk(event_id, created, version, result)
+    service.emit_inference(version, req, result, (time.perf_counter() - started) * 1000.0, event_id, context, kind)
+    yield DONE
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> Any:
+    """An OpenAI chat completion; every answer (cached or not, streamed or not) emits one event."""
+    settings, cache, embedder, retriever = service.settings, service.cache, service.embedder, service.retriever
+    served = service.models.active  # this request stays on this model, whatever a swap does meanwhile
+    version, generator = served.version, served.generator
+    _check_model(service, req, version)
+    service.check_metadata(req.metadata)
+    max_tokens = service.max_tokens(req)
+    messages = [{"role": m.role, "content": m.text} for m in req.messages]
+    stop = [req.stop] if isinstance(req.stop, str) else req.stop
+    event_id = uuid.uuid4()
+    created = int(time.time())
+    started = time.perf_counter()
+    question = next((m.text for m in reversed(req.messages) if m.role == "user"), req.messages[-1].text)
+    params = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": stop}
+    key = KeyParts.from_request(version, messages, params) if cache is not None else None
+    use_cache = cache is not None and cacheable(params)
+    vector = None
+    hit = cache.get(key) if use_cache and cache is not None and key is not None else None
+    # An exact hit needs no embedding; otherwise the question is embedded once, for the
+    # semantic lookup and for retrieval.
+    if hit is None and embedder is not None and (retriever is not None or use_cache):
+        vector = (await run_in_threadpool(embedder.encode, [question]))[0]
+        if use_cache and cache is not None and key is not None:
+            hit = cache.get(key, embedding=vector)
+    if hit is not None:
+        cached_result, cached_context = hit.value
+        if req.stream:
+            return StreamingResponse(
+                _cached_sse(service, version, req, cached_result, cached_context, hit.kind, event_id, created, started),
+                media_type="text/event-stream",
+                headers={"x-atalaia-event-id": str(event_id), "x-atalaia-cache": hit.kind},
+            )
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        service.emit_inference(version, req, cached_result, latency_ms, event_id, cached_context, hit.kind)
+        return JSONResponse(
+            completion_body(version, event_id, created, cached_result, cached_context),
+            headers={"x-atalaia-event-id": str(event_id), "x-atalaia-cache": hit.kind},
+        )
+    context: list[RetrievedPassage] = []
+    if retriever is not None:
+        found = await run_in_threadpool(
+            retriever.search, vector if vector is not None else question, settings.rag_top_k
+        )
+        context = [RetrievedPassage(id=p.id, text=p.text, score=round(float(score), 4)) for p, score in found]
+        # The passages go in a system message ahead of the conversation; the client's own
+        # system prompt, if any, stays as it was.
+        rag_system = build_prompt(question, [p for p, _ in found])[0]
+        messages = [rag_system, *messages]
+    try:
+        if req.stream:
+            stream = await run_in_threadpool(
+                generator.chat_stream, messages, max_tokens, req.temperature, req.top_p, stop
+            )
+        else:
+            result = await run_in_threadpool(generator.chat, messages, max_tokens, req.temperature, req.top_p, stop)
+    except PromptTooLongError as exc:
+        service.metrics.requests.labels(version, "rejected").inc()
+        raise APIError(400, str(exc), "messages", "context_length_exceeded") from None
+    except ValueError as exc:
+        service.metrics.requests.labels(version, "rejected").inc()
+        raise APIError(400, str(exc)) from None
+
+    if not req.stream:
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if use_cache and cache is not None and key is not None:
+            cache.put(key, (result, context), embedding=vector)
+        service.emit_inference(version, req, result, latency_ms, event_id, context, started=started)
+        return JSONResponse(
+            completion_body(version, event_id, created, result, context),
+            headers={"x-atalaia-event-id": str(event_id)},
+        )
+
+    def sse() -> Iterator[str]:
+        with stream:
+            yield sse_chunk(event_id, created, version, {"role": "assistant"}, None)
+            for piece in stream:
+                if piece:
+                    yield sse_chunk(event_id, created, version, {"content": piece}, None)
+            final = stream.result
+        if final is not None:
+            yield sse_chunk(event_id, created, version, {}, final.finish_reason)
+            if (req.stream_options or {}).get("include_usage"):
+                yield usage_chunk(event_id, created, version, final)
+            # A completed stream is cached like a plain answer (a client that hung up
+            # mid-stream leaves no result, and nothing half-done is cached).
+            if use_cache and cache is not None and key is not None:
+                cache.put(key, (final, context), embedding=vector)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            service.emit_inference(version, req, final, latency_ms, event_id, context, started=started)
+        yield DONE
+
+    return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})
+
+
+@router.get("/v1/models")
+async def list_models(service: ServiceDep) -> dict[str, Any]:
+    """The served model (the active version)."""
+    return {
+        "object": "list",
+        "data": [{"id": service.models.active.version, "object": "model", "created": 0, "owned_by": "atalaia"}],
+    }
