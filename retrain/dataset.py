@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atalaia.redaction import redact_text
+from retrain.feedback_filter import REASONS as FILTER_REASONS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from sqlalchemy import Engine
@@ -145,9 +146,14 @@ class DatasetVersion:
     n_feedback, n_regulations, n_qa
         Kept records (both splits) from feedback, from the handbook and from the curated QA file.
     dropped
-        Records dropped by reason: ``empty``, ``too_short``, ``too_long``, ``duplicate``.
+        Records dropped by reason: ``empty``, ``too_short``, ``too_long``, ``duplicate``, and the
+        feedback caps ``caller_cap`` / ``subject_cap``.
     redactions
         Personal data values replaced in feedback, by kind (``email``, ``phone``, ...).
+    feedback_rejected
+        Corrections the feedback filter (:mod:`retrain.feedback_filter`) rejected, by reason. The
+        manifest lists each one (``feedback_rejections``: id, reason, detail) and the ids of the
+        corrections used (``feedback_used``).
     """
 
     path: Path
@@ -159,6 +165,7 @@ class DatasetVersion:
     dropped: dict[str, int]
     n_qa: int = 0
     redactions: dict[str, int] = field(default_factory=dict)
+    feedback_rejected: dict[str, int] = field(default_factory=dict)
 
     @property
     def train_path(self) -> Path:
@@ -190,6 +197,7 @@ class DatasetVersion:
             dropped=dict(m["dropped"]),
             n_qa=m.get("n_qa", 0),
             redactions=dict(m.get("redactions", {})),
+            feedback_rejected=dict(m.get("feedback_rejected", {})),
         )
 
 
@@ -420,6 +428,19 @@ def cap_feedback(
     return kept, dropped
 
 
+def _filter_feedback(
+    pairs: list[dict[str, str]], settings: Settings
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The corrections :func:`retrain.feedback_filter.filter_feedback` keeps, and its rejections."""
+    if not pairs:
+        return pairs, []
+    from retrain.feedback_filter import FeedbackFilter, build_filter_inputs, filter_feedback
+
+    # Why a lazy import: building the inputs may load the toxicity model; only when there is feedback.
+    result = filter_feedback(pairs, FeedbackFilter.from_settings(settings), **build_filter_inputs(settings))
+    return result.kept, [r.as_dict() for r in result.rejected]
+
+
 def count_new_feedback(engine: Engine, since: datetime | None) -> int:
     """Feedback rows with a corrected answer (and a stored inference event) after ``since``.
 
@@ -594,10 +615,18 @@ def build_dataset(
     include_regulations = "regulations" in wanted if include_regulations is None else include_regulations
     sources: list[tuple[str, Iterable[dict[str, str]], bool]] = []
     capped = {"caller_cap": 0, "subject_cap": 0}
+    rejections: list[dict[str, str]] = []
+    rejected_counts: dict[str, int] = {}
     if "feedback" in wanted:
-        fb, capped = cap_feedback(
-            feedback_pairs(engine, since), settings.feedback_max_per_caller, settings.feedback_max_per_subject
-        )
+        fb_all = feedback_pairs(engine, since)
+        fb, capped = cap_feedback(fb_all, settings.feedback_max_per_caller, settings.feedback_max_per_subject)
+        kept_ids = {p["id"] for p in fb}
+        rejections = [
+            {"id": p["id"], "reason": "cap", "detail": p.get("caller", "")} for p in fb_all if p["id"] not in kept_ids
+        ]
+        fb, filtered = _filter_feedback(fb, settings)
+        rejections += filtered
+        rejected_counts = {r: sum(x["reason"] == r for x in filtered) for r in FILTER_REASONS}
         sources.append(("feedback", fb, True))
     if include_qa:
         qa = [{"id": i.id, "question": i.question, "answer": i.answer, "section": i.section} for i in load_qa(qa_file)]
@@ -634,6 +663,10 @@ def build_dataset(
         "redactions": redactions,
         "since": since.isoformat() if since is not None else None,
         "val_fraction": settings.dataset_val_fraction,
+        "feedback_review": settings.feedback_review,
+        "feedback_rejected": rejected_counts,
+        "feedback_rejections": rejections,
+        "feedback_used": sorted(r["id"] for r in records if r["source"] == "feedback"),
     }
     out_root = Path(out_root)
     final = out_root / digest
@@ -671,4 +704,5 @@ def build_dataset(
         dropped=dropped,
         n_qa=counts["qa"],
         redactions=redactions,
+        feedback_rejected=rejected_counts,
     )
