@@ -334,12 +334,16 @@ def _question_of(messages: Any) -> str | None:
     return None
 
 
-def _feedback_query(since: datetime | None) -> Any:
-    from sqlalchemy import and_, func, select
+def _feedback_query(since: datetime | None, approved_only: bool = False) -> Any:
+    """Corrections with their conversation. A correction rejected in review never trains; with
+    ``approved_only`` (``ATALAIA_FEEDBACK_REVIEW``) only approved ones do, and ``since`` applies to
+    the time of approval (a correction sent long ago and approved today is new data)."""
+    from sqlalchemy import or_, select
 
-    from atalaia.storage.tables import feedback, inference_events
+    from atalaia.storage.tables import feedback, feedback_reviews, inference_events
+    from retrain.review import has_answer
 
-    has_answer = and_(feedback.c.corrected_answer.is_not(None), func.length(func.trim(feedback.c.corrected_answer)) > 0)
+    review = feedback_reviews.c
     query = (
         select(
             feedback.c.event_id,
@@ -349,15 +353,27 @@ def _feedback_query(since: datetime | None) -> Any:
             feedback.c.subject_id,
             inference_events.c.messages,
         )
-        .select_from(feedback.join(inference_events, feedback.c.inference_event_id == inference_events.c.event_id))
-        .where(has_answer)
+        .select_from(
+            feedback.join(inference_events, feedback.c.inference_event_id == inference_events.c.event_id).outerjoin(
+                feedback_reviews, review.feedback_event_id == feedback.c.event_id
+            )
+        )
+        .where(has_answer())
     )
+    if approved_only:
+        query = query.where(review.state == "approved")
+        if since is not None:
+            query = query.where(review.reviewed_at > since)
+        return query
+    query = query.where(or_(review.state.is_(None), review.state != "rejected"))
     if since is not None:
         query = query.where(feedback.c.ts > since)
     return query
 
 
-def feedback_pairs(engine: Engine, since: datetime | None = None) -> list[dict[str, str]]:
+def feedback_pairs(
+    engine: Engine, since: datetime | None = None, *, approved_only: bool = False
+) -> list[dict[str, str]]:
     """Corrected answers from feedback, with the question they answer, newest first.
 
     Feedback whose inference event is not (yet) stored is skipped: without it there is no question.
@@ -368,6 +384,9 @@ def feedback_pairs(engine: Engine, since: datetime | None = None) -> list[dict[s
         The project database.
     since
         Only feedback with ``ts`` after this time; ``None`` for all.
+    approved_only
+        Only corrections approved in review (``ATALAIA_FEEDBACK_REVIEW``); rejected ones are
+        never returned.
 
     Returns
     -------
@@ -377,7 +396,9 @@ def feedback_pairs(engine: Engine, since: datetime | None = None) -> list[dict[s
     from atalaia.storage.tables import feedback
 
     with engine.connect() as conn:
-        rows = conn.execute(_feedback_query(since).order_by(feedback.c.ts.desc(), feedback.c.event_id)).all()
+        rows = conn.execute(
+            _feedback_query(since, approved_only).order_by(feedback.c.ts.desc(), feedback.c.event_id)
+        ).all()
     pairs = []
     for row in rows:
         question = _question_of(row.messages)
@@ -441,7 +462,7 @@ def _filter_feedback(
     return result.kept, [r.as_dict() for r in result.rejected]
 
 
-def count_new_feedback(engine: Engine, since: datetime | None) -> int:
+def count_new_feedback(engine: Engine, since: datetime | None, *, approved_only: bool = False) -> int:
     """Feedback rows with a corrected answer (and a stored inference event) after ``since``.
 
     What :func:`build_dataset` would take from feedback; the scheduler compares it with its
@@ -453,6 +474,8 @@ def count_new_feedback(engine: Engine, since: datetime | None) -> int:
         The project database.
     since
         Count feedback with ``ts`` after this time; ``None`` counts all.
+    approved_only
+        Count only corrections approved in review, by time of approval.
 
     Returns
     -------
@@ -461,7 +484,11 @@ def count_new_feedback(engine: Engine, since: datetime | None) -> int:
     from sqlalchemy import func, select
 
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(_feedback_query(since).subquery())).scalar_one())
+        return int(
+            conn.execute(
+                select(func.count()).select_from(_feedback_query(since, approved_only).subquery())
+            ).scalar_one()
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -618,7 +645,7 @@ def build_dataset(
     rejections: list[dict[str, str]] = []
     rejected_counts: dict[str, int] = {}
     if "feedback" in wanted:
-        fb_all = feedback_pairs(engine, since)
+        fb_all = feedback_pairs(engine, since, approved_only=settings.feedback_review)
         fb, capped = cap_feedback(fb_all, settings.feedback_max_per_caller, settings.feedback_max_per_subject)
         kept_ids = {p["id"] for p in fb}
         rejections = [
