@@ -44,7 +44,6 @@ Examples
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import logging
 import re
@@ -236,23 +235,24 @@ class _NearDuplicateIndex:
 def published_values(texts: Iterable[str]) -> set[str]:
     """Personal-data-shaped values that the reference texts themselves contain (published contacts).
 
-    Found by redacting each text and reading back what each placeholder replaced.
+    Each line is redacted; the redacted line is the original with some spans replaced by
+    placeholders, so matching the original against the redacted line (placeholders turned into
+    lazy groups) reads back exactly what each placeholder replaced.
 
     >>> sorted(published_values(["Write to hr@atalaia.example or call +55 11 3456-7890."]))
     ['+55 11 3456-7890', 'hr@atalaia.example']
     """
     values: set[str] = set()
     for text in texts:
-        redacted, counts = redact_text(text)
-        if not counts:
-            continue
-        matcher = difflib.SequenceMatcher(None, text, redacted, autojunk=False)
-        for op, i1, i2, j1, j2 in matcher.get_opcodes():
-            if op == "replace" and _PLACEHOLDER.search(redacted[j1:j2]):
-                # A replaced span may run over a few shared characters: keep the value itself.
-                original = text[i1:i2].strip()
-                if original:
-                    values.add(original)
+        for line in text.splitlines():
+            redacted, counts = redact_text(line)
+            if not counts:
+                continue
+            parts = _PLACEHOLDER.split(redacted)
+            pattern = "(.+?)".join(re.escape(p) for p in parts)
+            found = re.fullmatch(pattern, line, flags=re.DOTALL)
+            if found is not None:
+                values.update(v.strip() for v in found.groups() if v.strip())
     return values
 
 
