@@ -330,6 +330,8 @@ def erase_subject(
             ).rowcount
         for chunk in _chunks(fb_ids):
             counts["feedback"] += conn.execute(delete(t.feedback).where(t.feedback.c.event_id.in_(chunk))).rowcount
+            # The review decisions of erased corrections (a reviewer's reason may quote them).
+            conn.execute(delete(t.feedback_reviews).where(t.feedback_reviews.c.feedback_event_id.in_(chunk)))
         counts["inference_events"] = conn.execute(
             delete(t.inference_events).where(t.inference_events.c.subject_id == sid)
         ).rowcount

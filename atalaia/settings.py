@@ -699,6 +699,31 @@ class Settings(BaseSettings):
     feedback_max_per_subject: Annotated[int, Field(ge=0)] = Field(
         0, description="Most corrections one end user (subject) contributes to a training data set; 0: no cap."
     )
+    # The filter after the caps (retrain/feedback_filter.py); 0 turns a numeric check off.
+    feedback_min_answer_words: Annotated[int, Field(ge=0)] = Field(
+        2, description="Shortest corrected answer, in words, that may train the model."
+    )
+    feedback_max_toxicity: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="Corrections whose answer scores above this toxicity are dropped; 0: no toxicity check."
+    )
+    feedback_reject_pii: bool = Field(
+        True,
+        description="Drop corrections holding personal data (beyond the contacts the handbook and QA file publish).",
+    )
+    feedback_near_duplicate: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.8,
+        description="Jaccard similarity of answers' character 5-grams at which a correction repeats a kept one and "
+        "is dropped; 0: no near-duplicate check.",
+    )
+    feedback_outlier_min_rouge: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.1,
+        description="Corrections of a question the QA file answers are dropped when their ROUGE-L against the "
+        "reference answer is below this; 0: no outlier check.",
+    )
+    feedback_review: bool = Field(
+        False,
+        description="Corrections wait for `atalaia feedback review approve` before they train; only approved ones do.",
+    )
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic (``inference`` → ``atalaia.inference``)."""

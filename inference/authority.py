@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ class ModelEventAuthority:
         self._lock = threading.Lock()
         #: Refused events by reason (the part of the reason before any detail).
         self.refused: Counter[str] = Counter()
+        #: Called with that reason after each refusal (the service's Prometheus counter).
+        self.on_refused: list[Callable[[str], None]] = []
 
     def check(self, event: ModelEvent) -> None:
         """Raise :class:`Refused` (and count it) unless ``event`` may be applied."""
@@ -56,6 +59,8 @@ class ModelEventAuthority:
             kind = exc.reason.split(":")[0]
             with self._lock:
                 self.refused[kind] += 1
+            for hook in self.on_refused:
+                hook(kind)
             log.error(
                 "model event refused",
                 extra={
@@ -134,3 +139,10 @@ class ModelEventAuthority:
             raise Refused(
                 f"folder mismatch: {raw!r} is not the registry's folder of {event.model_version!r}", "artefact_path"
             )
+
+
+def count_refusals(authority: ModelEventAuthority, metrics: Any) -> None:
+    """Count ``authority``'s refusals in the service's Prometheus counter
+    ``atalaia_model_events_refused_total{reason}`` (:class:`inference.telemetry.ServiceMetrics`)."""
+    counter = metrics.model_events_refused
+    authority.on_refused.append(lambda reason: counter.labels(reason).inc())

@@ -41,6 +41,7 @@ def serve(settings: Settings) -> None:
 
     from atalaia.models.generator import Generator
     from inference.app import create_app
+    from inference.authority import ModelEventAuthority, count_refusals
     from inference.models import ModelManager, ServedModel, follow_model_events
     from producers.sdk import EventProducer
 
@@ -72,9 +73,13 @@ def serve(settings: Settings) -> None:
         loader=lambda path: Generator.load(path, threads=settings.torch_threads),
     )
     stop = threading.Event()
-    follower = threading.Thread(target=follow_model_events, args=(models, settings, stop), name="models", daemon=True)
-    follower.start()
     app = create_app(settings, generator, producer, retriever=retriever, cache=cache, embedder=embedder, models=models)
+    authority = ModelEventAuthority(settings)
+    count_refusals(authority, app.state.metrics)  # /metrics: atalaia_model_events_refused_total{reason}
+    follower = threading.Thread(
+        target=follow_model_events, args=(models, settings, stop, authority), name="models", daemon=True
+    )
+    follower.start()
     log.info(
         "inference service starting",
         extra={

@@ -50,6 +50,12 @@ class ServiceMetrics:
         self.kafka_reachable = Gauge(
             "atalaia_kafka_reachable", "1 while the broker answers the producer", registry=self.registry
         )
+        self.model_events_refused = Counter(
+            "atalaia_model_events_refused",
+            "Deploy/rollback events refused by the authority checks (inference/authority.py), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.active_model = Gauge(
             "atalaia_active_model", "1 for the model version being served", ["model_version"], registry=self.registry
         )

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from atalaia.qa import load_qa, read_jsonl
 from atalaia.redaction import redact_text
+from retrain.feedback_filter import REASONS as FILTER_REASONS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from sqlalchemy import Engine
@@ -94,9 +95,14 @@ class DatasetVersion:
     n_feedback, n_regulations, n_qa
         Kept records (both splits) from feedback, from the handbook and from the curated QA file.
     dropped
-        Records dropped by reason: ``empty``, ``too_short``, ``too_long``, ``duplicate``.
+        Records dropped by reason: ``empty``, ``too_short``, ``too_long``, ``duplicate``, and the
+        feedback caps ``caller_cap`` / ``subject_cap``.
     redactions
         Personal data values replaced in feedback, by kind (``email``, ``phone``, ...).
+    feedback_rejected
+        Corrections the feedback filter (:mod:`retrain.feedback_filter`) rejected, by reason. The
+        manifest lists each one (``feedback_rejections``: id, reason, detail) and the ids of the
+        corrections used (``feedback_used``).
     """
 
     path: Path
@@ -108,6 +114,7 @@ class DatasetVersion:
     dropped: dict[str, int]
     n_qa: int = 0
     redactions: dict[str, int] = field(default_factory=dict)
+    feedback_rejected: dict[str, int] = field(default_factory=dict)
 
     @property
     def train_path(self) -> Path:
@@ -138,6 +145,7 @@ class DatasetVersion:
             dropped=dict(m["dropped"]),
             n_qa=m.get("n_qa", 0),
             redactions=dict(m.get("redactions", {})),
+            feedback_rejected=dict(m.get("feedback_rejected", {})),
         )
 
 
@@ -274,12 +282,16 @@ def _question_of(messages: Any) -> str | None:
     return None
 
 
-def _feedback_query(since: datetime | None) -> Any:
-    from sqlalchemy import and_, func, select
+def _feedback_query(since: datetime | None, approved_only: bool = False) -> Any:
+    """Corrections with their conversation. A correction rejected in review never trains; with
+    ``approved_only`` (``ATALAIA_FEEDBACK_REVIEW``) only approved ones do, and ``since`` applies to
+    the time of approval (a correction sent long ago and approved today is new data)."""
+    from sqlalchemy import or_, select
 
-    from atalaia.storage.tables import feedback, inference_events
+    from atalaia.storage.tables import feedback, feedback_reviews, inference_events
+    from retrain.review import has_answer
 
-    has_answer = and_(feedback.c.corrected_answer.is_not(None), func.length(func.trim(feedback.c.corrected_answer)) > 0)
+    review = feedback_reviews.c
     query = (
         select(
             feedback.c.event_id,
@@ -289,15 +301,27 @@ def _feedback_query(since: datetime | None) -> Any:
             feedback.c.subject_id,
             inference_events.c.messages,
         )
-        .select_from(feedback.join(inference_events, feedback.c.inference_event_id == inference_events.c.event_id))
-        .where(has_answer)
+        .select_from(
+            feedback.join(inference_events, feedback.c.inference_event_id == inference_events.c.event_id).outerjoin(
+                feedback_reviews, review.feedback_event_id == feedback.c.event_id
+            )
+        )
+        .where(has_answer())
     )
+    if approved_only:
+        query = query.where(review.state == "approved")
+        if since is not None:
+            query = query.where(review.reviewed_at > since)
+        return query
+    query = query.where(or_(review.state.is_(None), review.state != "rejected"))
     if since is not None:
         query = query.where(feedback.c.ts > since)
     return query
 
 
-def feedback_pairs(engine: Engine, since: datetime | None = None) -> list[dict[str, str]]:
+def feedback_pairs(
+    engine: Engine, since: datetime | None = None, *, approved_only: bool = False
+) -> list[dict[str, str]]:
     """Corrected answers from feedback, with the question they answer, newest first.
 
     Feedback whose inference event is not (yet) stored is skipped: without it there is no question.
@@ -308,6 +332,9 @@ def feedback_pairs(engine: Engine, since: datetime | None = None) -> list[dict[s
         The project database.
     since
         Only feedback with ``ts`` after this time; ``None`` for all.
+    approved_only
+        Only corrections approved in review (``ATALAIA_FEEDBACK_REVIEW``); rejected ones are
+        never returned.
 
     Returns
     -------
@@ -317,7 +344,9 @@ def feedback_pairs(engine: Engine, since: datetime | None = None) -> list[dict[s
     from atalaia.storage.tables import feedback
 
     with engine.connect() as conn:
-        rows = conn.execute(_feedback_query(since).order_by(feedback.c.ts.desc(), feedback.c.event_id)).all()
+        rows = conn.execute(
+            _feedback_query(since, approved_only).order_by(feedback.c.ts.desc(), feedback.c.event_id)
+        ).all()
     pairs = []
     for row in rows:
         question = _question_of(row.messages)
@@ -368,7 +397,20 @@ def cap_feedback(
     return kept, dropped
 
 
-def count_new_feedback(engine: Engine, since: datetime | None) -> int:
+def _filter_feedback(
+    pairs: list[dict[str, str]], settings: Settings
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The corrections :func:`retrain.feedback_filter.filter_feedback` keeps, and its rejections."""
+    if not pairs:
+        return pairs, []
+    from retrain.feedback_filter import FeedbackFilter, build_filter_inputs, filter_feedback
+
+    # Why a lazy import: building the inputs may load the toxicity model; only when there is feedback.
+    result = filter_feedback(pairs, FeedbackFilter.from_settings(settings), **build_filter_inputs(settings))
+    return result.kept, [r.as_dict() for r in result.rejected]
+
+
+def count_new_feedback(engine: Engine, since: datetime | None, *, approved_only: bool = False) -> int:
     """Feedback rows with a corrected answer (and a stored inference event) after ``since``.
 
     What :func:`build_dataset` would take from feedback; the scheduler compares it with its
@@ -380,6 +422,8 @@ def count_new_feedback(engine: Engine, since: datetime | None) -> int:
         The project database.
     since
         Count feedback with ``ts`` after this time; ``None`` counts all.
+    approved_only
+        Count only corrections approved in review, by time of approval.
 
     Returns
     -------
@@ -388,7 +432,11 @@ def count_new_feedback(engine: Engine, since: datetime | None) -> int:
     from sqlalchemy import func, select
 
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(_feedback_query(since).subquery())).scalar_one())
+        return int(
+            conn.execute(
+                select(func.count()).select_from(_feedback_query(since, approved_only).subquery())
+            ).scalar_one()
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -542,10 +590,18 @@ def build_dataset(
     include_regulations = "regulations" in wanted if include_regulations is None else include_regulations
     sources: list[tuple[str, Iterable[dict[str, str]], bool]] = []
     capped = {"caller_cap": 0, "subject_cap": 0}
+    rejections: list[dict[str, str]] = []
+    rejected_counts: dict[str, int] = {}
     if "feedback" in wanted:
-        fb, capped = cap_feedback(
-            feedback_pairs(engine, since), settings.feedback_max_per_caller, settings.feedback_max_per_subject
-        )
+        fb_all = feedback_pairs(engine, since, approved_only=settings.feedback_review)
+        fb, capped = cap_feedback(fb_all, settings.feedback_max_per_caller, settings.feedback_max_per_subject)
+        kept_ids = {p["id"] for p in fb}
+        rejections = [
+            {"id": p["id"], "reason": "cap", "detail": p.get("caller", "")} for p in fb_all if p["id"] not in kept_ids
+        ]
+        fb, filtered = _filter_feedback(fb, settings)
+        rejections += filtered
+        rejected_counts = {r: sum(x["reason"] == r for x in filtered) for r in FILTER_REASONS}
         sources.append(("feedback", fb, True))
     if include_qa:
         qa = [{"id": i.id, "question": i.question, "answer": i.answer, "section": i.section} for i in load_qa(qa_file)]
@@ -582,6 +638,10 @@ def build_dataset(
         "redactions": redactions,
         "since": since.isoformat() if since is not None else None,
         "val_fraction": settings.dataset_val_fraction,
+        "feedback_review": settings.feedback_review,
+        "feedback_rejected": rejected_counts,
+        "feedback_rejections": rejections,
+        "feedback_used": sorted(r["id"] for r in records if r["source"] == "feedback"),
     }
     out_root = Path(out_root)
     final = out_root / digest
@@ -619,4 +679,5 @@ def build_dataset(
         dropped=dropped,
         n_qa=counts["qa"],
         redactions=redactions,
+        feedback_rejected=rejected_counts,
     )

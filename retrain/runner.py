@@ -332,7 +332,7 @@ class ModelSteps:
     def count_new_data(self, engine: Engine, settings: Settings, since: Any) -> int:
         from retrain.dataset import count_new_feedback
 
-        return count_new_feedback(engine, since)
+        return count_new_feedback(engine, since, approved_only=settings.feedback_review)
 
     def dataset(self, engine: Engine, settings: Settings, out_root: Path) -> Any:
         from retrain.dataset import build_dataset

@@ -257,3 +257,16 @@ privacy_requests = Table(
     Column("requested_by", String(200), nullable=False),
     Column("details", JSON, nullable=False),
 )
+
+feedback_reviews = Table(
+    "feedback_reviews",
+    metadata,
+    # One decision per correction (`atalaia feedback review approve|reject`); a correction with a
+    # corrected answer and no row here is pending. With ATALAIA_FEEDBACK_REVIEW on, only approved
+    # corrections train; a rejected one never trains.
+    Column("feedback_event_id", String(UUID_LEN), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("reviewed_by", String(200), nullable=False),
+    Column("reviewed_at", DateTime(timezone=True), nullable=False),
+)

@@ -34,6 +34,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(schema_app, name="schema")
 app.add_typer(__import__("composition.cli.deadletter", fromlist=["app"]).app, name="deadletter")
 app.add_typer(__import__("composition.cli.privacy", fromlist=["app"]).app, name="privacy")
+app.add_typer(__import__("composition.cli.feedback", fromlist=["app"]).app, name="feedback")
 app.command("report")(__import__("composition.cli.report", fromlist=["report"]).report)
 
 

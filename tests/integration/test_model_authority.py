@@ -29,8 +29,9 @@ from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.storage.db import upgrade
 from atalaia.topics import ensure_topics
-from inference.authority import ModelEventAuthority
+from inference.authority import ModelEventAuthority, count_refusals
 from inference.models import ModelManager, ServedModel, follow_model_events
+from inference.telemetry import ServiceMetrics
 from tests.integration.services import wait_until
 
 pytestmark = pytest.mark.integration
@@ -91,6 +92,8 @@ def test_forged_unsigned_replayed_and_escaping_events_are_refused(isolated_setti
     loaded: list[str] = []
     manager = ModelManager(ServedModel("m@1", "gen-1"), loader=lambda path: loaded.append(path) or f"gen:{path}")
     authority = ModelEventAuthority(settings)
+    metrics = ServiceMetrics()
+    count_refusals(authority, metrics)  # as `atalaia serve` wires it: refusals in /metrics
     stats = clients.FollowStats()
     stop = threading.Event()
     follower = threading.Thread(
@@ -156,4 +159,9 @@ def test_forged_unsigned_replayed_and_escaping_events_are_refused(isolated_setti
     assert any("contains '..'" in r for r in escapes), escapes
     assert any("link' resolves to" in r and "outside ATALAIA_MODELS_DIR" in r for r in escapes), escapes
     assert authority.refused["path escape"] == 2 and sum(authority.refused.values()) == probes + 7
+    from prometheus_client import generate_latest
+
+    exposed = generate_latest(metrics.registry).decode()
+    assert 'atalaia_model_events_refused_total{reason="path escape"} 2.0' in exposed
+    assert f'atalaia_model_events_refused_total{{reason="unsigned model event"}} {probes + 1}.0' in exposed
     assert manager.active.version == "m@2"

@@ -74,8 +74,16 @@ def engine(tmp_path: Path) -> Engine:
 
 @pytest.fixture
 def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    # A small validation split: its loss is computed twice per training run.
-    return Settings(home=tmp_path / "home", models_dir=models_dir, torch_threads=0, dataset_val_fraction=0.02)
+    # A small validation split: its loss is computed twice per training run. The feedback filter's
+    # PII check is off so that the correction (with an unpublished e-mail) shows the cleaning's
+    # redaction; with it on, the correction would be dropped (tests/unit/test_feedback_filter.py).
+    return Settings(
+        home=tmp_path / "home",
+        models_dir=models_dir,
+        torch_threads=0,
+        dataset_val_fraction=0.02,
+        feedback_reject_pii=False,
+    )
 
 
 def small_config(settings: Settings, steps: int = 3) -> LoraConfig:

@@ -18,7 +18,7 @@ from atalaia.storage.db import current_revision, upgrade
 
 pytestmark = pytest.mark.integration
 
-HEAD = "0005_privacy"
+HEAD = "0006_feedback_review"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

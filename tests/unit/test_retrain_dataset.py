@@ -147,6 +147,9 @@ def test_build_dataset_from_feedback_qa_and_regulations(engine: Engine, settings
     add_feedback(engine, "Blank correction", "   ")
     add_feedback(engine, "Orphan feedback", "Its inference event never arrived.", with_event=False)
 
+    # The feedback filter would reject the correction holding a personal e-mail outright
+    # (test_feedback_filter.py); with its PII check off, the cleaning still redacts it.
+    settings = settings.model_copy(update={"feedback_reject_pii": False})
     ds = build_dataset(engine, settings, tmp_path / "datasets")
     assert ds.n_feedback == 2
     assert ds.n_qa == 211  # one curated question is overridden by its feedback correction
@@ -281,11 +284,19 @@ def test_a_feedback_flood_from_one_caller_is_capped(engine: Engine, tmp_path: Pa
     with engine.begin() as conn:
         conn.execute(update(feedback).where(feedback.c.caller.is_(None)).values(caller="portal", subject_id="s-1"))
 
+    # The caps alone: the near-duplicate filter would also fold these numbered answers
+    # (test_feedback_filter.py floods with the filter on).
     uncapped = build_dataset(
-        engine, Settings(home=tmp_path / "h1"), tmp_path / "d1", include_qa=False, include_regulations=False
+        engine,
+        Settings(home=tmp_path / "h1", feedback_near_duplicate=0),
+        tmp_path / "d1",
+        include_qa=False,
+        include_regulations=False,
     )
     assert uncapped.n_feedback == 203  # before: the flood is 98.5 % of the training data
-    capped_settings = Settings(home=tmp_path / "h2", feedback_max_per_caller=10, feedback_max_per_subject=50)
+    capped_settings = Settings(
+        home=tmp_path / "h2", feedback_max_per_caller=10, feedback_max_per_subject=50, feedback_near_duplicate=0
+    )
     ds = build_dataset(engine, capped_settings, tmp_path / "d2", include_qa=False, include_regulations=False)
     assert ds.n_feedback == 13
     assert ds.dropped["caller_cap"] == 190
