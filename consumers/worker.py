@@ -25,6 +25,7 @@ from atalaia.storage.db import get_engine, redact_url
 from consumers.drift import DriftRunner, drift_metrics
 from consumers.feedback_signals import feedback_signal_metrics
 from consumers.scoring import BatchScorer, ScoredBatch
+from consumers.telemetry import WorkerMetrics
 from consumers.windows import materialize
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
     consumer_name = settings.worker_id
     scorer = scorer or BatchScorer(settings)
     drift = DriftRunner(settings) if "drift" in settings.enabled_groups else None
+    telemetry = WorkerMetrics()
     inference_topic = app.topic(settings.topic("inference"), value_type=bytes, value_serializer="raw")
     feedback_topic = app.topic(settings.topic("feedback"), value_type=bytes, value_serializer="raw")
     metrics_topic = app.topic(settings.topic("metrics"), value_serializer="raw")
@@ -196,7 +198,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
                     extra: list[MetricEvent] = []
                     if drift is not None:
                         for test in drift.run(conn, {ev.model_version for ev in valid}):
-                            extra.extend(drift_metrics(test))
+                            extra.extend(drift_metrics(test, scorer.fraction("drift")))
                             if test.drift:
                                 log.warning(
                                     "embedding drift",
@@ -214,6 +216,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
             new_events, new_metrics, extra = await retry_forever("inference batch", write)
             # Publish after the commit: a metric on the topic always has its row in the table.
             await publish_metrics(metrics_topic, [*scored.metrics, *extra])
+            telemetry.observe(scorer, len(valid))
             log.info("batch stored", extra={"events": len(valid), "new_events": new_events, "new_metrics": new_metrics})
 
     @app.agent(feedback_topic, name="store-feedback")
@@ -236,6 +239,11 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
 
             metrics = await retry_forever("feedback batch", write_feedback)
             await publish_metrics(metrics_topic, metrics)
+
+    @app.page("/metrics")
+    async def prometheus_metrics(view: Any, request: Any) -> Any:
+        """Lag, scoring budget, and each group's cost and sampling fraction (Prometheus text)."""
+        return view.bytes(telemetry.render(), content_type="text/plain; version=0.0.4")
 
     @app.timer(interval=WINDOWS_EVERY_S)
     async def materialize_windows() -> None:
