@@ -145,7 +145,7 @@ class ScoringBudget:
 
 
 class TimeStratifiedSampler:
-    """Takes events at least ``1 / (fraction * rate)`` seconds of event time apart, per stream
+    """Takes one event per slot of ``1 / (fraction * rate)`` seconds of event time, per stream
     (model version): the drift sample is spread evenly over time (one event per time stratum), so
     a burst does not fill the detector's window with one minute of traffic and a quiet hour still
     counts. A Bernoulli sample of the same fraction would follow the bursts.
@@ -163,7 +163,9 @@ class TimeStratifiedSampler:
             return True
         spacing = 1.0 / (fraction * rate)
         last = self._last.get(stream)
-        if last is not None and ts < last + spacing:
+        # One event per stratum (slot of ``spacing`` seconds): both times are placed with today's
+        # spacing, so a change of rate never skips or doubles a slot.
+        if last is not None and ts // spacing <= last // spacing:
             return False
         self._last[stream] = ts
         return True
