@@ -141,7 +141,8 @@ class BatchScorer:
         batch = ScoredBatch()
         out = Collector(batch)
         if events:
-            self.budget.update(len(events), max(ev.ts.timestamp() for ev in events), time.time())
+            times = [ev.ts.timestamp() for ev in events]
+            self.budget.update(len(events), max(times), time.time(), oldest_ts=min(times))
         # Groups that read text score only events with text (no content captured: operational only).
         with_text = [ev for ev in events if has_content(ev)]
         for group in self.active:

@@ -99,14 +99,18 @@ class ScoringBudget:
             return
         self.costs[group] = ewma(self.costs.get(group), max(cpu_s, 0.0) / n_events, self.alpha)
 
-    def update(self, n_events: int, newest_ts: float, now: float) -> None:
+    def update(self, n_events: int, newest_ts: float, now: float, oldest_ts: float | None = None) -> None:
         """Account a batch of ``n_events`` whose newest event time is ``newest_ts`` (epoch
-        seconds), seen at ``now``; recompute the fractions."""
+        seconds), seen at ``now``; recompute the fractions. ``oldest_ts`` (the batch's oldest
+        event time) lets the first batch give a rate, so a worker started into a backlog does
+        not score its whole first batch."""
         self.lag_s = max(0.0, now - newest_ts)
         self._pending += n_events
         if self._newest is None:
             self._newest = newest_ts
-            self._pending = 0  # the first batch only sets the origin of event time
+            self._pending = 0  # the first batch sets the origin of event time ...
+            if oldest_ts is not None and n_events > 1 and newest_ts > oldest_ts:
+                self.rate = (n_events - 1) / (newest_ts - oldest_ts)  # ... and its own spread a first rate
         elif newest_ts - self._newest >= self.min_span_s:
             self.rate = ewma(self.rate, self._pending / (newest_ts - self._newest), self.alpha)
             self._newest, self._pending = newest_ts, 0

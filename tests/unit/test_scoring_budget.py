@@ -78,6 +78,15 @@ def test_the_rate_is_measured_on_event_time_not_on_the_workers_speed() -> None:
     assert budget.lag_s > 3000
 
 
+def test_the_first_batch_gives_a_rate_from_its_own_spread() -> None:
+    budget = ScoringBudget(0.8, ["perplexity"])
+    budget.update(200, T0 + 10.0, now=T0 + 10.0, oldest_ts=T0 + 0.05)
+    assert budget.rate == pytest.approx(20.0)
+    single = ScoringBudget(0.8, ["perplexity"])
+    single.update(1, T0, now=T0, oldest_ts=T0)
+    assert single.rate is None
+
+
 def test_no_budget_unknown_costs_and_floor() -> None:
     off = ScoringBudget(0.0, ["perplexity"])
     off.observe("perplexity", 10.0, 1)
