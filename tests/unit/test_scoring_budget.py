@@ -217,3 +217,34 @@ def test_window_counts_weight_sampled_rows_and_the_mean_is_unbiased(tmp_path: Pa
     assert sorted(set(stored)) == [0.1, 1.0]
     assert window.count == 410 and window.errors == 0
     assert window.mean == pytest.approx(10.5)
+
+
+def test_dashboard_scoring_panel_shows_lag_budget_and_fractions(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from monitors.web import create_app
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    upgrade(url)
+    engine = get_engine(url)
+    now = datetime.now(UTC)
+    events = _events(10, now - timedelta(minutes=5), rate=1.0)
+    rows = [repository.inference_row(e, ingested_at=e.ts + timedelta(seconds=2)) for e in events]
+    metrics = [MetricEvent.of(e, "perplexity", 10.0, sample_fraction=0.25) for e in events[:4]]
+    metrics += [MetricEvent.of(e, "latency_ms", 10.0) for e in events]
+    with engine.begin() as conn:
+        repository.insert_ignoring_duplicates(conn, t.inference_events, rows)
+        repository.insert_ignoring_duplicates(conn, t.metrics, [repository.metric_row(m) for m in metrics])
+    settings = Settings(home=tmp_path, scoring_budget=0.5)
+    body = TestClient(create_app(settings, engine)).get("/api/dashboard/scoring?since=1h").json()
+    assert body["budget_cores"] == 0.5
+    assert body["lag_s"]["events"] == 10 and body["lag_s"]["p95"] == pytest.approx(2.0)
+    ppl = next(g for g in body["groups"] if g["group"] == "perplexity")
+    assert ppl == {
+        "group": "perplexity",
+        "rows": 4,
+        "mean_fraction": 0.25,
+        "min_fraction": 0.25,
+        "events_estimated": 16,
+    }
+    assert "operational" not in {g["group"] for g in body["groups"]}
