@@ -197,7 +197,7 @@ class MetricEvent(_Event):
     labels: dict[str, str] = Field(default_factory=dict)
     #: Share of events the metric's group scored when this one was taken (the scoring budget or
     #: ATALAIA_SAMPLE_RATES); counts and rates weight a row by ``1 / sample_fraction``.
-    sample_fraction: float = Field(1.0, ge=1e-9, le=1)
+    sample_fraction: float = Field(default=1.0, ge=1e-9, le=1)
 
     @staticmethod
     def id_for(source_event_id: uuid.UUID, name: str) -> uuid.UUID:
@@ -238,7 +238,7 @@ class MetricScore(BaseModel):
     error: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     #: Left out of the message when 1 (the common case); older messages have none.
-    sample_fraction: float = Field(1.0, ge=1e-9, le=1)
+    sample_fraction: float = Field(default=1.0, ge=1e-9, le=1)
 
 
 class ScoredEvent(BaseModel):

@@ -83,13 +83,15 @@ def partitions(conn: Connection, table: str) -> dict[str, tuple[datetime, dateti
     """The weekly partitions of ``table``: name to ``(start, end)`` (the default one left out)."""
     if not is_partitioned(conn, table):
         return {}
-    names = conn.execute(
-        text(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = :t AND pg_table_is_visible(p.oid)"
-        ),
-        {"t": table},
-    ).scalars()
+    names: list[str] = list(
+        conn.execute(
+            text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = :t AND pg_table_is_visible(p.oid)"
+            ),
+            {"t": table},
+        ).scalars()
+    )
     out = {}
     for name in names:
         match = _NAME.match(name)

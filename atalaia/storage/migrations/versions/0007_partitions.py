@@ -70,8 +70,8 @@ def _swap(table: str, partitioned: bool, window: tuple[Any, Any] | None = None) 
         # Weekly partitions for the rows (up to two years back) and four weeks ahead, before the copy.
         assert window is not None
         ensure_partitions(conn, now=window[1], since=window[0])
-    cols = [c["name"] for c in sa.inspect(conn).get_columns(old)]
-    listed = ", ".join(f'"{c}"' for c in cols)
+    columns = [c["name"] for c in sa.inspect(conn).get_columns(old)]
+    listed = ", ".join(f'"{c}"' for c in columns)
     # Going down, a row per key of the old one (a reused id under two times keeps the first).
     distinct = "" if partitioned else f"DISTINCT ON ({'event_id' if table == 'inference_events' else 'event_id, name'}) "
     order = "" if partitioned else f" ORDER BY {'event_id' if table == 'inference_events' else 'event_id, name'}, ts"
@@ -92,6 +92,8 @@ def upgrade() -> None:
             batch.drop_constraint("uq_metrics_event_id_name", type_="unique")
             batch.create_unique_constraint("uq_metrics_event_id_name_ts", ["event_id", "name", "ts"])
         return
+    oldest: Any
+    today: Any
     oldest, today = conn.execute(
         sa.text("SELECT least((SELECT min(ts) FROM inference_events), (SELECT min(ts) FROM metrics)), now()")
     ).one()
