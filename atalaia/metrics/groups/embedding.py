@@ -36,7 +36,7 @@ class EmbeddingGroup(MetricGroup):
         Metric("similarity_prompt", "cosine", "higher", "response vs the prompt (relevance)"),
     )
     method = "all-MiniLM-L6-v2 cosine"
-    when = "sampled (`ATALAIA_SAMPLE_RATES`)"
+    when = "sampled (scoring budget, `ATALAIA_SAMPLE_RATES`); with `drift` on, a time-stratified sample"
 
     def __init__(self, settings, models) -> None:  # type: ignore[no-untyped-def]
         super().__init__(settings, models)
