@@ -109,7 +109,8 @@ class ScoringBudget:
         if self._newest is None:
             self._newest = newest_ts
             self._pending = 0  # the first batch sets the origin of event time ...
-            if oldest_ts is not None and n_events > 1 and newest_ts > oldest_ts:
+            # (Only over a real stretch of time: ten events sent at once are a burst, not a rate.)
+            if oldest_ts is not None and n_events > 1 and newest_ts - oldest_ts >= self.min_span_s:
                 self.rate = (n_events - 1) / (newest_ts - oldest_ts)  # ... and its own spread a first rate
         elif newest_ts - self._newest >= self.min_span_s:
             self.rate = ewma(self.rate, self._pending / (newest_ts - self._newest), self.alpha)

@@ -85,6 +85,10 @@ def test_the_first_batch_gives_a_rate_from_its_own_spread() -> None:
     single = ScoringBudget(0.8, ["perplexity"])
     single.update(1, T0, now=T0, oldest_ts=T0)
     assert single.rate is None
+    burst = ScoringBudget(0.8, ["perplexity"])  # ten events sent at once: no rate yet, all scored
+    burst.observe("perplexity", 1.0, 1)
+    burst.update(10, T0 + 0.01, now=T0 + 0.01, oldest_ts=T0)
+    assert burst.rate is None and burst.fraction("perplexity") == 1.0
 
 
 def test_no_budget_unknown_costs_and_floor() -> None:
