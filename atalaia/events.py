@@ -195,6 +195,9 @@ class MetricEvent(_Event):
     value: float | None = None
     error: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    #: Share of events the metric's group scored when this one was taken (the scoring budget or
+    #: ATALAIA_SAMPLE_RATES); counts and rates weight a row by ``1 / sample_fraction``.
+    sample_fraction: float = Field(default=1.0, ge=1e-9, le=1)
 
     @staticmethod
     def id_for(source_event_id: uuid.UUID, name: str) -> uuid.UUID:
@@ -209,6 +212,7 @@ class MetricEvent(_Event):
         value: float | None = None,
         error: str | None = None,
         labels: dict[str, str] | None = None,
+        sample_fraction: float = 1.0,
     ) -> MetricEvent:
         """The metric ``name`` of an inference event, with its deterministic id."""
         return cls(
@@ -221,6 +225,7 @@ class MetricEvent(_Event):
             value=value,
             error=error,
             labels=labels or {},
+            sample_fraction=sample_fraction,
         )
 
 
@@ -232,6 +237,8 @@ class MetricScore(BaseModel):
     value: float | None = None
     error: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    #: Left out of the message when 1 (the common case); older messages have none.
+    sample_fraction: float = Field(default=1.0, ge=1e-9, le=1)
 
 
 class ScoredEvent(BaseModel):
@@ -273,7 +280,10 @@ class MetricBatchEvent(_Event):
                     "model_version": m.model_version,
                     "metrics": [],
                 }
-            scored["metrics"].append({"name": m.name, "value": m.value, "error": m.error, "labels": m.labels})
+            score = {"name": m.name, "value": m.value, "error": m.error, "labels": m.labels}
+            if m.sample_fraction < 1.0:
+                score["sample_fraction"] = m.sample_fraction
+            scored["metrics"].append(score)
         items = list(grouped.values())
         now = utcnow().isoformat()
         out = []
@@ -316,6 +326,7 @@ class MetricBatchEvent(_Event):
                         value=m.value,
                         error=m.error,
                         labels=m.labels,
+                        sample_fraction=m.sample_fraction,
                     )
                 )
         return out

@@ -366,15 +366,33 @@ def retention_plan(settings: Settings) -> dict[str, int]:
 
 
 def apply_retention(engine: Engine, settings: Settings, now: datetime | None = None) -> dict[str, int]:
-    """Delete rows older than each table's retention; returns rows deleted per table (logged)."""
+    """Delete rows older than each table's retention; returns rows deleted per table (logged).
+
+    On PostgreSQL the time-partitioned tables (``inference_events``, ``metrics``) first lose every
+    weekly partition wholly older than the cutoff (``DROP TABLE``: no row-by-row delete, no bloat);
+    the ``DELETE`` then only meets the rows of the partition the cutoff falls in. The job also
+    creates the partitions of the weeks ahead.
+    """
+    from sqlalchemy import func, select, text
+
+    from atalaia.storage.partitions import drop_partitions_before, ensure_partitions, partitions
+
     now = now or datetime.now(UTC)
     deleted: dict[str, int] = {}
+    with engine.begin() as conn:
+        ensure_partitions(conn, now=datetime.now(UTC))
     for name, days in retention_plan(settings).items():
         table = t.metadata.tables[name]
         column = table.c[RETENTION_TABLES[name]]
         cutoff = now - timedelta(days=days)
         with engine.begin() as conn:
-            deleted[name] = conn.execute(delete(table).where(and_(column < cutoff))).rowcount
+            dropped = 0
+            if column.name == "ts":
+                for part, (_, end) in partitions(conn, name).items():
+                    if end <= cutoff:
+                        dropped += int(conn.execute(select(func.count()).select_from(text(f'"{part}"'))).scalar_one())
+                drop_partitions_before(conn, name, cutoff)
+            deleted[name] = dropped + conn.execute(delete(table).where(and_(column < cutoff))).rowcount
     log.info("retention applied", extra={"deleted": deleted, "plan": retention_plan(settings)})
     if deleted:
         _audit(engine, "retention", None, "retention", {"deleted": deleted, "days": retention_plan(settings)})

@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         description='JSON map of expensive metric group to the fraction of events scored, e.g. {"perplexity": 0.2}; '
         "groups not listed are scored on every event.",
     )
+    scoring_budget: Annotated[float, Field(ge=0)] = Field(
+        0.8,
+        description="CPU a worker's scoring may use, as a share of one core (0.8: 80 % of a core); expensive "
+        "groups are sampled to fit it at the incoming rate, cheap groups score every event. 0 turns the "
+        "budget off (every group scores every event unless ATALAIA_SAMPLE_RATES says otherwise).",
+    )
     perplexity_max_tokens: Annotated[int, Field(ge=2, le=4096)] = Field(
         128, description="Tokens of the response scored for perplexity (longer responses are truncated)."
     )

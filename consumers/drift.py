@@ -177,8 +177,11 @@ class DriftRunner:
         return done
 
 
-def drift_metrics(test: DriftTest) -> list[MetricEvent]:
-    """The metric rows of a drift test, keyed on the newest event of the tested window."""
+def drift_metrics(test: DriftTest, sample_fraction: float = 1.0) -> list[MetricEvent]:
+    """The metric rows of a drift test, keyed on the newest event of the tested window.
+
+    ``sample_fraction`` is the share of prompts embedded when the test ran (the embedding
+    group's time-stratified sample under the scoring budget)."""
     import uuid
 
     from atalaia.storage.repository import as_utc
@@ -201,6 +204,7 @@ def drift_metrics(test: DriftTest) -> list[MetricEvent]:
                 name=name,
                 value=value,
                 labels=labels,
+                sample_fraction=sample_fraction,
             )
         )
     return out

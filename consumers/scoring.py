@@ -11,10 +11,12 @@ event and metric; it never fails the batch.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from atalaia.events import InferenceEvent
+from atalaia.events import ChatMessage, InferenceEvent
+from atalaia.metrics.budget import ScoringBudget
 from atalaia.metrics.groups.base import (
     Collector,
     MetricGroup,
@@ -55,6 +57,8 @@ class BatchScorer:
         for name in self.groups:
             wanted.update(getattr(GROUPS_BY_NAME[name], "requires", ()))
         self.active: list[MetricGroup] = [g(settings, self) for g in GROUPS if g.name in wanted]
+        #: Each group's measured cost and the incoming rate decide the expensive groups' fractions.
+        self.budget = ScoringBudget(settings.scoring_budget, [g.name for g in self.active if g.cost == "expensive"])
 
     # -- lazily loaded components ------------------------------------------------------------
     @property
@@ -97,17 +101,59 @@ class BatchScorer:
         return self._perplexity
 
     def warm_up(self) -> None:
-        """Load every model the enabled groups need (so the first batch is not slow)."""
+        """Load every model the enabled groups need (so the first batch is not slow), and
+        measure each group's cost on a sample event, so the budget knows it from the start."""
         for group in self.active:
             group.warm_up()
+        sample = InferenceEvent(
+            service="warm-up",
+            model_version="warm-up",
+            messages=[ChatMessage(role="user", content="How many vacation days do I have this year?")],
+            response="You have 30 working days of paid vacation per year.",
+            reference="Employees have 30 working days of vacation.",
+            latency_ms=1.0,
+            prompt_tokens=10,
+            completion_tokens=12,
+            cost=0.0,
+        )
+        for _ in range(2):  # the first call pays one-off costs (lazy imports, allocations)
+            costs = {}
+            for group in self.active:
+                started = time.process_time()
+                group.score([sample], Collector(ScoredBatch()))
+                costs[group.name] = time.process_time() - started
+        for name, cpu_s in costs.items():
+            if name != "drift":  # drift's work is the embedding group's (see atalaia/metrics/groups/drift.py)
+                self.budget.observe(name, cpu_s, 1)
+
+    def fraction(self, name: str) -> float:
+        """The share of events the group ``name`` scores now (drift: the share of prompts embedded)."""
+        if name == "drift":
+            name = "embedding"
+        for group in self.active:
+            if group.name == name:
+                return group.rate()
+        return 1.0
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, events: Sequence[InferenceEvent]) -> ScoredBatch:
         """Score a batch; every (event, metric) gets a value or an error, never an exception."""
         batch = ScoredBatch()
         out = Collector(batch)
+        if events:
+            times = [ev.ts.timestamp() for ev in events]
+            self.budget.update(len(events), max(times), time.time(), oldest_ts=min(times))
         # Groups that read text score only events with text (no content captured: operational only).
         with_text = [ev for ev in events if has_content(ev)]
         for group in self.active:
+            out.fraction = group.rate()
+            n_metrics, n_vectors = len(batch.metrics), len(batch.embeddings)
+            started = time.process_time()
             group.score(with_text if group.needs_text else events, out)
+            cpu_s = time.process_time() - started
+            scored = {str(m.source_event_id) for m in batch.metrics[n_metrics:]}
+            scored.update(v["event_id"] for v in batch.embeddings[n_vectors:])
+            # Cost per scored event: what one more sampled event would cost.
+            self.budget.observe(group.name, cpu_s, len(scored))
+        out.fraction = 1.0
         return batch

@@ -2,6 +2,13 @@
 
 Computed from the ``metrics`` table, so every worker of the group computes the same numbers and
 the upserts agree; late rows are picked up because the latest closed windows are recomputed.
+
+Sampled metrics (the scoring budget, ``ATALAIA_SAMPLE_RATES``): each row stands for
+``1 / sample_fraction`` events, so ``count`` and ``errors`` (and the request rate and cost per hour
+read from them) are weighted sums, estimates of what scoring every event would have counted. The
+mean is the weighted (Horvitz-Thompson) mean, equal to the plain mean when the fraction did not
+change within the window; percentiles are of the sampled values, unweighted (a uniform sample's
+percentiles estimate the population's without weights).
 """
 
 from __future__ import annotations
@@ -46,26 +53,28 @@ def materialize(conn: Connection, window_s: int = 60, now: datetime | None = Non
     if end <= start:
         return 0
     rows = conn.execute(
-        select(t.metrics.c.ts, t.metrics.c.model_version, t.metrics.c.name, t.metrics.c.value).where(
-            t.metrics.c.ts >= start, t.metrics.c.ts < end
-        )
+        select(
+            t.metrics.c.ts, t.metrics.c.model_version, t.metrics.c.name, t.metrics.c.value, t.metrics.c.sample_fraction
+        ).where(t.metrics.c.ts >= start, t.metrics.c.ts < end)
     ).all()
-    groups: dict[tuple[datetime, str, str], list[float | None]] = defaultdict(list)
+    groups: dict[tuple[datetime, str, str], list[tuple[float | None, float]]] = defaultdict(list)
     for row in rows:
-        groups[(window_start(as_utc(row.ts), window_s), row.model_version, row.name)].append(row.value)
+        weight = 1.0 / row.sample_fraction if row.sample_fraction else 1.0
+        groups[(window_start(as_utc(row.ts), window_s), row.model_version, row.name)].append((row.value, weight))
     out = []
     stamp = utcnow()
     for (w_start, version, name), values in groups.items():
-        present = sorted(v for v in values if v is not None)
+        present = sorted(v for v, _ in values if v is not None)
+        weights = sum(w for v, w in values if v is not None)
         out.append(
             {
                 "window_start": w_start,
                 "window_s": window_s,
                 "model_version": version,
                 "name": name,
-                "count": len(present),
-                "errors": len(values) - len(present),
-                "mean": sum(present) / len(present) if present else None,
+                "count": round(weights),
+                "errors": round(sum(w for v, w in values if v is None)),
+                "mean": sum(v * w for v, w in values if v is not None) / weights if present else None,
                 "p50": percentile(present, 50) if present else None,
                 "p95": percentile(present, 95) if present else None,
                 "p99": percentile(present, 99) if present else None,

@@ -22,9 +22,11 @@ from atalaia.kafka import clients
 from atalaia.settings import Settings
 from atalaia.storage import repository, tables
 from atalaia.storage.db import get_engine, redact_url
+from atalaia.storage.partitions import ensure_partitions
 from consumers.drift import DriftRunner, drift_metrics
 from consumers.feedback_signals import feedback_signal_metrics
 from consumers.scoring import BatchScorer, ScoredBatch
+from consumers.telemetry import WorkerMetrics
 from consumers.windows import materialize
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ BATCH_WITHIN_S = 0.5
 MAX_BACKOFF_S = 30.0
 WINDOW_S = 60
 WINDOWS_EVERY_S = 10.0
+PARTITIONS_EVERY_S = 3600.0
 
 E = TypeVar("E", InferenceEvent, FeedbackEvent)
 
@@ -155,6 +158,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
     consumer_name = settings.worker_id
     scorer = scorer or BatchScorer(settings)
     drift = DriftRunner(settings) if "drift" in settings.enabled_groups else None
+    telemetry = WorkerMetrics()
     inference_topic = app.topic(settings.topic("inference"), value_type=bytes, value_serializer="raw")
     feedback_topic = app.topic(settings.topic("feedback"), value_type=bytes, value_serializer="raw")
     metrics_topic = app.topic(settings.topic("metrics"), value_serializer="raw")
@@ -196,7 +200,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
                     extra: list[MetricEvent] = []
                     if drift is not None:
                         for test in drift.run(conn, {ev.model_version for ev in valid}):
-                            extra.extend(drift_metrics(test))
+                            extra.extend(drift_metrics(test, scorer.fraction("drift")))
                             if test.drift:
                                 log.warning(
                                     "embedding drift",
@@ -214,6 +218,7 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
             new_events, new_metrics, extra = await retry_forever("inference batch", write)
             # Publish after the commit: a metric on the topic always has its row in the table.
             await publish_metrics(metrics_topic, [*scored.metrics, *extra])
+            telemetry.observe(scorer, len(valid))
             log.info("batch stored", extra={"events": len(valid), "new_events": new_events, "new_metrics": new_metrics})
 
     @app.agent(feedback_topic, name="store-feedback")
@@ -237,6 +242,23 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
             metrics = await retry_forever("feedback batch", write_feedback)
             await publish_metrics(metrics_topic, metrics)
 
+    @app.page("/metrics")
+    async def prometheus_metrics(view: Any, request: Any) -> Any:
+        """Lag, scoring budget, and each group's cost and sampling fraction (Prometheus text)."""
+        return view.bytes(telemetry.render(), content_type="text/plain; version=0.0.4")
+
+    @app.timer(interval=PARTITIONS_EVERY_S, on_leader=False)
+    async def create_partitions() -> None:
+        # Weeks ahead exist before their rows come (the default partition would take them anyway).
+        def run() -> list[str]:
+            with engine.begin() as conn:
+                return ensure_partitions(conn)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, run)
+        except Exception as exc:  # noqa: BLE001 - retried on the next tick; the default partition holds rows
+            log.warning("partition maintenance failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
     @app.timer(interval=WINDOWS_EVERY_S)
     async def materialize_windows() -> None:
         def run() -> int:
@@ -259,6 +281,11 @@ def run_worker(settings: Settings) -> None:
 
     # aiokafka retries refused credentials for ever: check them once, to fail at start.
     clients.check_credentials(settings)
+    try:  # this week's partitions and the next ones' (PostgreSQL; nothing on SQLite)
+        with get_engine(settings.database_url).begin() as conn:
+            ensure_partitions(conn)
+    except Exception as exc:  # noqa: BLE001 - a database outage is the write path's to retry; the timer tries again
+        log.warning("partition maintenance failed", extra={"error": f"{type(exc).__name__}: {exc}"})
     scorer = BatchScorer(settings)
     started = time.perf_counter()
     scorer.warm_up()  # load the models before joining the group, not inside the first batch

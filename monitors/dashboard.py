@@ -118,3 +118,13 @@ def get_versions(request: Request, since: str | None = SINCE, until: str | None 
     start, end = _range(since, until)
     with _engine(request).connect() as conn:
         return {"model_versions": model_versions_seen(conn, start, end)}
+
+
+@router.get("/scoring")
+def get_scoring(request: Request, since: str | None = SINCE, until: str | None = UNTIL) -> dict[str, Any]:
+    """Event-to-row delay, the scoring budget and each expensive group's sampling fraction in the range."""
+    from monitors.scoring_status import scoring_status
+
+    start, end = _range(since, until)
+    with _engine(request).connect() as conn:
+        return scoring_status(conn, start, end, request.app.state.settings.scoring_budget)

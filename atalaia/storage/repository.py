@@ -136,6 +136,7 @@ def metric_row(metric: MetricEvent, created_at: datetime | None = None) -> dict[
         "model_version": metric.model_version,
         "ts": metric.source_ts,
         "created_at": created_at or utcnow(),
+        "sample_fraction": metric.sample_fraction,
     }
 
 

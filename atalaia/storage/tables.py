@@ -34,6 +34,9 @@ metadata = MetaData(
 
 UUID_LEN = 36
 
+# On PostgreSQL ``inference_events`` and ``metrics`` are partitioned by week on ``ts`` (0007, see
+# atalaia/storage/partitions.py), so their keys there include ``ts``: the primary keys are
+# (event_id, ts) and (id, ts); SQLite keeps the ones declared here (stricter, same idempotency).
 inference_events = Table(
     "inference_events",
     metadata,
@@ -78,7 +81,11 @@ metrics = Table(
     Column("model_version", String(200), nullable=False),
     Column("ts", DateTime(timezone=True), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("event_id", "name"),
+    # Share of events the metric's group scored when this row was taken (added in 0007): counts
+    # and rates weight a row by 1 / sample_fraction; means and percentiles need no weight.
+    Column("sample_fraction", Float, nullable=False, server_default="1"),
+    # A metric's ts is its source event's, so the key with ts is as strict as (event_id, name).
+    UniqueConstraint("event_id", "name", "ts"),
     Index(None, "name", "ts"),
     Index(None, "model_version", "name", "ts"),
 )

@@ -94,15 +94,17 @@ function query(extra = {}) {
 async function refresh() {
   const status = document.getElementById("status");
   try {
-    const [versions, deploys, alerts, ...series] = await Promise.all([
+    const [versions, deploys, alerts, scoring, ...series] = await Promise.all([
       getJSON(`/api/dashboard/versions?${query()}`),
       getJSON(`/api/dashboard/deploys?${query()}`),
       getJSON(`/api/dashboard/alerts?${query()}`),
+      getJSON(`/api/dashboard/scoring?${query()}`),
       ...state.charts.map((c) => getJSON(`/api/dashboard/series?${query({ name: c.key })}`)),
     ]);
     state.versions = versions.model_versions;
     state.deploys = deploys.deploys;
     state.alerts = alerts;
+    state.scoring = scoring;
     state.charts.forEach((c, i) => (state.results[c.key] = series[i]));
     render();
     status.classList.remove("error");
@@ -119,7 +121,26 @@ function render() {
   renderAlerts();
   for (const chart of state.charts) renderChart(chart, state.results[chart.key]);
   renderLists();
+  renderScoring();
   document.body.dataset.loaded = "true";
+}
+
+// Lag (event time to stored row), the budget, and how much each expensive group was sampled.
+function renderScoring() {
+  const s = state.scoring;
+  const lag = s.lag_s.events
+    ? `event → row delay p50 ${fmt(s.lag_s.p50)} s, p95 ${fmt(s.lag_s.p95)} s (newest ${s.lag_s.events} events)`
+    : "no events in range";
+  const budget = s.budget_cores > 0 ? `${fmt(s.budget_cores)} core` : "off";
+  document.getElementById("scoring-summary").textContent = `${lag}; scoring budget ${budget}.`;
+  const rows = s.groups.map((g) => {
+    const tr = el("tr", { "data-group": g.group });
+    for (const v of [g.group, String(g.rows), fmt(g.mean_fraction), fmt(g.min_fraction), String(g.events_estimated)]) {
+      tr.appendChild(el("td", {}, v));
+    }
+    return tr;
+  });
+  document.querySelector("#scoring-groups tbody").replaceChildren(...rows);
 }
 
 function renderVersionFilter() {

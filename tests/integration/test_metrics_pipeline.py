@@ -209,6 +209,8 @@ def test_drifted_stream_is_flagged_and_stationary_is_not(
         update={
             "database_url": fresh_pg,
             "metric_groups": "operational,drift",
+            # The detector on every prompt (the budget's time-stratified sample is its own test).
+            "scoring_budget": 0.0,
             "drift_reference_size": 120,
             "drift_window_size": 40,
             "drift_stride": 20,

@@ -11,6 +11,7 @@ be storable (no NUL, no lone UTF-16 surrogate) and a message is at most ``MAX_EV
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -79,7 +80,10 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> s
         floats = st.floats(
             min_value=schema.get("minimum"), max_value=schema.get("maximum"), allow_nan=False, allow_infinity=False
         )
-        return floats | st.integers(min_value=int(schema.get("minimum", -(2**53))), max_value=2**53)
+        # Whole numbers inside the bounds too (JSON has one number type; a float bound such as
+        # sample_fraction's 1e-9 rounds inwards).
+        low, high = math.ceil(schema.get("minimum", -(2**53))), math.floor(schema.get("maximum", 2**53))
+        return floats | st.integers(min_value=low, max_value=high) if low <= high else floats
     if kind == "string":
         if schema.get("format") == "uuid":
             return st.uuids().map(str)

@@ -99,6 +99,8 @@ class Collector:
     def __init__(self, batch: ScoredBatch) -> None:
         self.batch = batch
         self.out = batch.metrics
+        #: The sampling fraction of the group now scoring, stored with each of its rows.
+        self.fraction = 1.0
 
     def add(
         self,
@@ -111,7 +113,7 @@ class Collector:
         """Record ``name`` of ``event``: a finite value, or the error that prevented it."""
         if value is not None and not np.isfinite(value):
             value, error = None, error or f"non-finite value {value}"
-        self.out.append(MetricEvent.of(event, name, value, error, labels))
+        self.out.append(MetricEvent.of(event, name, value, error, labels, self.fraction))
 
     def guard(self, events: Sequence[InferenceEvent], names: Sequence[str], fn: Callable[[], None]) -> None:
         """Run a whole-batch computation; if it fails, every event gets an error row per name."""
@@ -154,10 +156,14 @@ class MetricGroup:
         """Load what :meth:`score` needs, so the first batch is not slow."""
 
     def rate(self) -> float:
-        """Fraction of events this group scores (1 for cheap groups)."""
+        """Fraction of events this group scores: 1 for cheap groups; for expensive ones the
+        explicit ``ATALAIA_SAMPLE_RATES`` entry, else the worker's scoring budget."""
         if self.cost == "cheap":
             return 1.0
-        return self.settings.sample_rates.get(self.name, 1.0)
+        if self.name in self.settings.sample_rates:
+            return self.settings.sample_rates[self.name]
+        budget = getattr(self.models, "budget", None)
+        return budget.fraction(self.name) if budget is not None else 1.0
 
     def chosen(self, events: Sequence[InferenceEvent]) -> list[InferenceEvent]:
         """The events of the batch this group scores (deterministic per event)."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from atalaia.events import InferenceEvent
+from atalaia.metrics.budget import TimeStratifiedSampler
 from atalaia.metrics.groups.base import Collector, Metric, MetricGroup, last_user_message
 
 #: Retrieved passages whose embedding is kept (insertion order: the oldest is dropped first).
@@ -35,19 +36,37 @@ class EmbeddingGroup(MetricGroup):
         Metric("similarity_prompt", "cosine", "higher", "response vs the prompt (relevance)"),
     )
     method = "all-MiniLM-L6-v2 cosine"
-    when = "sampled (`ATALAIA_SAMPLE_RATES`)"
+    when = "sampled (scoring budget, `ATALAIA_SAMPLE_RATES`); with `drift` on, a time-stratified sample"
 
     def __init__(self, settings, models) -> None:  # type: ignore[no-untyped-def]
         super().__init__(settings, models)
         self._passage_vectors: dict[str, np.ndarray] = {}
+        self._sampler = TimeStratifiedSampler()
 
     def warm_up(self) -> None:
         self.models.embedder  # noqa: B018 - loads the model
 
+    def stratified(self, events: Sequence[InferenceEvent]) -> list[InferenceEvent]:
+        """A time-stratified sample of ``events`` at this group's fraction (see
+        :class:`atalaia.metrics.budget.TimeStratifiedSampler`); every event while the fraction is 1."""
+        fraction = self.rate()
+        if fraction >= 1.0:
+            return list(events)
+        budget = getattr(self.models, "budget", None)
+        rate = budget.rate if budget is not None else None
+        return [
+            ev
+            for ev in sorted(events, key=lambda e: e.ts)
+            if self._sampler.take(ev.model_version, ev.ts.timestamp(), fraction, rate)
+        ]
+
     def score(self, events: Sequence[InferenceEvent], out: Collector) -> None:
         groups = self.settings.enabled_groups
-        # Drift tests every prompt, so with drift on every event is embedded.
-        chosen = list(events) if "drift" in groups else self.chosen(events)
+        if "drift" in groups:
+            # Drift tests the stored prompt vectors: its sample is spread evenly over event time.
+            chosen = self.stratified(events)
+        else:
+            chosen = self.chosen(events)
         if not chosen:
             return
         similarities = self.name in groups
