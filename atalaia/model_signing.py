@@ -38,6 +38,8 @@ def signing_payload(event: ModelEvent) -> bytes:
         event.previous_version or "",
         event.reason or "",
     )
+    if event.type == "canary":  # appended, so deploy/rollback signatures are unchanged
+        fields = (*fields, f"{event.canary_share}", event.canary_mode or "")
     return "\n".join(fields).encode("utf-8")
 
 

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atalaia.content import openai_content
@@ -29,6 +30,7 @@ from inference.auth import current_caller, install_api_keys
 from inference.cache import KeyParts, ResponseCache, cacheable
 from inference.limits import BodySizeLimit, metadata_too_large
 from inference.models import ModelManager, ServedModel, SwapError
+from inference.routing import Route, choose, sticky_key
 from inference.schemas import ChatCompletionRequest, DeployRequest, FeedbackRequest, RollbackRequest
 from inference.telemetry import ServiceMetrics
 
@@ -182,6 +184,7 @@ def create_app(
         context: list[RetrievedPassage] | None = None,
         cache_hit: str | None = None,
         started: float | None = None,
+        shadow: bool = False,
     ) -> None:
         metrics.latency.labels(version).observe(latency_ms / 1000.0)
         # From the request's start to the model's first token (a cached answer generated none).
@@ -223,6 +226,8 @@ def create_app(
                 "max_tokens": _max_tokens(req),
                 "temperature": req.temperature,
                 "finish_reason": result.finish_reason,
+                # A canary's shadow answer: scored, never returned to the caller.
+                **({"shadow": True} if shadow else {}),
             },
         )
         producer.emit(event)
@@ -239,7 +244,8 @@ def create_app(
             raise APIError(400, refusal, "metadata", "metadata_too_large")
 
     def _check_model(req: ChatCompletionRequest, version: str) -> None:
-        if req.model not in {settings.generator_model, settings.model_version, version}:
+        # During a canary a request naming the active version may be answered by the candidate.
+        if req.model not in {settings.generator_model, settings.model_version, version, models.active.version}:
             raise APIError(
                 404,
                 f"The model '{req.model}' does not exist; GET /v1/models lists the served models",
@@ -249,7 +255,14 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest) -> Any:
-        served = models.active  # this request stays on this model, whatever a swap does meanwhile
+        # This request stays on the model routed here (active, or a canary's candidate), whatever a
+        # swap does meanwhile.
+        route = choose(
+            models.active,
+            models.canary,
+            sticky_key(req.user, current_caller.get(), [(m.role, m.text) for m in req.messages]),
+        )
+        served = route.served
         version, generator = served.version, served.generator
         _check_model(req, version)
         _check_metadata(req.metadata)
@@ -317,6 +330,7 @@ def create_app(
             return JSONResponse(
                 _completion_body(version, event_id, created, result, context),
                 headers={"x-atalaia-event-id": str(event_id)},
+                background=_shadow_task(route, req, messages, max_tokens, stop, context),
             )
 
         def sse() -> Iterator[str]:
@@ -338,7 +352,37 @@ def create_app(
                 emit_inference(version, req, final, latency_ms, event_id, context, started=started)
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})
+        return StreamingResponse(
+            sse(),
+            media_type="text/event-stream",
+            headers={"x-atalaia-event-id": str(event_id)},
+            background=_shadow_task(route, req, messages, max_tokens, stop, context),
+        )
+
+    def _shadow_task(
+        route: Route,
+        req: ChatCompletionRequest,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        stop: list[str] | None,
+        context: list[RetrievedPassage],
+    ) -> BackgroundTask | None:
+        """A shadow canary's candidate answers the same prompt after the response is sent."""
+        if route.shadow is None:
+            return None
+        shadow = route.shadow
+
+        def run() -> None:  # sync: Starlette runs it in the thread pool
+            started = time.perf_counter()
+            try:
+                result = shadow.generator.chat(messages, max_tokens, req.temperature, req.top_p, stop)
+            except Exception as exc:  # noqa: BLE001 - a shadow failure must not touch the served answer
+                log.warning("shadow answer failed", extra={"version": shadow.version, "error": str(exc)})
+                return
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            emit_inference(shadow.version, req, result, latency_ms, uuid.uuid4(), context, started=started, shadow=True)
+
+        return BackgroundTask(run)
 
     def _sse_chunk(event_id: uuid.UUID, created: int, version: str, delta: dict[str, str], finish: str | None) -> str:
         payload = {
@@ -531,6 +575,15 @@ def create_app(
                 "loaded": models.active.generator is not None,
                 "context_length": models.active.generator.context_length,
                 "previous": models.previous.version if models.previous else None,
+                "canary": (
+                    {
+                        "version": models.canary.candidate.version,
+                        "share": models.canary.share,
+                        "mode": models.canary.mode,
+                    }
+                    if models.canary is not None
+                    else None
+                ),
             },
             "kafka": {
                 # connected: events flow to Kafka now; reachable: the broker answers (a poison
