@@ -134,7 +134,9 @@ class ModelManager:
             current = self._canary
             if current is not None and current.candidate.version == version and path in (None, current.candidate.path):
                 served = current.candidate  # a new share or mode for the same candidate: no reload
-            elif self._previous is not None and version == self._previous.version and path in (None, self._previous.path):
+            elif (
+                self._previous is not None and version == self._previous.version and path in (None, self._previous.path)
+            ):
                 served = self._previous
             else:
                 served = self._load(version, path)

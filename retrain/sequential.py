@@ -92,7 +92,8 @@ def radius(variance: float, alpha: float, tau: float) -> float:
     if variance <= 0 or tau <= 0 or not 0 < alpha < 1:
         raise ValueError("variance and tau must be positive and alpha in (0, 1)")
     tau2 = tau * tau
-    return math.sqrt(variance * (variance + tau2) / tau2 * (2 * math.log(1 / alpha) + math.log((variance + tau2) / variance)))
+    log_terms = 2 * math.log(1 / alpha) + math.log((variance + tau2) / variance)
+    return math.sqrt(variance * (variance + tau2) / tau2 * log_terms)
 
 
 def confidence_interval(
