@@ -349,7 +349,7 @@ class ModelEvent(_Event):
     previous_version: str | None = None
     reason: str | None = None
     #: ``canary`` only: the share of requests (sticky per caller) the candidate answers.
-    canary_share: float | None = Field(None, ge=0, le=1)
+    canary_share: float | None = Field(default=None, ge=0, le=1)
     #: ``canary`` only: ``split`` (the candidate's answers are returned) or ``shadow`` (only scored).
     canary_mode: Literal["split", "shadow"] | None = None
     #: ``v1=<hex HMAC-SHA256>`` when ATALAIA_MODEL_EVENTS_SECRET is set (atalaia/model_signing.py).

@@ -410,7 +410,7 @@ def settle_canary(settings: Settings, version: str, engine: Engine | None = None
     verdict = check_canary(engine, settings, version)
     row = registry.get_version(engine, version)
     split = canary_state(row)
-    summary = {
+    summary: dict[str, Any] = {
         "decision": verdict.decision,
         "reasons": verdict.reasons,
         "live": verdict.live,
