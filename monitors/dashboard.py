@@ -25,6 +25,7 @@ from atalaia.events import utcnow
 from atalaia.metrics.groups import registry
 from atalaia.metrics.groups.base import Chart
 from atalaia.storage import tables as t
+from atalaia.storage.canaries import canary_summaries
 from atalaia.storage.repository import as_utc
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,14 @@ def get_alerts(request: Request, since: str | None = SINCE, until: str | None = 
             "open": open_alerts(conn, rules),
             "transitions": alert_transitions(conn, start, end, rules),
         }
+
+
+@router.get("/canaries")
+def get_canaries(request: Request, since: str | None = SINCE, until: str | None = UNTIL) -> dict[str, Any]:
+    """Traffic-split canaries started in the range: share, mode, requests per version, verdict."""
+    start, _ = _range(since, until)
+    with _engine(request).connect() as conn:
+        return {"canaries": canary_summaries(conn, start)}
 
 
 @router.get("/versions")

@@ -30,6 +30,7 @@ and marks the version ``rolled_back`` in the registry.
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -289,7 +290,10 @@ def concurrent_compare(
             margin = (max_latency_ratio - 1) * abs(base)
         else:
             margin = max_drop * abs(base)
-        tau = max(margin, 1e-3)  # tuned to differences of the margin's size
+        # The mixture's scale: differences of the margin's size, or of a quarter of the metric's
+        # spread when the margin is tiny next to it (a near-zero parent mean).
+        spread = max(statistics.pstdev(cand_v), statistics.pstdev(par_v))
+        tau = max(margin, 0.25 * spread, 1e-6)
         interval = confidence_interval(cand_v, par_v, alpha=level, tau=tau, min_variance=_MIN_VARIANCE)
         outcome = decide(interval, margin, higher_is_better=higher)
         verdict.tests[name] = {

@@ -142,3 +142,59 @@ def test_share_zero_keeps_the_deploy_at_once(settings: Settings, published: list
     assert [e.type for e in published] == ["deploy"]
     row = registry.get_version(get_engine(settings.database_url), outcome.candidate_version or "")
     assert row is not None and row["status"] == "active"
+
+
+def test_dashboard_and_report_show_the_split_and_the_verdict(settings: Settings, published: list[ModelEvent]) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from atalaia.events import ChatMessage, InferenceEvent
+    from atalaia.storage import repository
+    from atalaia.storage.canaries import canary_summaries
+    from composition.report.data import load_report_data
+    from composition.report.html import render_html
+    from monitors.dashboard import router
+
+    version = _start(settings, published)
+    engine = get_engine(settings.database_url)
+    events = [
+        InferenceEvent(
+            service="test",
+            model_version=v,
+            messages=[ChatMessage(role="user", content="q")],
+            response="a",
+            latency_ms=10.0,
+            prompt_tokens=3,
+            completion_tokens=2,
+            cost=0.0,
+            metadata={"shadow": True} if shadow else {},
+        )
+        for v, shadow in [(version, False)] * 2 + [(version, True)] + [(settings.model_version, False)] * 5
+    ]
+    with engine.begin() as conn:
+        repository.store_inference_batch(conn, events, [])
+    with engine.connect() as conn:
+        (running,) = canary_summaries(conn)
+    assert running["state"] == "running" and running["decision"] == "wait" and running["share"] == 0.2
+    assert running["requests"] == {version: 3, settings.model_version: 5, "shadow": 1}
+
+    rng = random.Random(4)
+    _metrics(settings, settings.model_version, "rougeL", _rouge(rng, 0.4, 400), timedelta(seconds=1))
+    _metrics(settings, version, "rougeL", _rouge(rng, 0.1, 100), timedelta(seconds=1))
+    assert canary.settle_canary(settings, version).decision == "rollback"
+    with engine.connect() as conn:
+        (ended,) = canary_summaries(conn)
+    assert ended["state"] == "ended" and ended["decision"] == "rollback"
+    assert ended["tests"]["rougeL"]["outcome"] == "worse"
+
+    app = FastAPI()
+    app.state.engine = engine
+    app.include_router(router)
+    body = TestClient(app).get("/api/dashboard/canaries", params={"since": "1h"}).json()
+    assert [c["candidate"] for c in body["canaries"]] == [version]
+
+    data = load_report_data(engine, utcnow() - timedelta(hours=1), utcnow() + timedelta(minutes=5))
+    page = render_html(data)
+    section = page.split('<section id="canaries">')[1].split("</section>")[0]
+    assert "20% split" in section and "rollback" in section, section
+    assert "3 / 5 (1 shadow)" in section
