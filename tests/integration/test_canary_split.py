@@ -33,7 +33,13 @@ from tests.integration.services import log_text, service, wait_until
 pytestmark = pytest.mark.integration
 
 QA = [json.loads(line) for line in (Path(__file__).resolve().parents[2] / "data" / "qa" / "train.jsonl").open()]
-FILES = ("chat_template.jinja", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+FILES = (
+    "chat_template.jinja",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 def _folder(models: Path, name: str, source: Path, rope_theta: float | None = None) -> Path:
@@ -146,7 +152,9 @@ def test_the_canary_splits_traffic_promotes_a_better_and_rolls_back_a_worse_cand
     engine = get_engine(settings.database_url)
     with service("worker", settings), service("serve", settings):
         try:
-            wait_until(lambda: _health(base).get("version") == v_broken_parent, 300, "inference on the registry's version")
+            wait_until(
+                lambda: _health(base).get("version") == v_broken_parent, 300, "inference on the registry's version"
+            )
 
             better = _run_canary(settings, base, v_good, v_broken_parent, good)
             assert better.decision == "promote", better
