@@ -79,7 +79,10 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> s
         floats = st.floats(
             min_value=schema.get("minimum"), max_value=schema.get("maximum"), allow_nan=False, allow_infinity=False
         )
-        return floats | st.integers(min_value=int(schema.get("minimum", -(2**53))), max_value=2**53)
+        # Whole numbers are numbers too, within the same bounds (a share in [0, 1] takes 0 and 1).
+        return floats | st.integers(
+            min_value=int(schema.get("minimum", -(2**53))), max_value=int(schema.get("maximum", 2**53))
+        )
     if kind == "string":
         if schema.get("format") == "uuid":
             return st.uuids().map(str)
