@@ -27,6 +27,7 @@ from atalaia.settings import Settings
 from atalaia.storage.db import get_engine
 from atalaia.topics import ensure_topics
 from retrain import registry
+from inference.routing import bucket, sticky_key
 from retrain.canary import CanaryVerdict, settle_canary, start_canary
 from tests.integration.services import log_text, service, wait_until
 
@@ -95,16 +96,28 @@ def _health(base: str) -> dict:
         return {}
 
 
+def _balanced_users(candidate: str, share: float, per_arm: int = 8) -> list[str]:
+    """Users half of whom fall in the candidate's share: both arms get samples at the same rate
+    (the split itself is random by hash; a handful of users could leave one arm nearly empty)."""
+    inside, outside = [], []
+    for i in range(1000):
+        user = f"user-{i}"
+        side = inside if bucket(sticky_key(user, None, []), candidate) < share else outside
+        if len(side) < per_arm:
+            side.append(user)
+    return inside + outside
+
+
 def _run_canary(settings: Settings, base: str, candidate: str, parent: str, folder: Path) -> CanaryVerdict:
     """Start a canary of ``candidate``, send traffic until the sequential test decides."""
     engine = get_engine(settings.database_url)
     start_canary(settings, engine, candidate, str(folder), parent, "test")
     wait_until(lambda: (_health(base).get("canary") or {}).get("version") == candidate, 300, f"canary of {candidate}")
-    users = [f"user-{i}" for i in range(16)]
+    users = _balanced_users(candidate, settings.canary_share)
     first = _traffic(base, users, 0)
     assert set(first.values()) == {candidate, parent}, first  # both versions answer
     verdict = settle_canary(settings, candidate)
-    for round_ in range(1, 12):
+    for round_ in range(1, 16):
         if verdict.decision != "wait":
             break
         # Sticky: each user stays on its version, whatever the question.
