@@ -26,8 +26,8 @@ import pytest
 from atalaia.settings import Settings
 from atalaia.storage.db import get_engine
 from atalaia.topics import ensure_topics
-from retrain import registry
 from inference.routing import bucket, sticky_key
+from retrain import registry
 from retrain.canary import CanaryVerdict, settle_canary, start_canary
 from tests.integration.services import log_text, service, wait_until
 
