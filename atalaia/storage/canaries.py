@@ -10,6 +10,7 @@ mode: scored, never returned) are counted apart.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -41,10 +42,12 @@ def canary_summaries(conn: Connection, since: datetime | None = None) -> list[di
     """
     rows = conn.execute(select(t.model_versions.c.version, t.model_versions.c.metrics)).all()
     out = []
-    for version, metrics in rows:
-        metrics = metrics or {}
-        final = metrics.get("canary") if isinstance(metrics.get("canary"), dict) else {}
-        progress = metrics.get("canary_progress") if isinstance(metrics.get("canary_progress"), dict) else {}
+    for version, stored in rows:
+        metrics: dict[str, Any] = stored if isinstance(stored, dict) else {}
+        final: dict[str, Any] = metrics["canary"] if isinstance(metrics.get("canary"), dict) else {}
+        progress: dict[str, Any] = (
+            metrics["canary_progress"] if isinstance(metrics.get("canary_progress"), dict) else {}
+        )
         # Running: metrics["canary"] is the state itself; ended: the final summary holds it.
         state = final.get("state") if isinstance(final.get("state"), dict) else final
         if not isinstance(state, dict) or "started_at" not in state:
@@ -82,9 +85,9 @@ def _requests(conn: Connection, versions: tuple[str, str], start: datetime, end:
         .where(ev.c.model_version.in_(list(counts)), *period)
         .group_by(ev.c.model_version)
     )
-    for version, n in conn.execute(query):
+    for version, n in conn.execute(query).tuples():
         counts[str(version)] = int(n)
-    flags = conn.execute(
+    flags: Iterable[Any] = conn.execute(
         select(ev.c.metadata).where(ev.c.model_version == versions[0], *period).limit(MAX_SHADOW_ROWS)
     ).scalars()
     counts["shadow"] = sum(1 for m in flags if isinstance(m, dict) and m.get("shadow"))
