@@ -114,3 +114,30 @@ def test_canary_events_are_signed_with_their_share_and_mode() -> None:
     other = event.model_copy(update={"canary_share": 0.9})
     assert signing_payload(event) != signing_payload(other)
     assert signing_payload(event).endswith(b"\n0.2\nshadow")
+
+
+def test_canary_events_pass_the_same_authority_checks_as_deploys(tmp_path: Path) -> None:
+    from atalaia.kafka.clients import Refused
+    from atalaia.storage.db import get_engine, upgrade
+    from inference.authority import ModelEventAuthority
+    from retrain import registry
+
+    settings = Settings(home=tmp_path)
+    upgrade(settings.database_url)
+    engine = get_engine(settings.database_url)
+    assert settings.models_dir is not None
+    folder = settings.models_dir / "m2"
+    folder.mkdir(parents=True)
+    registry.register_candidate(
+        engine, version="m@2", parent="m@1", path=folder, quantization=None, dataset_hash="-", metrics={}
+    )
+    authority = ModelEventAuthority(settings, engine)
+    ok = ModelEvent(type="canary", model_version="m@2", artefact_path=str(folder), canary_share=0.2)
+    authority.check(ok)
+    for bad in (
+        ok.model_copy(update={"artefact_path": str(tmp_path)}),  # outside ATALAIA_MODELS_DIR
+        ok.model_copy(update={"artefact_path": None}),
+        ok.model_copy(update={"model_version": "m@unregistered"}),
+    ):
+        with pytest.raises(Refused):
+            authority.check(bad)
