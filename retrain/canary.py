@@ -30,7 +30,7 @@ and marks the version ``rolled_back`` in the registry.
 from __future__ import annotations
 
 import logging
-import statistics
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ from atalaia.storage.db import get_engine
 from atalaia.storage.repository import as_utc
 from retrain import registry
 from retrain.publish import publish_model_event
-from retrain.sequential import confidence_interval, decide
+from retrain.sequential import confidence_interval, decide, mean_and_variance
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def concurrent_compare(
             margin = max_drop * abs(base)
         # The mixture's scale: differences of the margin's size, or of a quarter of the metric's
         # spread when the margin is tiny next to it (a near-zero parent mean).
-        spread = max(statistics.pstdev(cand_v), statistics.pstdev(par_v))
+        spread = math.sqrt(max(mean_and_variance(cand_v)[1], mean_and_variance(par_v)[1]))
         tau = max(margin, 0.25 * spread, 1e-6)
         interval = confidence_interval(cand_v, par_v, alpha=level, tau=tau, min_variance=_MIN_VARIANCE)
         outcome = decide(interval, margin, higher_is_better=higher)
