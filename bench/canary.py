@@ -65,9 +65,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=500, help="old canary: parent samples")
     parser.add_argument("--min-events", type=int, default=30)
     args = parser.parse_args()
-    print(
-        f"| candidate | canary | {' | '.join(['promote/pass', 'rollback', 'timeout'])} | median requests to verdict |"
-    )
+    print("| candidate | canary | promote/pass | rollback | timeout | median requests to promote or rollback |")
     print("|---|---|---|---|---|---|")
     for label, mean in (("equal", 0.4), ("at the margin (-10 %)", 0.36), ("worse (-30 %)", 0.28)):
         for name in ("old: before/after", "new: split, sequential"):
