@@ -97,15 +97,17 @@ def _health(base: str) -> dict:
 
 
 def _balanced_users(candidate: str, share: float, per_arm: int = 8) -> list[str]:
-    """Users half of whom fall in the candidate's share: both arms get samples at the same rate
-    (the split itself is random by hash; a handful of users could leave one arm nearly empty)."""
+    """Users half of whom fall in the candidate's share, alternating: both arms get samples at the
+    same rate (the split itself is random by hash; a handful of users could leave one arm nearly
+    empty), and the two requests in flight go to different models, so that neither arm's time to
+    first token includes waiting for its own model more than the other's."""
     inside, outside = [], []
     for i in range(1000):
         user = f"user-{i}"
         side = inside if bucket(sticky_key(user, None, []), candidate) < share else outside
         if len(side) < per_arm:
             side.append(user)
-    return inside + outside
+    return [user for pair in zip(inside, outside, strict=True) for user in pair]
 
 
 def _run_canary(
