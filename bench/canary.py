@@ -24,7 +24,7 @@ import statistics
 
 from retrain.canary import compare, concurrent_compare
 
-KW = {"max_drop": 0.1, "max_latency_ratio": 1.5, "max_toxicity_increase": 0.05}
+MAX_DROP, MAX_LATENCY_RATIO, MAX_TOXICITY_INCREASE = 0.1, 1.5, 0.05
 
 
 def _old(
@@ -34,7 +34,17 @@ def _old(
     live: list[float] = []
     for n in range(look, total + 1, look):
         live.extend(rng.gauss(cand_mean, 0.2) for _ in range(look))
-        if compare({"rougeL": live}, base, min_events=min_events, **KW).decision == "rollback":
+        if (
+            compare(
+                {"rougeL": live},
+                base,
+                min_events=min_events,
+                max_drop=MAX_DROP,
+                max_latency_ratio=MAX_LATENCY_RATIO,
+                max_toxicity_increase=MAX_TOXICITY_INCREASE,
+            ).decision
+            == "rollback"
+        ):
             return "rollback", n
     return "pass", total
 
@@ -49,7 +59,13 @@ def _new(rng: random.Random, cand_mean: float, total: int, look: int, share: flo
             else:
                 par.append(rng.gauss(0.4, 0.2))
         verdict = concurrent_compare(
-            {"rougeL": cand}, {"rougeL": par}, min_events=min_events, alpha=0.05, **KW
+            {"rougeL": cand},
+            {"rougeL": par},
+            min_events=min_events,
+            alpha=0.05,
+            max_drop=MAX_DROP,
+            max_latency_ratio=MAX_LATENCY_RATIO,
+            max_toxicity_increase=MAX_TOXICITY_INCREASE,
         ).decision
         if verdict in ("promote", "rollback"):
             return verdict, n
