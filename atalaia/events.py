@@ -350,13 +350,19 @@ class AlertEvent(_Event):
 
 
 class ModelEvent(_Event):
-    """A model lifecycle command: serve this version (``deploy``) or go back (``rollback``)."""
+    """A model lifecycle command: serve this version (``deploy``), go back (``rollback``), or
+    serve it beside the active one to a share of requests (``canary``, ended by a ``deploy`` of
+    the candidate or a ``rollback`` to the active version)."""
 
-    type: Literal["deploy", "rollback"]
+    type: Literal["deploy", "rollback", "canary"]
     model_version: str
     artefact_path: str | None = None
     previous_version: str | None = None
     reason: str | None = None
+    #: ``canary`` only: the share of requests (sticky per caller) the candidate answers.
+    canary_share: float | None = Field(default=None, ge=0, le=1)
+    #: ``canary`` only: ``split`` (the candidate's answers are returned) or ``shadow`` (only scored).
+    canary_mode: Literal["split", "shadow"] | None = None
     #: ``v1=<hex HMAC-SHA256>`` when ATALAIA_MODEL_EVENTS_SECRET is set (atalaia/model_signing.py).
     signature: str | None = None
 
@@ -387,6 +393,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
     "alert": AlertEvent,
     "deploy": ModelEvent,
     "rollback": ModelEvent,
+    "canary": ModelEvent,
     "deadletter": DeadLetterEvent,
 }
 

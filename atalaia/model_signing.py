@@ -28,7 +28,7 @@ def signing_payload(event: ModelEvent) -> bytes:
     >>> signing_payload(e)
     b'atalaia-model-event\\n00000000-0000-0000-0000-000000000001\\n2026-01-01T00:00:00+00:00\\ndeploy\\nm@2\\n/m/2\\n\\n'
     """
-    fields = (
+    fields: tuple[str, ...] = (
         "atalaia-model-event",
         str(event.event_id),
         event.ts.isoformat(),
@@ -38,6 +38,8 @@ def signing_payload(event: ModelEvent) -> bytes:
         event.previous_version or "",
         event.reason or "",
     )
+    if event.type == "canary":  # appended, so deploy/rollback signatures are unchanged
+        fields = (*fields, f"{event.canary_share}", event.canary_mode or "")
     return "\n".join(fields).encode("utf-8")
 
 

@@ -296,6 +296,23 @@ class Settings(BaseSettings):
     canary_max_toxicity_increase: Annotated[float, Field(ge=0)] = Field(
         0.05, description="Absolute rise of mean response toxicity that rolls a new version back."
     )
+    # -- canary with a traffic split (issue 19): inference/routing.py, retrain/canary.py --
+    canary_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="Share of requests (sticky per user or caller) a promoted candidate answers beside its parent "
+        "before a sequential test promotes or rolls it back; 0: deploy at once and compare with the parent's "
+        "earlier traffic.",
+    )
+    canary_mode: Literal["split", "shadow"] = Field(
+        "split",
+        description="split: the candidate's answers are returned to its share of callers; shadow: the candidate "
+        "answers its share too, but its answers are only emitted as events (metadata shadow=true) and scored.",
+    )
+    canary_alpha: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.05,
+        description="Probability of a wrong canary verdict (promote a worse candidate or roll back one within "
+        "the margins), over all checks of a canary.",
+    )
 
     # -- retraining: data set, LoRA fine-tuning, evaluation gate, quantization (retrain/) --
     qa_train_file: Path | None = Field(

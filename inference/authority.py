@@ -1,4 +1,4 @@
-"""Which model events inference obeys: the authority checks on ``deploy``/``rollback`` events.
+"""Which model events inference obeys: the authority checks on ``deploy``/``rollback``/``canary`` events.
 
 Every event read from the models topic passes :meth:`ModelEventAuthority.check` before the model
 manager sees it. A refused event raises :class:`~atalaia.kafka.clients.Refused`: the follow loop
@@ -11,7 +11,7 @@ Checks, in order:
    this clock, and an ``event_id`` not applied before (replays are refused);
 2. the version is in the model registry (``model_versions``); without a reachable registry no
    event is obeyed;
-3. a deploy's ``artefact_path`` names a folder under ``ATALAIA_MODELS_DIR`` once resolved: no
+3. a deploy's (or canary's) ``artefact_path`` names a folder under ``ATALAIA_MODELS_DIR`` once resolved: no
    ``..`` component, no symbolic link leading out of it, and the registry's folder for the
    version when the registry records one.
 """
@@ -77,7 +77,7 @@ class ModelEventAuthority:
         if self._secret:
             self._check_signature(event)
         row = self._registry_row(event.model_version)
-        if event.type == "deploy":
+        if event.type in ("deploy", "canary"):  # both load a folder
             self._check_folder(event, row)
         if self._secret:
             with self._lock:

@@ -65,8 +65,10 @@ class EventBuilder:
         context: list[RetrievedPassage] | None = None,
         cache_hit: str | None = None,
         started: float | None = None,
+        shadow: bool = False,
     ) -> InferenceEvent:
-        """The event of one answer (``cache_hit``: the cache's kind of hit, or ``None``)."""
+        """The event of one answer (``cache_hit``: the cache's kind of hit, or ``None``; ``shadow``: a
+        canary candidate's answer that was scored but never returned)."""
         meta: dict[str, Any] = dict(req.metadata or {})
         reference = meta.pop("reference", None)
         return InferenceEvent(
@@ -96,6 +98,8 @@ class EventBuilder:
                 "max_tokens": max_tokens,
                 "temperature": req.temperature,
                 "finish_reason": result.finish_reason,
+                # A canary's shadow answer: scored, never returned to the caller.
+                **({"shadow": True} if shadow else {}),
             },
         )
 

@@ -110,6 +110,7 @@ class Service:
         context: list[RetrievedPassage] | None = None,
         cache_hit: str | None = None,
         started: float | None = None,
+        shadow: bool = False,
     ) -> None:
         """Count an answer in Prometheus and hand its event to the producer (which never blocks)."""
         metrics = self.metrics
@@ -122,7 +123,7 @@ class Service:
         if self.producer is None:
             return
         event = self.events.inference(
-            version, req, result, latency_ms, event_id, self.max_tokens(req), context, cache_hit, started
+            version, req, result, latency_ms, event_id, self.max_tokens(req), context, cache_hit, started, shadow
         )
         self.producer.emit(event)
 

@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import Engine
 
 from atalaia.events import utcnow
+from atalaia.storage.canaries import canary_summaries
 from atalaia.storage.readmodel import (
     CHARTS,
     DEFAULT_WINDOW_S,
@@ -110,6 +111,14 @@ def get_alerts(request: Request, since: str | None = SINCE, until: str | None = 
             "open": open_alerts(conn, rules),
             "transitions": alert_transitions(conn, start, end, rules),
         }
+
+
+@router.get("/canaries")
+def get_canaries(request: Request, since: str | None = SINCE, until: str | None = UNTIL) -> dict[str, Any]:
+    """Traffic-split canaries started in the range: share, mode, requests per version, verdict."""
+    start, _ = _range(since, until)
+    with _engine(request).connect() as conn:
+        return {"canaries": canary_summaries(conn, start)}
 
 
 @router.get("/versions")

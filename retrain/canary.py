@@ -1,4 +1,19 @@
-"""Canary check after a deploy: live metrics of the new version vs its parent's baseline.
+"""Canary check after a deploy: live metrics of the new version vs its parent's.
+
+Two ways, by ``ATALAIA_CANARY_SHARE``:
+
+- **Traffic split** (share > 0): the run publishes a ``canary`` model event; inference serves the
+  candidate beside its parent to that share of callers (:mod:`inference.routing`, or in shadow
+  with ``ATALAIA_CANARY_MODE=shadow``), and both are scored live in the same period.
+  :func:`concurrent_compare` runs an anytime-valid sequential test (:mod:`retrain.sequential`) on
+  the difference of each metric's mean, candidate minus parent, over the same period: ``promote``
+  once every metric is not worse than its margin with confidence, ``rollback`` as soon as one is
+  worse than its margin with confidence, and ``timeout`` (the parent is kept: fail closed) when
+  ``ATALAIA_CANARY_WINDOW_S`` ends without a verdict. The margins: ``canary_max_drop`` (relative,
+  of the parent's mean) for ROUGE-L and reference similarity, ``canary_max_toxicity_increase``
+  (absolute) for toxicity, ``canary_max_latency_ratio - 1`` (relative) for the speed metrics.
+- **Deploy at once** (share 0): the new version serves everything, and :func:`compare` judges
+  its live metrics against the parent's before the deploy, as below.
 
 Speed is judged per phase, from the inference events (cache hits excluded), so that answer
 length does not decide: time to first token per prompt token (the prefill, plus retrieval and
@@ -15,6 +30,7 @@ and marks the version ``rolled_back`` in the registry.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +44,7 @@ from atalaia.storage.db import get_engine
 from atalaia.storage.repository import as_utc
 from retrain import registry
 from retrain.publish import publish_model_event
+from retrain.sequential import confidence_interval, decide, mean_and_variance
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +65,17 @@ _SPEED_LABELS = {
 
 @dataclass
 class CanaryVerdict:
-    """``rollback`` (regression), ``pass`` (no regression, or the window ran out) or ``wait``."""
+    """``rollback`` (regression), ``pass`` (no regression, or the window ran out) or ``wait``; with a
+    traffic split also ``promote`` (not worse, with confidence) and ``timeout`` (no verdict in the
+    window: the parent is kept)."""
 
-    decision: Literal["pass", "rollback", "wait"]
+    decision: Literal["pass", "rollback", "wait", "promote", "timeout"]
     reasons: list[str] = field(default_factory=list)
     live: dict[str, float] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
+    #: Traffic split only: per metric, the confidence interval on candidate - parent, its margin,
+    #: the samples per arm and the metric's outcome (``ok``, ``worse``, ``undecided``).
+    tests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _mean(values: list[float]) -> float:
@@ -196,9 +218,179 @@ def speed_samples(
     return {TTFT_PER_PROMPT_TOKEN: prefill, MS_PER_OUTPUT_TOKEN: per_token}
 
 
+#: Metrics of the sequential test: (name, higher is better, margin kind). Latency is judged only
+#: when neither speed metric has samples (events from before time to first token was measured).
+SEQUENTIAL_METRICS: tuple[tuple[str, bool, str], ...] = (
+    ("rougeL", True, "relative_drop"),
+    ("similarity_reference", True, "relative_drop"),
+    ("toxicity_response", False, "absolute"),
+    (TTFT_PER_PROMPT_TOKEN, False, "ratio"),
+    (MS_PER_OUTPUT_TOKEN, False, "ratio"),
+    (LATENCY, False, "ratio"),
+)
+#: Floor on a metric's per-sample variance: a handful of identical values is not certainty.
+_MIN_VARIANCE = 1e-6
+
+
+def concurrent_compare(
+    candidate: dict[str, list[float]],
+    parent: dict[str, list[float]],
+    *,
+    min_events: int,
+    alpha: float,
+    max_drop: float,
+    max_latency_ratio: float,
+    max_toxicity_increase: float,
+    window_over: bool = False,
+) -> CanaryVerdict:
+    """Sequential verdict on samples of the candidate and its parent from the same period.
+
+    Each metric with ``min_events`` samples on both arms gets a confidence-sequence interval on
+    ``mean(candidate) - mean(parent)`` at level ``alpha / k`` (``k`` the metrics that can be
+    judged: the error bound holds for all of them together, at every check). ``rollback`` when
+    any metric is worse than its margin; ``promote`` when every metric with parent samples is
+    not worse than its margin; otherwise ``wait``, or ``timeout`` once ``window_over``.
+
+    Examples
+    --------
+    >>> import random
+    >>> rng = random.Random(0)
+    >>> parent = {"rougeL": [rng.gauss(0.4, 0.1) for _ in range(2000)]}
+    >>> worse = {"rougeL": [rng.gauss(0.2, 0.1) for _ in range(500)]}
+    >>> same = {"rougeL": [rng.gauss(0.4, 0.1) for _ in range(500)]}
+    >>> kw = dict(min_events=30, alpha=0.05, max_drop=0.1, max_latency_ratio=1.5, max_toxicity_increase=0.05)
+    >>> concurrent_compare(worse, parent, **kw).decision
+    'rollback'
+    >>> concurrent_compare(same, parent, **kw).decision
+    'promote'
+    >>> concurrent_compare({"rougeL": same["rougeL"][:10]}, parent, **kw).decision
+    'wait'
+    >>> concurrent_compare({"rougeL": same["rougeL"][:10]}, parent, window_over=True, **kw).decision
+    'timeout'
+    """
+    verdict = CanaryVerdict("wait")
+    by_speed = any(len(parent.get(n, [])) >= min_events for n in SPEED_METRICS)
+    metrics = [m for m in SEQUENTIAL_METRICS if not (m[0] == LATENCY and by_speed)]
+    level = alpha / len(metrics)
+    pending, worse = [], []
+    for name, higher, kind in metrics:
+        cand_v, par_v = candidate.get(name, []), parent.get(name, [])
+        if len(par_v) < max(min_events, 2):
+            continue  # the parent has no such metric in this period: nothing to compare with
+        verdict.baseline[name] = _mean(par_v)
+        if cand_v:
+            verdict.live[name] = _mean(cand_v)
+        if len(cand_v) < max(min_events, 2):
+            pending.append(name)
+            continue
+        base = verdict.baseline[name]
+        if kind == "absolute":
+            margin = max_toxicity_increase
+        elif kind == "ratio":
+            margin = (max_latency_ratio - 1) * abs(base)
+        else:
+            margin = max_drop * abs(base)
+        # The mixture's scale: differences of the margin's size, or of a quarter of the metric's
+        # spread when the margin is tiny next to it (a near-zero parent mean).
+        spread = math.sqrt(max(mean_and_variance(cand_v)[1], mean_and_variance(par_v)[1]))
+        tau = max(margin, 0.25 * spread, 1e-6)
+        interval = confidence_interval(cand_v, par_v, alpha=level, tau=tau, min_variance=_MIN_VARIANCE)
+        outcome = decide(interval, margin, higher_is_better=higher)
+        verdict.tests[name] = {
+            "difference": interval.difference,
+            "lower": interval.lower,
+            "upper": interval.upper,
+            "margin": margin,
+            "n_candidate": interval.n_a,
+            "n_parent": interval.n_b,
+            "alpha": level,
+            "outcome": outcome,
+        }
+        if outcome == "worse":
+            worse.append(
+                f"{name}: candidate - parent = {interval.difference:+.4g} "
+                f"(confidence [{interval.lower:+.4g}, {interval.upper:+.4g}]) is worse than the margin {margin:.4g}"
+            )
+        elif outcome == "undecided":
+            pending.append(name)
+    if worse:
+        verdict.decision, verdict.reasons = "rollback", worse
+    elif verdict.tests and not pending:
+        verdict.decision = "promote"
+        verdict.reasons = [f"not worse than the parent beyond the margins on {', '.join(verdict.tests)}"]
+    elif window_over:
+        verdict.decision = "timeout"
+        what = ", ".join(pending) if pending else "any metric"
+        verdict.reasons = [f"canary window over without a verdict on {what}; the parent is kept"]
+    else:
+        verdict.reasons = [f"waiting for evidence on {', '.join(pending) if pending else 'any metric'}"]
+    return verdict
+
+
+def canary_state(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The running traffic split of a registry row (``metrics["canary"]`` with ``state: running``)."""
+    state = ((row or {}).get("metrics") or {}).get("canary")
+    return state if isinstance(state, dict) and state.get("state") == "running" else None
+
+
+def check_split_canary(engine: Engine, settings: Settings, row: dict[str, Any]) -> CanaryVerdict:
+    """The sequential verdict of a running traffic split: both versions' samples since it started."""
+    state = canary_state(row)
+    assert state is not None and row["parent"]
+    from datetime import datetime
+
+    started = as_utc(datetime.fromisoformat(state["started_at"]))
+    # Both arms over the same period; the parent has (1 - share) / share times more samples.
+    limit = settings.canary_baseline_events * 20
+    candidate = _samples(engine, row["version"], after=started, limit=limit)
+    parent = _samples(engine, row["parent"], after=started, limit=limit)
+    over = (utcnow() - started).total_seconds() >= settings.canary_window_s
+    return concurrent_compare(
+        candidate,
+        parent,
+        min_events=settings.canary_min_events,
+        alpha=settings.canary_alpha,
+        max_drop=settings.canary_max_drop,
+        max_latency_ratio=settings.canary_max_latency_ratio,
+        max_toxicity_increase=settings.canary_max_toxicity_increase,
+        window_over=over,
+    )
+
+
+def start_canary(settings: Settings, engine: Engine, version: str, path: str, parent: str, reason: str) -> ModelEvent:
+    """Publish a ``canary`` event for a registered candidate and record the split in the registry."""
+    event = ModelEvent(
+        type="canary",
+        model_version=version,
+        artefact_path=path,
+        previous_version=parent,
+        reason=reason,
+        canary_share=settings.canary_share,
+        canary_mode=settings.canary_mode,
+    )
+    publish_model_event(settings, event)
+    registry.update_metrics(
+        engine,
+        version,
+        {
+            "canary": {
+                "state": "running",
+                "started_at": utcnow().isoformat(),
+                "share": settings.canary_share,
+                "mode": settings.canary_mode,
+                "parent": parent,
+            }
+        },
+    )
+    return event
+
+
 def check_canary(engine: Engine, settings: Settings, version: str) -> CanaryVerdict:
-    """Compare ``version``'s live metrics since activation with its parent's before it."""
+    """A running traffic split: :func:`check_split_canary`. Otherwise compare ``version``'s live
+    metrics since activation with its parent's before it."""
     row = registry.get_version(engine, version)
+    if row is not None and row["parent"] and canary_state(row) is not None:
+        return check_split_canary(engine, settings, row)
     if row is None or row["status"] != "active" or not row["parent"] or row["activated_at"] is None:
         return CanaryVerdict("pass", [f"{version} is not an active fine-tuned version; nothing to check"])
     activated = as_utc(row["activated_at"])
@@ -220,15 +412,22 @@ def settle_canary(settings: Settings, version: str, engine: Engine | None = None
     """Check once and act: roll back on regression, record a pass; ``wait`` does nothing."""
     engine = engine or get_engine(settings.database_url)
     verdict = check_canary(engine, settings, version)
-    if verdict.decision == "wait":
-        return verdict
     row = registry.get_version(engine, version)
-    summary = {
+    split = canary_state(row)
+    summary: dict[str, Any] = {
         "decision": verdict.decision,
         "reasons": verdict.reasons,
         "live": verdict.live,
         "baseline": verdict.baseline,
     }
+    if split is not None:
+        summary.update(state=split, tests=verdict.tests, checked_at=utcnow().isoformat())
+        if verdict.decision == "wait":
+            registry.update_metrics(engine, version, {"canary_progress": summary})
+            return verdict
+        return _settle_split(settings, engine, row or {}, verdict, summary)
+    if verdict.decision == "wait":
+        return verdict
     if verdict.decision == "rollback" and row is not None and row["parent"]:
         reason = "canary regression: " + "; ".join(verdict.reasons)
         publish_model_event(
@@ -240,5 +439,40 @@ def settle_canary(settings: Settings, version: str, engine: Engine | None = None
         )
     elif verdict.decision == "pass":
         log.info("canary passed", extra={"version": version, "reasons": verdict.reasons})
+    registry.update_metrics(engine, version, {"canary": summary})
+    return verdict
+
+
+def _settle_split(
+    settings: Settings, engine: Engine, row: dict[str, Any], verdict: CanaryVerdict, summary: dict[str, Any]
+) -> CanaryVerdict:
+    """End a traffic split: promote (``deploy`` of the loaded candidate) or keep the parent."""
+    version, parent = str(row["version"]), str(row["parent"])
+    summary["state"] = {**summary["state"], "state": "ended", "ended_at": utcnow().isoformat()}
+    if verdict.decision == "promote":
+        publish_model_event(
+            settings,
+            ModelEvent(
+                type="deploy",
+                model_version=version,
+                artefact_path=row.get("artefact_path"),
+                previous_version=parent,
+                reason="canary promoted: " + "; ".join(verdict.reasons),
+            ),
+        )
+        registry.activate(engine, version)
+        log.warning("canary promoted a version", extra={"version": version, "parent": parent})
+    else:  # rollback or timeout: the parent keeps serving everything (fail closed)
+        reason = ("canary regression: " if verdict.decision == "rollback" else "canary timeout: ") + "; ".join(
+            verdict.reasons
+        )
+        publish_model_event(
+            settings, ModelEvent(type="rollback", model_version=parent, previous_version=version, reason=reason)
+        )
+        registry.roll_back(engine, version, parent, reason)
+        log.warning(
+            "canary kept the parent",
+            extra={"version": version, "parent": parent, "decision": verdict.decision, "reasons": verdict.reasons},
+        )
     registry.update_metrics(engine, version, {"canary": summary})
     return verdict

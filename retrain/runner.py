@@ -306,6 +306,35 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
         )
         d.update(version=version, path=str(final_dir))
 
+    if settings.canary_share > 0:
+        # A traffic split: the parent keeps serving, the candidate answers a share of callers
+        # until the canary's sequential test promotes it or keeps the parent (retrain/canary.py).
+        from retrain.canary import start_canary
+
+        with recorder.step("deploy") as d:
+            event = start_canary(
+                settings,
+                engine,
+                version,
+                str(final_dir),
+                served.version,
+                f"retrain run {recorder.run_id} ({recorder.trigger})",
+            )
+            d.update(
+                version=version,
+                canary={"share": settings.canary_share, "mode": settings.canary_mode},
+                event_id=str(event.event_id),
+            )
+        shutil.rmtree(Path(trained.merged_dir), ignore_errors=True)
+        recorder.finish("deployed")
+        return RunOutcome(
+            recorder.run_id,
+            "deployed",
+            f"canary: {100 * settings.canary_share:g}% of callers ({settings.canary_mode})",
+            version,
+            {"candidate": candidate_scores, "active": active_scores},
+        )
+
     with recorder.step("deploy") as d:
         event = ModelEvent(
             type="deploy",

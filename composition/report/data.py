@@ -31,6 +31,7 @@ from atalaia.metrics.groups import registry
 from atalaia.metrics.stats import percentile
 from atalaia.storage import readmodel
 from atalaia.storage import tables as t
+from atalaia.storage.canaries import canary_summaries
 from atalaia.storage.readmodel import Alert, Deploy, DriftTest, Run, Series, Transition
 from atalaia.storage.readmodel.models import finite_floats
 from atalaia.storage.repository import as_utc
@@ -101,6 +102,8 @@ class ReportData:
     registry: list[dict[str, Any]]
     requests: int
     totals: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: Traffic-split canaries started in the range (:func:`atalaia.storage.canaries.canary_summaries`).
+    canaries: list[dict[str, Any]] = field(default_factory=list)
 
     def series_for(self, metric: str, stat: str) -> list[Series]:
         """The series of one metric statistic, one per model version."""
@@ -233,6 +236,8 @@ def load_report_data(
         alerts = readmodel.alert_episodes(conn, start, end, MAX_ALERT_ROWS)
         deploys, registry = readmodel.deploy_history(conn, start, end)
         runs = readmodel.retrain_runs(conn, start, end)
+        # The requested range, not the narrowed one: a canary starts before its first answers.
+        canaries = [c for c in canary_summaries(conn, since) if c["started_at"] <= until.isoformat()]
         requests = int(
             conn.execute(
                 select(func.count())
@@ -258,6 +263,7 @@ def load_report_data(
         registry=registry,
         requests=requests,
         totals=totals,
+        canaries=canaries,
     )
 
 
@@ -327,6 +333,10 @@ def summary_of(data: ReportData) -> dict[str, Any]:
             "rules": rules,
         },
         "deploys": [{"ts": d.ts.isoformat(), "version": d.version, "kind": d.kind} for d in data.deploys],
+        "canaries": [
+            {k: c[k] for k in ("candidate", "parent", "share", "mode", "state", "decision", "requests")}
+            for c in data.canaries
+        ],
         "runs": [
             {
                 "run_id": r.run_id,

@@ -375,6 +375,37 @@ def _runs_table(runs: Sequence[Run]) -> str:
     )
 
 
+def _canaries_table(canaries: Sequence[dict[str, Any]]) -> str:
+    """The split (share, mode, requests per version) and the verdict of each canary, with each
+    metric's confidence interval on candidate - parent."""
+    if not canaries:
+        return "<p class='muted'>No canary with a traffic split in this period.</p>"
+    rows = []
+    for c in canaries:
+        req = c["requests"]
+        split = f"{100 * float(c['share'] or 0):g}% {c['mode']}"
+        counts = f"{req.get(c['candidate'], 0)} / {req.get(c['parent'], 0)}"
+        if req.get("shadow"):
+            counts += f" ({req['shadow']} shadow)"
+        tests = "<br>".join(
+            f"{escape(name)}: {_fmt(v.get('difference'))} [{_fmt(v.get('lower'))}, {_fmt(v.get('upper'))}] "
+            f"margin {_fmt(v.get('margin'))} → {escape(str(v.get('outcome')))}"
+            for name, v in (c.get("tests") or {}).items()
+        )
+        verdict = c["decision"] if c["state"] != "running" else f"running ({c['decision']})"
+        rows.append(
+            f"<tr class='canary decision-{escape(str(c['decision']))}'>"
+            f"<td><code>{escape(c['candidate'])}</code></td><td><code>{escape(c['parent'])}</code></td>"
+            f"<td>{escape(split)}</td><td class='num'>{escape(counts)}</td><td>{escape(verdict)}</td>"
+            f"<td class='muted'>{tests}</td><td>{escape('; '.join(c.get('reasons') or []))}</td></tr>"
+        )
+    return (
+        "<table class='canaries'><tr><th>candidate</th><th>parent</th><th>split</th>"
+        "<th class='num'>requests candidate / parent</th><th>verdict</th>"
+        f"<th>candidate − parent [confidence sequence]</th><th>reasons</th></tr>{''.join(rows)}</table>"
+    )
+
+
 def _registry_table(data: ReportData, draw: _Drawing) -> str:
     if not data.registry:
         return "<p class='muted'>The model registry is empty: the configured base model served throughout.</p>"
@@ -453,6 +484,7 @@ shaded: retraining runs; triangles on top: alerts firing (▼) and resolved (△
 <section id="holdout"><h2>Holdout evaluation: before and after</h2>{_holdout_table(data, draw)}</section>
 <section id="alerts"><h2>Alerts</h2>{_alerts_table(data.alerts)}</section>
 <section id="runs"><h2>Retraining runs</h2>{_runs_table(data.runs)}</section>
+<section id="canaries"><h2>Canaries</h2>{_canaries_table(data.canaries)}</section>
 <section id="registry"><h2>Model registry</h2>{_registry_table(data, draw)}</section>
 </main>
 </body>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -9,24 +10,29 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from atalaia.events import RetrievedPassage
 from atalaia.models.generator import ChatResult, PromptTooLongError
 from atalaia.rag import build_prompt
+from inference.auth import current_caller
 from inference.cache import KeyParts, cacheable
 from inference.errors import APIError
+from inference.routing import Route, choose, sticky_key
 from inference.schemas import ChatCompletionRequest
 from inference.service import Service, get_service
 from inference.sse import DONE, completion_body, sse_chunk, usage_chunk
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 def _check_model(service: Service, req: ChatCompletionRequest, version: str) -> None:
     settings = service.settings
-    if req.model not in {settings.generator_model, settings.model_version, version}:
+    # During a canary a request naming the active version may be answered by the candidate.
+    if req.model not in {settings.generator_model, settings.model_version, version, service.models.active.version}:
         raise APIError(
             404,
             f"The model '{req.model}' does not exist; GET /v1/models lists the served models",
@@ -61,7 +67,14 @@ def _cached_sse(
 async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> Any:
     """An OpenAI chat completion; every answer (cached or not, streamed or not) emits one event."""
     settings, cache, embedder, retriever = service.settings, service.cache, service.embedder, service.retriever
-    served = service.models.active  # this request stays on this model, whatever a swap does meanwhile
+    # This request stays on the model routed here (active, or a canary's candidate), whatever a
+    # swap does meanwhile.
+    route = choose(
+        service.models.active,
+        service.models.canary,
+        sticky_key(req.user, current_caller.get(), [(m.role, m.text) for m in req.messages]),
+    )
+    served = route.served
     version, generator = served.version, served.generator
     _check_model(service, req, version)
     service.check_metadata(req.metadata)
@@ -129,6 +142,7 @@ async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> A
         return JSONResponse(
             completion_body(version, event_id, created, result, context),
             headers={"x-atalaia-event-id": str(event_id)},
+            background=_shadow_task(service, route, req, messages, max_tokens, stop, context),
         )
 
     def sse() -> Iterator[str]:
@@ -150,7 +164,41 @@ async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> A
             service.emit_inference(version, req, final, latency_ms, event_id, context, started=started)
         yield DONE
 
-    return StreamingResponse(sse(), media_type="text/event-stream", headers={"x-atalaia-event-id": str(event_id)})
+    return StreamingResponse(
+        sse(),
+        media_type="text/event-stream",
+        headers={"x-atalaia-event-id": str(event_id)},
+        background=_shadow_task(service, route, req, messages, max_tokens, stop, context),
+    )
+
+
+def _shadow_task(
+    service: Service,
+    route: Route,
+    req: ChatCompletionRequest,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    stop: list[str] | None,
+    context: list[RetrievedPassage],
+) -> BackgroundTask | None:
+    """A shadow canary's candidate answers the same prompt after the response is sent."""
+    if route.shadow is None:
+        return None
+    shadow = route.shadow
+
+    def run() -> None:  # sync: Starlette runs it in the thread pool
+        started = time.perf_counter()
+        try:
+            result = shadow.generator.chat(messages, max_tokens, req.temperature, req.top_p, stop)
+        except Exception as exc:  # noqa: BLE001 - a shadow failure must not touch the served answer
+            log.warning("shadow answer failed", extra={"version": shadow.version, "error": str(exc)})
+            return
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        service.emit_inference(
+            shadow.version, req, result, latency_ms, uuid.uuid4(), context, started=started, shadow=True
+        )
+
+    return BackgroundTask(run)
 
 
 @router.get("/v1/models")

@@ -30,6 +30,15 @@ async def healthz(service: ServiceDep) -> JSONResponse:
             "loaded": models.active.generator is not None,
             "context_length": models.active.generator.context_length,
             "previous": models.previous.version if models.previous else None,
+            "canary": (
+                {
+                    "version": models.canary.candidate.version,
+                    "share": models.canary.share,
+                    "mode": models.canary.mode,
+                }
+                if models.canary is not None
+                else None
+            ),
         },
         "kafka": {
             # connected: events flow to Kafka now; reachable: the broker answers (a poison

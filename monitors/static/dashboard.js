@@ -106,6 +106,7 @@ async function refresh() {
     state.alerts = alerts;
     state.scoring = scoring;
     state.charts.forEach((c, i) => (state.results[c.key] = series[i]));
+    state.canaries = (await getJSON(`/api/dashboard/canaries?${query()}`)).canaries;
     render();
     status.classList.remove("error");
     status.textContent = `updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
@@ -122,6 +123,7 @@ function render() {
   for (const chart of state.charts) renderChart(chart, state.results[chart.key]);
   renderLists();
   renderScoring();
+  renderCanaries();
   document.body.dataset.loaded = "true";
 }
 
@@ -141,6 +143,26 @@ function renderScoring() {
     return tr;
   });
   document.querySelector("#scoring-groups tbody").replaceChildren(...rows);
+}
+
+// A canary: its split (share, mode, requests per version) and its verdict with each metric's interval.
+function renderCanaries() {
+  const list = document.getElementById("canaries");
+  const items = (state.canaries || []).map((c) => {
+    const li = el("li", { class: `canary-item decision-${c.decision}`, "data-candidate": c.candidate });
+    li.append(el("time", {}, new Date(c.started_at).toLocaleString([], { hour12: false })));
+    li.append(el("span", { class: "badge" }, c.state === "running" ? "running" : c.decision));
+    const requests = `${c.requests[c.candidate] || 0} vs ${c.requests[c.parent] || 0} requests`;
+    const shadow = c.requests.shadow ? `, ${c.requests.shadow} shadow` : "";
+    li.append(` ${c.candidate} (${Math.round(100 * c.share)}% ${c.mode}) vs ${c.parent}: ${requests}${shadow}`);
+    for (const [name, test] of Object.entries(c.tests || {})) {
+      const bounds = `[${fmt(test.lower)}, ${fmt(test.upper)}]`;
+      li.append(el("div", { class: "canary-test" }, `${name}: ${fmt(test.difference)} ${bounds} margin ${fmt(test.margin)}, ${test.outcome}`));
+    }
+    if (c.reasons && c.reasons.length) li.append(el("div", { class: "canary-reason" }, c.reasons.join("; ")));
+    return li;
+  });
+  list.replaceChildren(...(items.length ? items : [el("li", { class: "empty" }, "none")]));
 }
 
 function renderVersionFilter() {
