@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, insert, or_, select
+from sqlalchemy import table as sa_table
 
 from atalaia.events import utcnow
 from atalaia.settings import Settings
@@ -373,7 +374,7 @@ def apply_retention(engine: Engine, settings: Settings, now: datetime | None = N
     the ``DELETE`` then only meets the rows of the partition the cutoff falls in. The job also
     creates the partitions of the weeks ahead.
     """
-    from sqlalchemy import func, select, text
+    from sqlalchemy import func, select
 
     from atalaia.storage.partitions import drop_partitions_before, ensure_partitions, partitions
 
@@ -390,7 +391,7 @@ def apply_retention(engine: Engine, settings: Settings, now: datetime | None = N
             if column.name == "ts":
                 for part, (_, end) in partitions(conn, name).items():
                     if end <= cutoff:
-                        dropped += int(conn.execute(select(func.count()).select_from(text(f'"{part}"'))).scalar_one())
+                        dropped += int(conn.execute(select(func.count()).select_from(sa_table(part))).scalar_one())
                 drop_partitions_before(conn, name, cutoff)
             deleted[name] = dropped + conn.execute(delete(table).where(and_(column < cutoff))).rowcount
     log.info("retention applied", extra={"deleted": deleted, "plan": retention_plan(settings)})

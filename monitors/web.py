@@ -39,7 +39,7 @@ def create_app(settings: Settings, engine: Engine, model_events: Any | None = No
     >>> from sqlalchemy import create_engine
     >>> app = create_app(Settings(home="/tmp/atalaia-doc"), create_engine("sqlite://"))
     >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/api/dashboard"))[:2]
-    ['/api/dashboard/alerts', '/api/dashboard/charts']
+    ['/api/dashboard/alerts', '/api/dashboard/canaries']
     """
     from monitors.rules import load_rules
 

@@ -25,11 +25,22 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 
+from psycopg import sql
 from sqlalchemy import Connection, text
 
 from atalaia.events import utcnow
 
 log = logging.getLogger(__name__)
+
+
+def _ddl(conn: Connection, statement: sql.Composable, params: dict[str, str] | None = None) -> None:
+    """Run DDL composed by psycopg (identifiers quoted, values as literals) on ``conn``'s transaction.
+
+    DDL takes no bound parameters for names, so they are composed, never formatted into the text.
+    """
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(statement, params)
 
 TABLES = ("inference_events", "metrics")
 PERIOD = timedelta(days=7)
@@ -106,15 +117,22 @@ def _create(conn: Connection, table: str, start: datetime) -> str:
     lo, hi = start.isoformat(), (start + PERIOD).isoformat()
     # Built apart and attached: rows of this week already in the default partition move in first
     # (attaching checks the default holds none), so a late partition never fails the write path.
-    conn.execute(text(f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS)'))
-    conn.execute(
-        text(
-            f'WITH moved AS (DELETE FROM "{table}_default" WHERE ts >= :lo AND ts < :hi RETURNING *) '
-            f'INSERT INTO "{name}" SELECT * FROM moved'
-        ),
+    new, parent, default = sql.Identifier(name), sql.Identifier(table), sql.Identifier(f"{table}_default")
+    _ddl(conn, sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(new, parent))
+    _ddl(
+        conn,
+        sql.SQL(
+            "WITH moved AS (DELETE FROM {} WHERE ts >= %(lo)s AND ts < %(hi)s RETURNING *) "
+            "INSERT INTO {} SELECT * FROM moved"
+        ).format(default, new),
         {"lo": lo, "hi": hi},
     )
-    conn.execute(text(f"ALTER TABLE \"{table}\" ATTACH PARTITION \"{name}\" FOR VALUES FROM ('{lo}') TO ('{hi}')"))
+    _ddl(
+        conn,
+        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            parent, new, sql.Literal(lo), sql.Literal(hi)
+        ),
+    )
     return name
 
 
@@ -148,7 +166,7 @@ def drop_partitions_before(conn: Connection, table: str, cutoff: datetime) -> li
     dropped = []
     for name, (_, end) in sorted(partitions(conn, table).items()):
         if end <= cutoff:
-            conn.execute(text(f'DROP TABLE "{name}"'))
+            _ddl(conn, sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
             dropped.append(name)
     if dropped:
         log.info("partitions dropped", extra={"table": table, "partitions": dropped, "cutoff": cutoff.isoformat()})
