@@ -42,6 +42,7 @@ def _ddl(conn: Connection, statement: sql.Composable, params: dict[str, str] | N
     with raw.cursor() as cur:  # type: ignore[union-attr]
         cur.execute(statement, params)
 
+
 TABLES = ("inference_events", "metrics")
 PERIOD = timedelta(days=7)
 AHEAD_WEEKS = 4
