@@ -22,6 +22,7 @@ from atalaia.kafka import clients
 from atalaia.settings import Settings
 from atalaia.storage import repository, tables
 from atalaia.storage.db import get_engine, redact_url
+from consumers import health
 from consumers.drift import DriftRunner, drift_metrics
 from consumers.feedback_signals import feedback_signal_metrics
 from consumers.scoring import BatchScorer, ScoredBatch
@@ -159,6 +160,8 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
     feedback_topic = app.topic(settings.topic("feedback"), value_type=bytes, value_serializer="raw")
     metrics_topic = app.topic(settings.topic("metrics"), value_serializer="raw")
     deadletter_topic = app.topic(settings.topic("deadletter"), value_serializer="raw")
+    # Consumer lag and the age of the last commit on GET /healthz and /metrics (consumers/health.py).
+    health.install(app, settings, [settings.topic("inference"), settings.topic("feedback")])
     log.info(
         "worker configured",
         extra={
