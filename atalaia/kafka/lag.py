@@ -221,8 +221,9 @@ class ConsumerHealth:
         return lag
 
     def start(self) -> ConsumerHealth:
-        """Sample on a background thread until :meth:`stop`."""
-        self._thread.start()
+        """Sample on a background thread until :meth:`stop` (a second call does nothing)."""
+        if self._thread.ident is None:
+            self._thread.start()
         return self
 
     def stop(self) -> None:
