@@ -262,25 +262,37 @@ class ErasureReport:
 
 
 def _erase_spool(settings: Settings, sid: str, ids: set[str]) -> int:
-    """Drop the subject's messages from every spool file; returns how many went.
+    """Blank the subject's messages in every spool file, in place; returns how many went.
 
-    The file is rewritten to a temporary and renamed over, like the spool's own compaction. A
-    producer appending at that very moment could lose its line to the rename: run erasures while
-    the producer is connected (its spool then stays empty) — the usual case.
+    Each such line is overwritten with spaces of the same byte length: the spool's read offset
+    (segment, byte) stays valid, a producer appending at the same moment loses nothing, and the
+    spool's readers skip blank lines. A line is matched whole, so a torn tail is left alone.
     """
     removed = 0
     for path in _spool_files(settings):
-        lines = _spool_messages(path)
-        kept = [line for line, payload in lines if not _mentions(payload, sid, ids)]
-        if len(kept) == len(lines):
+        with path.open("rb") as fh:
+            data = fh.read()
+        spans: list[tuple[int, int]] = []
+        pos = 0
+        for raw in data.splitlines(keepends=True):
+            start, pos = pos, pos + len(raw)
+            if not raw.endswith(b"\n") or not raw.strip():
+                continue
+            try:
+                payload = json.loads(base64.b64decode(json.loads(raw)["value"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if _mentions(payload, sid, ids):
+                spans.append((start, pos))
+        if not spans:
             continue
-        tmp = path.with_suffix(".erase-tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.writelines(kept)
+        with path.open("r+b") as fh:
+            for start, end in spans:
+                fh.seek(start)
+                fh.write(b" " * (end - start - 1) + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        removed += len(lines) - len(kept)
+        removed += len(spans)
     return removed
 
 

@@ -471,6 +471,11 @@ class Settings(BaseSettings):
         1_073_741_824,
         description="Disk the spool may use; past it events are counted as lost (atalaia_events_lost) and logged.",
     )
+    pipeline_health_every_s: Annotated[float, Field(gt=0)] = Field(
+        15.0,
+        description="How often the worker and the monitor measure consumer lag (health endpoints, "
+        "pipeline-health rules).",
+    )
     delivery_degraded_after_s: Annotated[float, Field(gt=0)] = Field(
         60.0, description="/healthz says degraded once the oldest undelivered event is older than this."
     )

@@ -23,6 +23,7 @@ from atalaia.settings import Settings
 from atalaia.storage import repository, tables
 from atalaia.storage.db import get_engine, redact_url
 from atalaia.storage.partitions import ensure_partitions
+from consumers import health
 from consumers.drift import DriftRunner, drift_metrics
 from consumers.feedback_signals import feedback_signal_metrics
 from consumers.scoring import BatchScorer, ScoredBatch
@@ -163,6 +164,9 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
     feedback_topic = app.topic(settings.topic("feedback"), value_type=bytes, value_serializer="raw")
     metrics_topic = app.topic(settings.topic("metrics"), value_serializer="raw")
     deadletter_topic = app.topic(settings.topic("deadletter"), value_serializer="raw")
+    # Consumer lag and the age of the last commit on GET /healthz and /metrics (consumers/health.py);
+    # the same /metrics page carries the scoring budget, each group's cost and sampling fraction.
+    health.install(app, settings, [settings.topic("inference"), settings.topic("feedback")], telemetry.render)
     log.info(
         "worker configured",
         extra={
@@ -241,11 +245,6 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
 
             metrics = await retry_forever("feedback batch", write_feedback)
             await publish_metrics(metrics_topic, metrics)
-
-    @app.page("/metrics")
-    async def prometheus_metrics(view: Any, request: Any) -> Any:
-        """Lag, scoring budget, and each group's cost and sampling fraction (Prometheus text)."""
-        return view.bytes(telemetry.render(), content_type="text/plain; version=0.0.4")
 
     @app.timer(interval=PARTITIONS_EVERY_S, on_leader=False)
     async def create_partitions() -> None:

@@ -13,13 +13,14 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from atalaia.events import AlertEvent, MetricEvent, parse_metrics, utcnow
-from atalaia.kafka.clients import Publisher
+from atalaia.kafka.clients import FollowStats, Publisher
 from atalaia.settings import Settings
 from atalaia.storage import repository
 from atalaia.storage import tables as t
 from atalaia.storage.db import get_engine
 from atalaia.storage.repository import as_utc
 from monitors.evaluator import RuleEvaluator
+from monitors.pipeline_health import PipelineHealth
 from monitors.routing.delivery import DeliveryWorker, enqueue, receivers_from_settings
 from monitors.rules import Rule, load_rules
 
@@ -68,6 +69,8 @@ class MonitorService:
         self._seen = _SeenIds(SEEN_IDS)
         self._stop = threading.Event()
         self.transitions = 0
+        #: Consumer lag and freshness of the worker's and the monitor's groups (while running).
+        self.pipeline: PipelineHealth | None = None
 
     def catch_up_from_table(self, limit: int = 500_000) -> int:
         """Refill the rule windows from the ``metrics`` table; return the samples loaded.
@@ -219,6 +222,10 @@ class MonitorService:
             },
         )
         self.delivery.start()
+        # Consumer lag and event -> row freshness, measured from outside, as samples for the
+        # built-in pipeline-health rules and figures for /healthz and /metrics.
+        stats = FollowStats()
+        self.pipeline = PipelineHealth(self.settings, last_commit=lambda: stats.last_commit).start()
         web, feed = self._start_web() if self.serve_web else (None, None)
         last_eval = 0.0
 
@@ -230,6 +237,9 @@ class MonitorService:
 
         def evaluate(polled: bool) -> None:
             nonlocal last_eval
+            if self.pipeline is not None:
+                for sample in self.pipeline.drain():
+                    self.evaluator.observe(sample)
             if polled or time.monotonic() - last_eval >= EVALUATE_EVERY_S:
                 last_eval = time.monotonic()
                 self._emit(publisher, self.evaluator.evaluate(utcnow()))
@@ -247,8 +257,10 @@ class MonitorService:
                 max_records=5000,
                 publisher=publisher,
                 parse=parse_metrics,
+                stats=stats,
             )
         finally:
+            self.pipeline.stop()
             publisher.close()
             self.delivery.stop()
             if web is not None:
@@ -264,7 +276,7 @@ class MonitorService:
 
         feed = ModelEventFeed(self.settings).start()
         try:
-            app = create_app(self.settings, self.engine, feed)
+            app = create_app(self.settings, self.engine, feed, pipeline=self.pipeline)
             web = WebServer(app, self.settings.monitor_host, self.settings.monitor_port).start()
         except Exception as exc:  # noqa: BLE001 - alerts matter more than the page
             log.error(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, text
 
@@ -25,13 +25,17 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
 
 
-def create_app(settings: Settings, engine: Engine, model_events: Any | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, engine: Engine, model_events: Any | None = None, *, pipeline: Any | None = None
+) -> FastAPI:
     """The monitor's FastAPI app over ``engine``.
 
     ``app.state`` holds ``settings``, ``engine``, ``metric_of_rule`` (rule name → metric, to put
     alert markers on the right chart) and ``model_events`` (a
     :class:`monitors.model_feed.ModelEventFeed`, or ``None`` when deploys come from
-    ``model_versions`` only). The alert API router of ``monitors.api`` is included when that
+    ``model_versions`` only), ``pipeline`` (a :class:`monitors.pipeline_health.PipelineHealth`:
+    consumer lag and last commit on ``/healthz`` and ``/metrics``, or ``None``). The alert API
+    router of ``monitors.api`` is included when that
     module exists.
 
     Examples
@@ -58,13 +62,16 @@ def create_app(settings: Settings, engine: Engine, model_events: Any | None = No
 
     @app.get("/healthz")
     def healthz(request: Request) -> JSONResponse:
-        """200 when the database answers, 503 otherwise; says whether model events are followed."""
+        """200 when the database answers, 503 otherwise; says whether model events are followed,
+        and the consumer lag and last commit of the monitor's group and the worker's."""
         feed = request.app.state.model_events
         body: dict[str, Any] = {
             "status": "ok",
             "database": redact_url(settings.database_url),
             "model_events": None if feed is None else ("caught up" if feed.caught_up.is_set() else "reading"),
         }
+        if pipeline is not None:
+            body.update(pipeline.as_dict())
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -72,6 +79,12 @@ def create_app(settings: Settings, engine: Engine, model_events: Any | None = No
             body.update(status="unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
             return JSONResponse(body, status_code=503)
         return JSONResponse(body)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> PlainTextResponse:
+        """Prometheus: consumer lag, oldest waiting message and last commit of both groups."""
+        text = pipeline.prometheus() if pipeline is not None else ""
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -486,10 +486,12 @@ class EventProducer:
         measured), slower than moderate traffic, so a spool could never drain. Replay waits only
         on its own chunk's futures (not ``producer.flush()``, which waits on every batch of the
         client). Delivered and poison records leave the spool (poison ones to the dead-letter
-        file); only records still owed stay, so a failed attempt never keeps a delivered one.
+        file) by moving its read offset, never by rewriting it; only records still owed stay, so
+        a failed attempt never keeps a delivered one.
         """
         while len(self.spool):
-            chunk = self.spool.read(limit=REPLAY_CHUNK)
+            records = self.spool.read_records(limit=REPLAY_CHUNK)
+            chunk = [r.message for r in records]
             if not chunk:
                 break
             futures: dict[int, Any] = {}
@@ -517,7 +519,8 @@ class EventProducer:
                         failure = exc
             for i, error in sorted(poison.items()):
                 self._dead_letter(chunk[i], _reason(error))
-            self.spool.remove([*delivered, *poison])
+            # One offset write for the chunk (records behind a failed one are blanked in place).
+            self.spool.remove_records(records[i] for i in sorted([*delivered, *poison]))
             if delivered:
                 self._last_ok = time.monotonic()
                 self.stats.replayed += len(delivered)

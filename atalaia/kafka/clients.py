@@ -385,6 +385,8 @@ class FollowStats:
     refused: int = 0
     dead_lettered: int = 0
     connects: int = 0
+    #: Epoch seconds of the last commit of offsets (None: none yet).
+    last_commit: float | None = None
 
 
 def follow(
@@ -479,6 +481,7 @@ def follow(
                     on_poll(bool(polled))
                 if polled and start == "committed":
                     kafka_consumer.commit()
+                    stats.last_commit = time.time()
                 if on_caught_up is not None and not caught_up and ends:
                     if all(kafka_consumer.position(tp) >= end for tp, end in ends.items()):
                         caught_up = True
