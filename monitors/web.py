@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 
 from atalaia.settings import Settings
 from atalaia.storage.db import redact_url
-from monitors import dashboard
+from monitors import dashboard, reports
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def create_app(settings: Settings, engine: Engine, model_events: Any | None = No
         return JSONResponse(body)
 
     app.include_router(dashboard.router)
+    app.include_router(reports.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # The alert API (silences, acks, alert queries) is a sibling module; include it when present.

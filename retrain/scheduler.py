@@ -66,6 +66,7 @@ def start_scheduler(settings: Settings) -> Any:
         except Exception:  # noqa: BLE001 - not there
             pass
     _install_retention(settings, scheduler)
+    _install_evidently(settings, scheduler)
     jobs = [(job.id, str(job.next_run_time)) for job in scheduler.get_jobs()]
     log.info("scheduler started", extra={"jobs": jobs})
     return scheduler
@@ -203,6 +204,26 @@ def _install_retention(settings: Settings, scheduler: Any) -> None:
         return
     try:
         scheduler.remove_job(RETENTION_JOB)
+    except Exception:  # noqa: BLE001 - not there
+        pass
+
+
+def _install_evidently(settings: Settings, scheduler: Any) -> None:
+    """(Re)install the Evidently report job (``retrain.jobs.evidently_report``) from ``ATALAIA_EVIDENTLY_CRON``."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    from retrain.jobs import EVIDENTLY_JOB
+
+    if settings.evidently_cron:
+        scheduler.add_job(
+            "retrain.jobs:evidently_report",
+            CronTrigger.from_crontab(settings.evidently_cron, timezone="UTC"),
+            id=EVIDENTLY_JOB,
+            replace_existing=True,
+        )
+        return
+    try:
+        scheduler.remove_job(EVIDENTLY_JOB)
     except Exception:  # noqa: BLE001 - not there
         pass
 

@@ -34,7 +34,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(schema_app, name="schema")
 app.add_typer(__import__("composition.cli.deadletter", fromlist=["app"]).app, name="deadletter")
 app.add_typer(__import__("composition.cli.privacy", fromlist=["app"]).app, name="privacy")
-app.command("report")(__import__("composition.cli.report", fromlist=["report"]).report)
+app.add_typer(__import__("composition.cli.report", fromlist=["app"]).app, name="report")
 
 
 def _settings() -> Settings:
