@@ -21,6 +21,7 @@ RETRAIN_JOB = "retrain-now"
 PERIODIC_JOB = "retrain-periodic"
 CANARY_PREFIX = "canary:"
 EVIDENTLY_JOB = "evidently-report"
+BIAS_JOB = "bias-evaluation"
 
 #: Retrain runs this process started and that are still running.
 _children: set[subprocess.Popen[bytes]] = set()
@@ -65,6 +66,15 @@ def evidently_report() -> int:
     cmd = [sys.executable, "-m", "composition.cli.main", "report", "evidently"]
     code = subprocess.run(cmd, env=os.environ.copy(), check=False, stdout=subprocess.DEVNULL).returncode
     log.info("evidently report job ended", extra={"exit_code": code})
+    return code
+
+
+def bias_evaluation() -> int:
+    """The cron job of ``ATALAIA_BIAS_CRON``: ``atalaia bias --publish`` on the serving version in a
+    child process (the model stays out of the scheduler's memory); returns its exit code."""
+    cmd = [sys.executable, "-m", "composition.cli.main", "bias", "--publish"]
+    code = subprocess.run(cmd, env=os.environ.copy(), check=False, stdout=subprocess.DEVNULL).returncode
+    log.info("bias evaluation job ended", extra={"exit_code": code})
     return code
 
 

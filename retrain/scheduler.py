@@ -16,7 +16,7 @@ from typing import Any
 
 from atalaia.events import AlertEvent, utcnow
 from atalaia.settings import Settings
-from retrain.jobs import PERIODIC_JOB, RETRAIN_JOB
+from retrain.jobs import BIAS_JOB, PERIODIC_JOB, RETRAIN_JOB
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def start_scheduler(settings: Settings) -> Any:
             pass
     _install_retention(settings, scheduler)
     _install_evidently(settings, scheduler)
+    _install_cron(scheduler, "retrain.jobs:bias_evaluation", BIAS_JOB, settings.bias_cron)
     jobs = [(job.id, str(job.next_run_time)) for job in scheduler.get_jobs()]
     log.info("scheduler started", extra={"jobs": jobs})
     return scheduler
@@ -224,6 +225,19 @@ def _install_evidently(settings: Settings, scheduler: Any) -> None:
         return
     try:
         scheduler.remove_job(EVIDENTLY_JOB)
+    except Exception:  # noqa: BLE001 - not there
+        pass
+
+
+def _install_cron(scheduler: Any, func: str, job_id: str, cron: str) -> None:
+    """(Re)install a cron job, or remove it when ``cron`` is empty."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    if cron:
+        scheduler.add_job(func, CronTrigger.from_crontab(cron, timezone="UTC"), id=job_id, replace_existing=True)
+        return
+    try:
+        scheduler.remove_job(job_id)
     except Exception:  # noqa: BLE001 - not there
         pass
 
