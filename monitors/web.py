@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 
 from atalaia.settings import Settings
 from atalaia.storage.db import redact_url
-from monitors import dashboard
+from monitors import dashboard, reports
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def create_app(
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     app.include_router(dashboard.router)
+    app.include_router(reports.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # The alert API (silences, acks, alert queries) is a sibling module; include it when present.

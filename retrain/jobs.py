@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 RETRAIN_JOB = "retrain-now"
 PERIODIC_JOB = "retrain-periodic"
 CANARY_PREFIX = "canary:"
+EVIDENTLY_JOB = "evidently-report"
+BIAS_JOB = "bias-evaluation"
 
 #: Retrain runs this process started and that are still running.
 _children: set[subprocess.Popen[bytes]] = set()
@@ -55,6 +57,24 @@ def retrain_in_subprocess(trigger: str, force: bool = False) -> int:
     log.info("retrain run ended", extra={"trigger": trigger, "exit_code": code})
     if code == 0:
         schedule_canary_for_latest_deploy()
+    return code
+
+
+def evidently_report() -> int:
+    """The cron job of ``ATALAIA_EVIDENTLY_CRON``: ``atalaia report evidently`` in a child process
+    (Evidently and pandas stay out of the scheduler's memory); returns its exit code."""
+    cmd = [sys.executable, "-m", "composition.cli.main", "report", "evidently"]
+    code = subprocess.run(cmd, env=os.environ.copy(), check=False, stdout=subprocess.DEVNULL).returncode
+    log.info("evidently report job ended", extra={"exit_code": code})
+    return code
+
+
+def bias_evaluation() -> int:
+    """The cron job of ``ATALAIA_BIAS_CRON``: ``atalaia bias --publish`` on the serving version in a
+    child process (the model stays out of the scheduler's memory); returns its exit code."""
+    cmd = [sys.executable, "-m", "composition.cli.main", "bias", "--publish"]
+    code = subprocess.run(cmd, env=os.environ.copy(), check=False, stdout=subprocess.DEVNULL).returncode
+    log.info("bias evaluation job ended", extra={"exit_code": code})
     return code
 
 

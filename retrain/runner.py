@@ -125,6 +125,27 @@ def _active_scores(
     return scores
 
 
+def bias_cache_key(settings: Settings) -> str:
+    """The registry key of a version's counterfactual bias scores: ``bias:<questions>:<digest>``
+    (the digest covers the question file and the generation budget)."""
+    from retrain.bias import DATA_FILE
+
+    digest = hashlib.sha256(DATA_FILE.read_bytes())
+    digest.update(f"\0{settings.eval_max_tokens}".encode())
+    return f"bias:{settings.bias_questions}:{digest.hexdigest()[:12]}"
+
+
+def _active_bias(engine: Engine, settings: Settings, steps: Any, served: registry.ServedVersion) -> dict[str, Any]:
+    """The active version's bias scores, computed once per setting and cached in the registry."""
+    key = bias_cache_key(settings)
+    cached = served.metrics.get(key)
+    if isinstance(cached, dict) and cached:
+        return dict(cached)
+    scores: dict[str, Any] = steps.bias(served.path, settings)
+    registry.update_metrics(engine, served.version, {key: scores})
+    return scores
+
+
 def run_retrain(
     settings: Settings,
     *,
@@ -255,6 +276,18 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
         if slower:
             promote = False
             reasons.extend(f"{r} than the active version" for r in slower)
+        # Counterfactual bias (retrain/bias.py): no gap between demographic variants may widen.
+        # Optional step: a Steps without ``bias`` (test fakes) skips the guard.
+        bias_step = getattr(steps, "bias", None)
+        bias: dict[str, Any] | None = None
+        if bias_step is not None:
+            from retrain.bias import bias_regressions
+
+            bias = {"candidate": bias_step(staging, settings), "active": _active_bias(engine, settings, steps, served)}
+            bias_reasons = bias_regressions(bias["candidate"], bias["active"], settings.gate_bias_max_increase)
+            if bias_reasons:
+                promote = False
+                reasons.extend(bias_reasons)
         if ratio > 1 + settings.quantized_ppl_tolerance:
             promote = False
             reasons.append(
@@ -268,6 +301,7 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
             reference_perplexity={"fp32": ppl_fp32, "quantized": ppl_q, "ratio": ratio},
             format=quantized_format,
             speed=speed,
+            bias=bias,
             promote=promote,
             reasons=reasons,
         )
@@ -395,6 +429,12 @@ class ModelSteps:
             limit=settings.retrain_eval_limit or None,
         )
         return {k: float(v) for k, v in asdict(report).items() if isinstance(v, int | float)}
+
+    def bias(self, model_dir: Path, settings: Settings) -> dict[str, Any]:
+        """Counterfactual bias gaps of a model folder (:func:`retrain.bias.evaluate_bias`)."""
+        from retrain.bias import evaluate_bias
+
+        return evaluate_bias(model_dir, settings)
 
     def reference_perplexity(self, model_dir: Path, settings: Settings) -> float:
         from retrain.evaluate import reference_perplexity

@@ -16,7 +16,7 @@ from typing import Any
 
 from atalaia.events import AlertEvent, utcnow
 from atalaia.settings import Settings
-from retrain.jobs import PERIODIC_JOB, RETRAIN_JOB
+from retrain.jobs import BIAS_JOB, PERIODIC_JOB, RETRAIN_JOB
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def start_scheduler(settings: Settings) -> Any:
         except Exception:  # noqa: BLE001 - not there
             pass
     _install_retention(settings, scheduler)
+    _install_evidently(settings, scheduler)
+    _install_cron(scheduler, "retrain.jobs:bias_evaluation", BIAS_JOB, settings.bias_cron)
     jobs = [(job.id, str(job.next_run_time)) for job in scheduler.get_jobs()]
     log.info("scheduler started", extra={"jobs": jobs})
     return scheduler
@@ -203,6 +205,39 @@ def _install_retention(settings: Settings, scheduler: Any) -> None:
         return
     try:
         scheduler.remove_job(RETENTION_JOB)
+    except Exception:  # noqa: BLE001 - not there
+        pass
+
+
+def _install_evidently(settings: Settings, scheduler: Any) -> None:
+    """(Re)install the Evidently report job (``retrain.jobs.evidently_report``) from ``ATALAIA_EVIDENTLY_CRON``."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    from retrain.jobs import EVIDENTLY_JOB
+
+    if settings.evidently_cron:
+        scheduler.add_job(
+            "retrain.jobs:evidently_report",
+            CronTrigger.from_crontab(settings.evidently_cron, timezone="UTC"),
+            id=EVIDENTLY_JOB,
+            replace_existing=True,
+        )
+        return
+    try:
+        scheduler.remove_job(EVIDENTLY_JOB)
+    except Exception:  # noqa: BLE001 - not there
+        pass
+
+
+def _install_cron(scheduler: Any, func: str, job_id: str, cron: str) -> None:
+    """(Re)install a cron job, or remove it when ``cron`` is empty."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    if cron:
+        scheduler.add_job(func, CronTrigger.from_crontab(cron, timezone="UTC"), id=job_id, replace_existing=True)
+        return
+    try:
+        scheduler.remove_job(job_id)
     except Exception:  # noqa: BLE001 - not there
         pass
 

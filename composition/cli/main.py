@@ -35,7 +35,8 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(__import__("composition.cli.deadletter", fromlist=["app"]).app, name="deadletter")
 app.add_typer(__import__("composition.cli.privacy", fromlist=["app"]).app, name="privacy")
 app.add_typer(__import__("composition.cli.feedback", fromlist=["app"]).app, name="feedback")
-app.command("report")(__import__("composition.cli.report", fromlist=["report"]).report)
+app.add_typer(__import__("composition.cli.report", fromlist=["app"]).app, name="report")
+app.command("bias")(__import__("composition.cli.bias", fromlist=["bias"]).bias)
 
 
 def _settings() -> Settings:

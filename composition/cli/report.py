@@ -14,6 +14,12 @@ from rich.table import Table
 console = Console(stderr=True)
 out = Console()
 
+#: ``atalaia report`` (the HTML report of a period) with sub-command ``evidently``.
+app = typer.Typer(
+    help="Reports over stored data: `atalaia report` (the HTML report of a period), `atalaia report evidently`.",
+    invoke_without_command=True,
+)
+
 
 def _num(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -89,7 +95,9 @@ def _since(since: str | None, minutes: float | None) -> datetime | None:
     return None
 
 
+@app.callback()
 def report(
+    ctx: typer.Context,
     since: Annotated[
         Optional[str],  # noqa: UP045 - typer needs Optional
         typer.Option(help="Start of the period, ISO 8601 (UTC when no offset), e.g. 2026-01-31T09:00:00Z."),
@@ -105,6 +113,8 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
 ) -> None:
     """Write a self-contained HTML report (metrics over time, alerts, deploys, holdout scores) and summarize it."""
+    if ctx.invoked_subcommand is not None:
+        return
     from atalaia.storage.db import get_engine, has_schema, redact_url
     from composition.cli.main import _settings
     from composition.report import build_report, summarize
@@ -125,3 +135,56 @@ def report(
     for table in summary_tables(summary):
         out.print(table)
     out.print(f"report: {path}", soft_wrap=True)
+
+
+@app.command("evidently")
+def evidently(
+    since: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional
+        typer.Option(help="Start of the current period, ISO 8601 (default: ATALAIA_EVIDENTLY_WINDOW_HOURS ago)."),
+    ] = None,
+    minutes: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="The current period is the last N minutes (instead of --since)."),
+    ] = None,
+    reference_since: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Start of the reference period, ISO 8601 (default: as long before --since as the current)."),
+    ] = None,
+    version: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--version", help="Only the requests served by this model version."),
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", help="Folder of the report files. Default: ATALAIA_HOME/reports/evidently."),
+    ] = None,
+) -> None:
+    """Evidently report of the current period against a reference one: drift of the metric columns and of
+    text descriptors of prompts and responses. Writes HTML (opens offline), JSON and a summary; prints the summary."""
+    from atalaia.events import utcnow
+    from atalaia.storage.db import get_engine, has_schema, redact_url
+    from composition.cli.main import _settings
+    from composition.report.evidently import build_evidently_report
+
+    settings = _settings()
+    start = _since(since, minutes) or utcnow() - timedelta(hours=settings.evidently_window_hours)
+    reference = _since(reference_since, None)
+    if not has_schema(settings.database_url):
+        console.print(
+            f"[red]error:[/red] {redact_url(settings.database_url)} has no Atalaia tables; run `atalaia db upgrade`"
+        )
+        raise typer.Exit(1)
+    try:
+        summary = build_evidently_report(
+            get_engine(settings.database_url),
+            settings,
+            since=start,
+            reference_since=reference,
+            version=version,
+            out_dir=out_dir,
+        )
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    out.print_json(json.dumps({k: v for k, v in summary.items() if k != "columns"}, default=str))

@@ -38,13 +38,17 @@ def mentions(text: str, var: str) -> bool:
 
 
 def cli_commands() -> dict[str, Any]:
-    """Every runnable command by its path (``"kafka start"``), groups walked recursively."""
+    """Every runnable command by its path (``"kafka start"``), groups walked recursively; a group
+    that runs by itself with options of its own (``atalaia report`` beside ``atalaia report
+    evidently``) counts too."""
     out: dict[str, Any] = {}
 
     def walk(command: Any, path: tuple[str, ...]) -> None:
         subcommands = getattr(command, "commands", None)
-        if subcommands is None:
+        own_options = [p for p in getattr(command, "params", []) if p.name != "help"]
+        if subcommands is None or (path and getattr(command, "invoke_without_command", False) and own_options):
             out[" ".join(path)] = command
+        if subcommands is None:
             return
         for name, sub in subcommands.items():
             walk(sub, (*path, name))

@@ -16,7 +16,7 @@ from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.storage.db import get_engine, upgrade
 from retrain import canary, registry
-from retrain.jobs import PERIODIC_JOB, RETRAIN_JOB
+from retrain.jobs import BIAS_JOB, EVIDENTLY_JOB, PERIODIC_JOB, RETRAIN_JOB
 from retrain.scheduler import build_scheduler, request_retrain, start_scheduler, wants_retrain
 
 
@@ -138,12 +138,18 @@ def test_jobs_live_in_the_database_and_survive_a_restart(settings: Settings) -> 
         # The retention job (ATALAIA_RETENTION_CRON, default 02:15 UTC) lives there too.
         assert jobs[RETENTION_JOB].func_ref == "atalaia.privacy:retention_job"
         assert (jobs[RETENTION_JOB].next_run_time.hour, jobs[RETENTION_JOB].next_run_time.minute) == (2, 15)
+        # So does the Evidently report job (ATALAIA_EVIDENTLY_CRON, default 03:30 UTC).
+        assert jobs[EVIDENTLY_JOB].func_ref == "retrain.jobs:evidently_report"
+        assert (jobs[EVIDENTLY_JOB].next_run_time.hour, jobs[EVIDENTLY_JOB].next_run_time.minute) == (3, 30)
+        # And the bias evaluation of the serving version (ATALAIA_BIAS_CRON, default 03:45 UTC).
+        assert jobs[BIAS_JOB].func_ref == "retrain.jobs:bias_evaluation"
+        assert (jobs[BIAS_JOB].next_run_time.hour, jobs[BIAS_JOB].next_run_time.minute) == (3, 45)
     finally:
         again.shutdown(wait=False)
-    # Retention off: the job goes at the next start.
-    off = start_scheduler(s.model_copy(update={"retention_days": 0}))
+    # Retention and reports off: the jobs go at the next start.
+    off = start_scheduler(s.model_copy(update={"retention_days": 0, "evidently_cron": "", "bias_cron": ""}))
     try:
-        assert RETENTION_JOB not in {job.id for job in off.get_jobs()}
+        assert not {RETENTION_JOB, EVIDENTLY_JOB, BIAS_JOB} & {job.id for job in off.get_jobs()}
     finally:
         off.shutdown(wait=False)
 
