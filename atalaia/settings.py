@@ -366,6 +366,11 @@ class Settings(BaseSettings):
     eval_max_tokens: Annotated[int, Field(ge=1, le=1024)] = Field(
         64, description="Tokens generated per holdout question when evaluating a model."
     )
+    eval_batch_size: Annotated[int, Field(ge=1, le=64)] = Field(
+        8,
+        description="Holdout questions answered per batched generate call when the gate evaluates a model "
+        "(transformers versions; ORT versions answer one at a time); 1: one question at a time.",
+    )
 
     # -- serving speed on this host: quantized format choice, gate speed probe (issue 12) --
     quantized_max_slowdown: Annotated[float, Field(ge=1)] = Field(

@@ -369,6 +369,22 @@ class OrtGenerator(Generator):
                     break
         return self._finish(ids, new, max_tokens, stop, first_token_at)
 
+    #: ORT GenAI derives its attention mask from the pad token, which is ``<|im_end|>`` here and
+    #: also closes every turn inside a prompt: a padded batch would mask real tokens. So chats of
+    #: a batch run one after another.
+    batches = False
+
+    def chat_batch(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+    ) -> list[ChatResult]:
+        """As :meth:`Generator.chat_batch`, one chat at a time (see :attr:`batches`)."""
+        return [self.chat(m, max_tokens, temperature, top_p, stop) for m in conversations]
+
     def chat_stream(
         self,
         messages: list[dict[str, str]],

@@ -15,6 +15,7 @@ are sized for a shared 2-core host.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -95,21 +96,24 @@ def test_swap_to_ort_and_roll_back_to_transformers_under_load(isolated_settings:
         producer.send(settings.topic("models"), value=event.to_json()).get(timeout=10)
         return bool(httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"] == version)
 
+    def wait(predicate: Callable[[], object], what: str) -> None:
+        # The failure says what the load saw and what the service logged at that moment.
+        try:
+            wait_until(predicate, 420, what, interval=3)
+        except AssertionError as exc:
+            tail = log_text(settings, "serve")[-3000:]
+            raise AssertionError(f"{exc}\nlast answers: {statuses[-5:]}\n{tail}") from None
+
     with service("serve", settings):
-        wait_until(lambda: _healthy(base), 300, "the inference service\n" + log_text(settings, "serve")[-2000:])
+        wait(lambda: _healthy(base), "the inference service")
         thread = threading.Thread(target=load)
         thread.start()
         try:
-            wait_until(lambda: len(statuses) >= 1, 300, "a first answer from the transformers base")
+            wait(lambda: len(statuses) >= 1, "a first answer from the transformers base")
             producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
             deploy = ModelEvent(type="deploy", model_version=ORT_VERSION, artefact_path=str(ort_dir), reason="test")
-            wait_until(
-                lambda: serving(ORT_VERSION, deploy, producer),
-                300,
-                "the swap\n" + log_text(settings, "serve")[-2000:],
-                interval=3,
-            )
-            wait_until(lambda: any(m == ORT_VERSION for _, m in statuses[-3:]), 300, "answers from the ORT version")
+            wait(lambda: serving(ORT_VERSION, deploy, producer), "the swap")
+            wait(lambda: any(m == ORT_VERSION for _, m in statuses[-3:]), "answers from the ORT version")
             back = ModelEvent(
                 type="rollback",
                 model_version=settings.model_version,
@@ -117,19 +121,10 @@ def test_swap_to_ort_and_roll_back_to_transformers_under_load(isolated_settings:
                 previous_version=ORT_VERSION,
                 reason="test",
             )
-            wait_until(
-                lambda: serving(settings.model_version, back, producer),
-                300,
-                "the rollback\n" + log_text(settings, "serve")[-2000:],
-                interval=3,
-            )
+            wait(lambda: serving(settings.model_version, back, producer), "the rollback")
             producer.close()
             n = len(statuses)
-            wait_until(
-                lambda: len(statuses) > n and statuses[-1][1] == settings.model_version,
-                300,
-                "answers from the transformers base again",
-            )
+            wait(lambda: len(statuses) > n and statuses[-1][1] == settings.model_version, "answers from the base again")
         finally:
             stop.set()
             thread.join(300)
