@@ -357,7 +357,7 @@ class Settings(BaseSettings):
         "within ATALAIA_QUANTIZED_PPL_TOLERANCE (atalaia.models.serving_choice).",
     )
     serving_auto_candidates: list[Literal["ort-int4", "ort-int8", "ort-fp32"]] = Field(
-        default_factory=lambda: ["ort-int4", "ort-int8"],
+        default_factory=lambda: ["ort-int4", "ort-int8"],  # type: ignore[arg-type]
         description="JSON list of ORT formats ATALAIA_SERVING_FORMAT=auto measures against float32.",
     )
     serving_auto_ppl_items: Annotated[int, Field(ge=1, le=1000)] = Field(

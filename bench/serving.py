@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     from retrain.train import user_messages
 
     settings = get_settings()
+    assert settings.qa_holdout_file is not None and settings.regulations_dir is not None  # resolved by Settings
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     thread_counts = [int(t) for t in args.threads.split(",")]
     holdout = load_qa(settings.qa_holdout_file)

@@ -251,7 +251,7 @@ def choose_serving_format(
     from atalaia.models.ortgenai import prepare_ort
     from atalaia.models.speed import probe_folders
 
-    candidates = [c for c in settings.serving_auto_candidates if c != FLOAT32]
+    candidates: list[str] = [str(c) for c in settings.serving_auto_candidates]
     stamp = _base_stamp(settings)
     record = read_choice(settings)
     if not force and record is not None and record.get("base") == stamp and record.get("candidates") == candidates:
@@ -269,8 +269,8 @@ def choose_serving_format(
     probe = probe or probe_folders
     t0 = time.perf_counter()
     folders: dict[str, Path] = {FLOAT32: Path(settings.generator_path)}
-    for fmt in candidates:
-        folders[fmt] = Path(export(settings, fmt))
+    for candidate in candidates:
+        folders[candidate] = Path(export(settings, candidate))
     speed = probe(folders, settings, reference=FLOAT32)
     ppl = {name: float(perplexity(folder)) for name, folder in folders.items()}
     fmt, reason, measurements = pick_format(

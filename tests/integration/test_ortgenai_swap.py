@@ -66,6 +66,8 @@ def _register(url: str, versions: dict[str, tuple[str, str | None]]) -> None:
             )
 
 
+# Two model loads and three waits for answers: over the default 600 s on a saturated shared host.
+@pytest.mark.timeout(1500)
 def test_swap_to_ort_and_roll_back_to_transformers_under_load(isolated_settings: Settings, models_dir) -> None:  # type: ignore[no-untyped-def]
     ort_dir = prepare_ort(
         MAIN_SETTINGS.generator_path, ort_dir_for(models_dir, MAIN_SETTINGS.generator_model, "int4"), precision="int4"

@@ -154,7 +154,7 @@ def test_prepare_auto_needs_a_quality_check(tmp_path: Path) -> None:
 
 def test_auto_setting_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        Settings(home=tmp_path, serving_auto_candidates=["int4"])
+        Settings(home=tmp_path, serving_auto_candidates=["int4"])  # type: ignore[list-item]
 
 
 def test_probe_uses_a_backends_own_speed_sample() -> None:
