@@ -37,7 +37,12 @@ ORT_VERSION = "smollm2-135m-instruct@ort-int4-swap"
 
 
 def _ask(base: str, question: str) -> httpx.Response:
-    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 4, "temperature": 0}
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
     return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=240)
 
 
