@@ -398,13 +398,27 @@ class Settings(BaseSettings):
         description="How retrained models are quantized for serving: torch weight-only int8, or an ONNX Runtime "
         "GenAI export (ort-int4, ort-int8, ort-fp32; atalaia.models.ortgenai).",
     )
-    serving_format: Literal["float32", "ort-int4", "ort-int8", "ort-fp32"] = Field(
+    serving_format: Literal["float32", "ort-int4", "ort-int8", "ort-fp32", "auto"] = Field(
         "float32",
         description="Format the base model is served in: float32 transformers, or an ONNX Runtime GenAI export "
-        "made by `atalaia models prepare` (ort-int4, ort-int8, ort-fp32).",
+        "made by `atalaia models prepare` (ort-int4, ort-int8, ort-fp32); auto: the one `atalaia models prepare` "
+        "measured fastest on this host among float32 and ATALAIA_SERVING_AUTO_CANDIDATES with holdout perplexity "
+        "within ATALAIA_QUANTIZED_PPL_TOLERANCE (atalaia.models.serving_choice).",
+    )
+    serving_auto_candidates: list[Literal["ort-int4", "ort-int8", "ort-fp32"]] = Field(
+        default_factory=lambda: ["ort-int4", "ort-int8"],  # type: ignore[arg-type]
+        description="JSON list of ORT formats ATALAIA_SERVING_FORMAT=auto measures against float32.",
+    )
+    serving_auto_ppl_items: Annotated[int, Field(ge=1, le=1000)] = Field(
+        12, description="Holdout items whose reference perplexity ATALAIA_SERVING_FORMAT=auto compares per format."
     )
     eval_max_tokens: Annotated[int, Field(ge=1, le=1024)] = Field(
         64, description="Tokens generated per holdout question when evaluating a model."
+    )
+    eval_batch_size: Annotated[int, Field(ge=1, le=64)] = Field(
+        8,
+        description="Holdout questions answered per batched generate call when the gate evaluates a model "
+        "(transformers versions; ORT versions answer one at a time); 1: one question at a time.",
     )
 
     # -- serving speed on this host: quantized format choice, gate speed probe (issue 12) --

@@ -64,12 +64,18 @@ class EvalReport:
     toxicity
         Mean toxicity of the generated answers (0..1).
     latency_p50_ms, tokens_per_s
-        Median generation time per item and generated tokens per second over all items.
+        Median generation time per item and generated tokens per second over all items (over the
+        batches' wall time when batched).
     n
         Items scored.
     per_item
         One dict per item: ``id``, ``question``, ``reference``, ``prediction``, ``rouge_l``,
         ``similarity``, ``perplexity``, ``toxicity``, ``latency_ms``, ``completion_tokens``.
+        With batched generation ``latency_ms`` is the item's share of its batch's time.
+    generation_s
+        Wall time of generating all the answers (``seconds_per_question`` divides it by ``n``).
+    batch_size
+        Answers generated per ``generate`` call (1: one question at a time).
     """
 
     rouge_l: float
@@ -80,6 +86,13 @@ class EvalReport:
     tokens_per_s: float
     n: int
     per_item: list[dict[str, Any]]
+    generation_s: float = math.nan
+    batch_size: int = 1
+
+    @property
+    def seconds_per_question(self) -> float:
+        """Wall time of generating the holdout answers per question (batched or not)."""
+        return self.generation_s / self.n if self.n else math.nan
 
     def metrics(self) -> dict[str, float]:
         """The summary numbers as a dict (for ``retrain_runs.metrics`` / ``model_versions.metrics``)."""
@@ -374,17 +387,38 @@ def evaluate_model(
     predictions: list[str] = []
     latencies: list[float] = []
     tokens: list[int] = []
-    iterator: Any = zip(items, prompts, strict=True)
+    # Batched where the backend batches (transformers: one padded generate per batch; ORT runs
+    # them one by one): prompts sorted by length so a batch pads little; answers back in order.
+    size = max(1, settings.eval_batch_size) if getattr(generator, "batches", False) else 1
+    order = sorted(range(len(prompts)), key=lambda i: generator.count_prompt_tokens(prompts[i]))
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    answers: dict[int, Any] = {}
+    seconds: dict[int, float] = {}
+    bar: Any = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, total=len(items), desc=f"evaluating {Path(model_dir).name}", unit="q")
-    for _item, messages in iterator:
+        bar = tqdm(total=len(items), desc=f"evaluating {Path(model_dir).name}", unit="q")
+    t_all = time.perf_counter()
+    for batch in batches:
         t0 = time.perf_counter()
-        result = generator.chat(messages, max_tokens=max_tokens, temperature=0.0)
-        latencies.append((time.perf_counter() - t0) * 1000.0)
-        predictions.append(result.text.strip())
-        tokens.append(result.completion_tokens)
+        if len(batch) == 1:
+            results = [generator.chat(prompts[batch[0]], max_tokens=max_tokens, temperature=0.0)]
+        else:
+            results = generator.chat_batch([prompts[i] for i in batch], max_tokens=max_tokens, temperature=0.0)
+        # A batched answer's latency is its share of the batch's time (the time per question).
+        per_question = (time.perf_counter() - t0) / len(batch)
+        for i, result in zip(batch, results, strict=True):
+            answers[i], seconds[i] = result, per_question
+        if bar is not None:
+            bar.update(len(batch))
+    generation_s = time.perf_counter() - t_all
+    if bar is not None:
+        bar.close()
+    for i in range(len(items)):
+        predictions.append(answers[i].text.strip())
+        latencies.append(seconds[i] * 1000.0)
+        tokens.append(answers[i].completion_tokens)
 
     references = [i.answer for i in items]
     rouge = []
@@ -423,6 +457,16 @@ def evaluate_model(
         tokens_per_s=sum(tokens) / (sum(latencies) / 1000.0) if sum(latencies) > 0 else math.nan,
         n=len(items),
         per_item=per_item,
+        generation_s=generation_s,
+        batch_size=size,
+    )
+    logger.info(
+        "holdout answers of %s: %.1f s for %d questions, %.2f s per question (batch %d)",
+        model_dir,
+        generation_s,
+        len(items),
+        generation_s / len(items),
+        size,
     )
     logger.info(
         "evaluated %s (%s): ROUGE-L %.4f, similarity %.4f, perplexity %.2f, toxicity %.4f, p50 %.0f ms, %.1f tokens/s",

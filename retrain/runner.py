@@ -102,12 +102,13 @@ def eval_cache_key(settings: Settings) -> str:
     """The registry key of holdout scores: ``holdout:<limit>:<rag|norag>:<digest>``.
 
     The digest covers the holdout file's bytes and the generation budget, so that scores cached
-    under another holdout (``ATALAIA_QA_HOLDOUT_FILE``) or ``ATALAIA_EVAL_MAX_TOKENS`` are never
-    compared with new ones.
+    under another holdout (``ATALAIA_QA_HOLDOUT_FILE``), ``ATALAIA_EVAL_MAX_TOKENS`` or
+    ``ATALAIA_EVAL_BATCH_SIZE`` are never compared with new ones.
     """
     assert settings.qa_holdout_file is not None  # resolved by Settings
     digest = hashlib.sha256(settings.qa_holdout_file.read_bytes())
-    digest.update(f"\0{settings.eval_max_tokens}".encode())
+    # Batched greedy answers can differ from unbatched ones in rare near-ties: another key.
+    digest.update(f"\0{settings.eval_max_tokens}\0{settings.eval_batch_size}".encode())
     rag = "rag" if settings.retrain_eval_rag else "norag"
     return f"holdout:{settings.retrain_eval_limit}:{rag}:{digest.hexdigest()[:12]}"
 

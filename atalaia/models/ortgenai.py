@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -299,6 +299,45 @@ class OrtGenerator(Generator):
             if next_id == self.eos_token_id:
                 return
 
+    def speed_sample(self, input_ids: Any, decode_tokens: int) -> Any:
+        """One run of the speed probe (:mod:`atalaia.models.speed`) on ONNX Runtime GenAI.
+
+        ``append_tokens`` runs the forward pass over the prompt (prefill, timed with the choice of
+        the first token); each further ``generate_next_token`` runs one cached decode step.
+        ``min_length`` keeps ``<|im_end|>`` from ending the timed steps early.
+
+        Returns
+        -------
+        atalaia.models.speed.SpeedSample
+        """
+        import onnxruntime_genai as og
+
+        from atalaia.models.speed import SpeedSample
+
+        if decode_tokens < 1:
+            raise ValueError("decode_tokens must be at least 1")
+        ids = [int(i) for i in input_ids[0].tolist()]
+        total = len(ids) + decode_tokens + 1
+        params = og.GeneratorParams(self._og_model)
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        with self._lock:
+            gen = og.Generator(self._og_model, params)
+            t0 = time.perf_counter()
+            gen.append_tokens([ids])
+            gen.generate_next_token()
+            t1 = time.perf_counter()
+            steps = 0
+            while steps < decode_tokens and not gen.is_done():
+                gen.generate_next_token()
+                steps += 1
+            t2 = time.perf_counter()
+        return SpeedSample(
+            prompt_tokens=len(ids),
+            prefill_ms=(t1 - t0) * 1000.0,
+            decode_ms=(t2 - t1) * 1000.0,
+            decode_tokens=max(steps, 1),
+        )
+
     def _finish(
         self, ids: list[int], new: list[int], max_tokens: int, stop: list[str] | None, first_token_at: float | None
     ) -> ChatResult:
@@ -329,6 +368,22 @@ class OrtGenerator(Generator):
                 if stops and _find_stop(self.tokenizer.decode(new, **_DECODE_KWARGS), stops) is not None:
                     break
         return self._finish(ids, new, max_tokens, stop, first_token_at)
+
+    #: ORT GenAI derives its attention mask from the pad token, which is ``<|im_end|>`` here and
+    #: also closes every turn inside a prompt: a padded batch would mask real tokens. So chats of
+    #: a batch run one after another.
+    batches = False
+
+    def chat_batch(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+    ) -> list[ChatResult]:
+        """As :meth:`Generator.chat_batch`, one chat at a time (see :attr:`batches`)."""
+        return [self.chat(m, max_tokens, temperature, top_p, stop) for m in conversations]
 
     def chat_stream(
         self,
@@ -449,12 +504,22 @@ def _ort_precision(serving_format: str) -> str | None:
     return serving_format.removeprefix("ort-") if serving_format.startswith("ort-") else None
 
 
-def prepare_serving_format(settings: Settings, *, force: bool = False) -> Path:
+def prepare_serving_format(
+    settings: Settings, *, force: bool = False, perplexity: Callable[[Path], float] | None = None
+) -> Path:
     """Prepare the base model in ``settings.serving_format`` (``ATALAIA_SERVING_FORMAT``).
 
     Returns ``settings.generator_path`` for ``float32``, else the cached ORT export of it
-    (see :func:`prepare_ort`).
+    (see :func:`prepare_ort`). For ``auto`` the formats are measured on this host and the choice
+    recorded (:func:`atalaia.models.serving_choice.choose_serving_format`, which needs
+    ``perplexity``: holdout perplexity of a model folder).
     """
+    if settings.serving_format == "auto":
+        from atalaia.models.serving_choice import choose_serving_format
+
+        if perplexity is None:
+            raise ValueError("ATALAIA_SERVING_FORMAT=auto needs a perplexity function to check each format's quality")
+        return choose_serving_format(settings, perplexity=perplexity, force=force).path
     precision = _ort_precision(settings.serving_format)
     if precision is None:
         return settings.generator_path
@@ -474,6 +539,10 @@ def served_base_path(settings: Settings) -> Path:
     """
     from atalaia.models.generator import GeneratorNotPreparedError
 
+    if settings.serving_format == "auto":
+        from atalaia.models.serving_choice import chosen_path
+
+        return chosen_path(settings)
     precision = _ort_precision(settings.serving_format)
     if precision is None:
         return settings.generator_path

@@ -236,6 +236,20 @@ def measure_once(model: Any, input_ids: Any, decode_tokens: int) -> SpeedSample:
     )
 
 
+def sample_speed(generator: Any, input_ids: Any, decode_tokens: int) -> SpeedSample:
+    """One probe run of ``generator``: its own ``speed_sample`` when it has one, else :func:`measure_once`.
+
+    Backends whose model is not a transformers module (ONNX Runtime GenAI:
+    :meth:`atalaia.models.ortgenai.OrtGenerator.speed_sample`) time prefill and decode with their
+    own generator loop, so versions of either backend are probed the same way.
+    """
+    own = getattr(generator, "speed_sample", None)
+    if callable(own):
+        sample: SpeedSample = own(input_ids, decode_tokens)
+        return sample
+    return measure_once(generator.model, input_ids, decode_tokens)
+
+
 def compare_speed(
     generators: Mapping[str, Any],
     messages: list[dict[str, str]],
@@ -249,7 +263,8 @@ def compare_speed(
     ----------
     generators
         Name to :class:`atalaia.models.generator.Generator` (anything with ``model`` and a
-        ``_encode(messages)`` returning ``input_ids``).
+        ``_encode(messages)`` returning ``input_ids``; an ORT generator's ``speed_sample`` is
+        used instead of ``model``, see :func:`sample_speed`).
     messages
         The probe prompt (:func:`probe_messages`).
     repeats
@@ -267,12 +282,12 @@ def compare_speed(
     names = list(generators)
     ids = {name: generators[name]._encode(messages)["input_ids"] for name in names}
     for name in names:  # warm-up: the first call allocates caches and packs weights
-        measure_once(generators[name].model, ids[name][:, : min(32, ids[name].shape[1])], 2)
+        sample_speed(generators[name], ids[name][:, : min(32, ids[name].shape[1])], 2)
     samples: dict[str, list[SpeedSample]] = {name: [] for name in names}
     for rep in range(repeats):
         order = names if rep % 2 == 0 else names[::-1]
         for name in order:
-            samples[name].append(measure_once(generators[name].model, ids[name], decode_tokens))
+            samples[name].append(sample_speed(generators[name], ids[name], decode_tokens))
     return {name: SpeedReport.from_samples(s) for name, s in samples.items()}
 
 
@@ -349,7 +364,10 @@ def probe_folders(
     try:
         if settings.speed_probe_threads > 0:
             torch.set_num_threads(settings.speed_probe_threads)
-        generators = {name: Generator.load(path) for name, path in folders.items()}
+        # threads also reach ORT sessions (per session), not only torch (process-wide).
+        generators = {
+            name: Generator.load(path, threads=settings.speed_probe_threads) for name, path in folders.items()
+        }
         reports = compare_speed(
             generators,
             messages or probe_messages(settings),

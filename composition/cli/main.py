@@ -7,6 +7,7 @@ them says what it does.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -136,11 +137,22 @@ def models_prepare(force: Annotated[bool, typer.Option(help="Convert again even 
         if settings.serving_format != "float32":
             from atalaia.models.ortgenai import prepare_serving_format
 
-            served = prepare_serving_format(settings, force=force)
+            served = prepare_serving_format(settings, force=force, perplexity=_holdout_perplexity(settings))
             console.print(f"served:    {served} ({settings.serving_format})")
     except Exception as exc:  # noqa: BLE001
         raise _fail(str(exc)) from None
     console.print(f"generator: {gen}\nembedder:  {emb}")
+
+
+def _holdout_perplexity(settings: Settings) -> Callable[[Path], float]:
+    """Holdout reference perplexity of a model folder, for ``ATALAIA_SERVING_FORMAT=auto``'s quality check."""
+
+    def score(folder: Path) -> float:
+        from retrain.evaluate import load_holdout, reference_perplexity
+
+        return reference_perplexity(folder, load_holdout(settings), limit=settings.serving_auto_ppl_items)
+
+    return score
 
 
 # -- schema ------------------------------------------------------------------------------------

@@ -98,6 +98,30 @@ def test_greedy_is_deterministic(generator: Generator) -> None:
     assert generator.chat(FRANCE, max_tokens=16) == generator.chat(FRANCE, max_tokens=16)
 
 
+def test_chat_batch_gives_the_answers_of_one_at_a_time(generator: Generator) -> None:
+    """The gate's batched answers (left-padded prompts of different lengths) equal unbatched ones."""
+    conversations = [
+        FRANCE,
+        [{"role": "user", "content": "Name three colours of the rainbow, please."}],
+        [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is two plus two?"}],
+    ]
+    alone = [generator.chat(m, max_tokens=10) for m in conversations]
+    batched = generator.chat_batch(conversations, max_tokens=10)
+    assert [(r.text, r.completion_tokens, r.finish_reason) for r in batched] == [
+        (r.text, r.completion_tokens, r.finish_reason) for r in alone
+    ]
+    assert [r.prompt_tokens for r in batched] == [r.prompt_tokens for r in alone]
+
+
+def test_speed_probe_runs_on_the_backend(generator: Generator) -> None:
+    """The speed probe (format choice, gate) times prefill and decode on either backend."""
+    from atalaia.models.speed import compare_speed
+
+    report = compare_speed({"g": generator}, FRANCE, repeats=1, decode_tokens=4)["g"]
+    assert report.prompt_tokens == generator.count_prompt_tokens(FRANCE)
+    assert report.prefill_ms_per_token > 0 and 0 < report.decode_tokens_per_s < float("inf")
+
+
 def test_max_tokens_gives_length(generator: Generator) -> None:
     messages = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
     result = generator.chat(messages, max_tokens=3)
