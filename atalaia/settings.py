@@ -416,9 +416,10 @@ class Settings(BaseSettings):
         64, description="Tokens generated per holdout question when evaluating a model."
     )
     eval_batch_size: Annotated[int, Field(ge=1, le=64)] = Field(
-        8,
+        1,
         description="Holdout questions answered per batched generate call when the gate evaluates a model "
-        "(transformers versions; ORT versions answer one at a time); 1: one question at a time.",
+        "(transformers versions; ORT versions answer one at a time); 1: one question at a time. 1 by default: "
+        "batches of left-padded 700-token RAG prompts measured slower here (BENCHMARKS.md, bench/gate.py).",
     )
 
     # -- serving speed on this host: quantized format choice, gate speed probe (issue 12) --
