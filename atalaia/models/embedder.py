@@ -71,11 +71,11 @@ def load_embedder(settings_or_path: Settings | Path | str | None = None) -> Sent
     key = str(path)
     model = _CACHE.get(key)
     if model is not None:
-        return model
+        return model  # type: ignore[return-value]  # torch keys hold SentenceTransformer
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is not None:  # another thread loaded it while we waited
-            return model
+            return model  # type: ignore[return-value]
         if not path.is_dir():
             raise FileNotFoundError(f"embedder folder {path} does not exist. Fix: run `atalaia models prepare`")
         from atalaia.models.prepare import _quiet_transformers_bars, require_module
