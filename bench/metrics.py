@@ -3,10 +3,14 @@
 Scores synthetic inference events (regulations-style questions of ~15 tokens, answers of 40-60
 words (~55-80 tokens), a paraphrased reference and two retrieved passages each) with
 :class:`consumers.scoring.BatchScorer`, one group at a time and then all together, and reports
-events/s (median of ``--repeats`` runs). Also the time of one drift test on 1,000 × 384 windows
+events/s (median of ``--repeats`` runs) and CPU seconds per event (process CPU time, all threads,
+median of the runs: on a shared machine the CPU an event costs is steadier than the wall clock,
+and it is what sizing needs). ``embedding`` runs on the configured backend
+(``ATALAIA_EMBEDDER_BACKEND``; ONNX Runtime when exported, ``--onnx-home`` or a temporary export
+otherwise) and ``embedding-torch`` on torch, side by side. Also the time of one drift test on 1,000 × 384 windows
 and the peak memory (VmHWM) of the process with every model loaded. Usage::
 
-    .venv/bin/python bench/metrics.py [--events 400] [--repeats 3]
+    .venv/bin/python bench/metrics.py [--events 400] [--repeats 3] [--groups operational,text,...]
 """
 
 from __future__ import annotations
@@ -66,12 +70,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--groups",
+        default="operational,text,embedding,embedding-torch,toxicity,perplexity,all",
+        help="rows to measure (comma-separated)",
+    )
+    parser.add_argument("--onnx-home", type=Path, default=None, help="ATALAIA_HOME with the ONNX embedder export")
     args = parser.parse_args()
 
     import numpy as np
 
     from atalaia.drift.mmd import MMDDriftDetector, mmd2
     from atalaia.logs import configure_logging
+    from atalaia.metrics.embedding import Embedder
+    from atalaia.models.embedder import load_embedder
+    from atalaia.models.embedder_onnx import export_embedder_onnx, export_ready, onnx_dir
+    from atalaia.models.prepare import locate_embedder
     from atalaia.settings import Settings
     from consumers.scoring import BatchScorer
 
@@ -79,28 +93,41 @@ def main() -> None:
     base = Settings()
     print(f"# metric throughput ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, one process)")
     events = _events(args.events)
-    full = BatchScorer(base)
+    embedder_settings = base
+    if not export_ready(onnx_dir(base)) and base.embedder_backend != "torch":
+        import tempfile
+
+        home = args.onnx_home or Path(tempfile.mkdtemp(prefix="atalaia-bench-onnx-"))
+        export_embedder_onnx(locate_embedder(), onnx_dir(Settings(home=home)))
+        embedder_settings = base.model_copy(update={"models_dir": onnx_dir(Settings(home=home)).parent})
+    torch_embedder = Embedder(load_embedder(base.model_copy(update={"embedder_backend": "torch"})))
+    full = BatchScorer(base, embedder=Embedder(load_embedder(embedder_settings)))
     t0 = time.perf_counter()
     full.warm_up()
     print(f"models loaded in {time.perf_counter() - t0:.1f} s; peak RSS so far {_peak_rss_mb():.0f} MB")
-    print(f"\n{'group':12s} {'events/s':>10s}  (median of {args.repeats}, batches of 200)")
-    for group in ("operational", "text", "embedding", "toxicity", "perplexity", "all"):
+    print(f"embedder: {type(full.embedder.model).__name__} ({base.embedder_backend})")
+    print(f"peak RSS with the models loaded: {_peak_rss_mb():.0f} MB")
+    print(f"\n{'group':16s} {'events/s':>10s} {'CPU s/event':>12s} {'events/s/core':>14s}  (median of {args.repeats})")
+    for group in args.groups.split(","):
         groups = "operational,text,embedding,toxicity,perplexity" if group == "all" else group
+        groups = "embedding" if group == "embedding-torch" else groups
         scorer = BatchScorer(
             base.model_copy(update={"metric_groups": groups}),
-            embedder=full.embedder,
+            embedder=torch_embedder if group == "embedding-torch" else full.embedder,
             toxicity=full.toxicity,
             text=full.text,
             perplexity=full.perplexity,
         )
         sample = events if group not in ("perplexity", "all") else events[: max(40, args.events // 5)]
-        rates = []
+        rates, cpu = [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for i in range(0, len(sample), 200):
                 scorer.score(sample[i : i + 200])
             rates.append(len(sample) / (time.perf_counter() - start))
-        print(f"{group:12s} {statistics.median(rates):10.1f}")
+            cpu.append((time.process_time() - start_cpu) / len(sample))
+        per_event = statistics.median(cpu)
+        print(f"{group:16s} {statistics.median(rates):10.1f} {per_event:12.6f} {1 / per_event:14.1f}", flush=True)
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(1000, 384)).astype(np.float32)
     win = rng.normal(size=(1000, 384)).astype(np.float32)

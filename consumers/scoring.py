@@ -52,6 +52,7 @@ class BatchScorer:
         self.settings = settings
         self.groups = settings.enabled_groups
         self._embedder, self._toxicity, self._text, self._perplexity = embedder, toxicity, text, perplexity
+        self._versions: Any = None  # atalaia.metrics.perplexity.VersionedPerplexity, made on first use
         # The registry's groups this worker runs: the enabled ones and those they require.
         wanted = set(self.groups)
         for name in self.groups:
@@ -92,13 +93,21 @@ class BatchScorer:
 
     @property
     def perplexity(self) -> Any:
-        if self._perplexity is None:
-            from atalaia.metrics.perplexity import PerplexityScorer
-            from atalaia.models.generator import Generator
+        """The perplexity scorer of the configured base version (``ATALAIA_MODEL_VERSION``)."""
+        return self.perplexity_for(self.settings.model_version)
 
-            gen = Generator.load(self.settings.generator_path, threads=self.settings.torch_threads)
-            self._perplexity = PerplexityScorer(gen.model, gen.tokenizer, self.settings.perplexity_max_tokens)
-        return self._perplexity
+    def perplexity_for(self, version: str) -> Any | None:
+        """The perplexity scorer of model ``version`` (its registry folder), ``None`` when not hosted.
+
+        A scorer handed to the constructor serves every version (tests, benches).
+        """
+        if self._perplexity is not None:
+            return self._perplexity
+        if self._versions is None:
+            from atalaia.metrics.perplexity import VersionedPerplexity
+
+            self._versions = VersionedPerplexity(self.settings)
+        return self._versions.scorer(version)
 
     def warm_up(self) -> None:
         """Load every model the enabled groups need (so the first batch is not slow), and

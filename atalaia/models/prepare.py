@@ -561,19 +561,21 @@ def locate_embedder() -> Path:
 
 
 def prepare_embedder(settings: Settings, console: Console | None = None) -> Path:
-    """Find all-MiniLM-L6-v2 and check that it loads and embeds to 384 dimensions.
+    """Find all-MiniLM-L6-v2, check that it loads and embeds to 384 dimensions, and export it to
+    ONNX under ``settings.models_dir`` (:mod:`atalaia.models.embedder_onnx`; skipped when
+    ``ATALAIA_EMBEDDER_BACKEND=torch`` or already exported).
 
     Parameters
     ----------
     settings
-        Atalaia settings (unused today; kept so every ``prepare_*`` has the same shape).
+        Atalaia settings (``models_dir``, ``embedder_backend``).
     console
         Rich console for a status line; defaults to one on stderr.
 
     Returns
     -------
     Path
-        The sentence-transformers model folder.
+        The sentence-transformers model folder (the source of the export).
 
     Raises
     ------
@@ -582,7 +584,6 @@ def prepare_embedder(settings: Settings, console: Console | None = None) -> Path
     ModelPrepareError
         When the model does not load or has the wrong dimension.
     """
-    del settings  # the embedder lives in its package, not under ATALAIA_HOME
     from rich.console import Console
 
     out = console or Console(stderr=True)
@@ -600,6 +601,12 @@ def prepare_embedder(settings: Settings, console: Console | None = None) -> Path
     if dim != EMBEDDING_DIM:
         raise ModelPrepareError(f"the embedder at {path} gives {dim} dimensions, expected {EMBEDDING_DIM}")
     logger.info("embedder ready at %s (%d dimensions)", path, dim)
+    if getattr(settings, "embedder_backend", "auto") != "torch":
+        from atalaia.models.embedder_onnx import export_embedder_onnx, export_ready, onnx_dir
+
+        if not export_ready(onnx_dir(settings)):
+            with out.status("exporting the embedder to ONNX (float32 and int8)"):
+                export_embedder_onnx(path, onnx_dir(settings))
     return path
 
 

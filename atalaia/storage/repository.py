@@ -228,3 +228,15 @@ def active_model_version(engine: Engine) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(query).mappings().first()
     return dict(row) if row is not None else None
+
+
+def model_version_folders(engine: Engine, versions: Iterable[str]) -> dict[str, str | None]:
+    """The registry's ``artefact_path`` of each of ``versions`` that has a row (``None``: no folder)."""
+    wanted = sorted(set(versions))
+    if not wanted:
+        return {}
+    query = select(t.model_versions.c.version, t.model_versions.c.artefact_path).where(
+        t.model_versions.c.version.in_(wanted)
+    )
+    with engine.connect() as conn:
+        return {str(v): (str(p) if p else None) for v, p in conn.execute(query)}

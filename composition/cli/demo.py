@@ -374,6 +374,11 @@ def _demo_workspace(settings: Settings) -> tuple[Settings, dict[str, str]]:
     models.mkdir(parents=True)
     # The base model is read, never written: link it instead of copying 0.5 GB.
     (models / settings.generator_model).symlink_to(settings.generator_path)
+    from atalaia.models.embedder_onnx import ONNX_DIRNAME
+
+    assert settings.models_dir is not None  # resolved by Settings
+    if (settings.models_dir / ONNX_DIRNAME).is_dir():  # the ONNX embedder, so the demo's worker uses it
+        (models / ONNX_DIRNAME).symlink_to(settings.models_dir / ONNX_DIRNAME)
     rules_path = demo_dir / "closed_loop_rules.yaml"
     rules_path.write_text(resources.files("monitors").joinpath("closed_loop_rules.yaml").read_text())
     assert settings.qa_holdout_file is not None  # resolved by Settings

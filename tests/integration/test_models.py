@@ -19,6 +19,7 @@ import pytest
 from rich.console import Console
 
 from atalaia.models.embedder import load_embedder
+from atalaia.models.embedder_onnx import OnnxEmbedder
 from atalaia.models.generator import ChatResult, Generator, PromptTooLongError
 from atalaia.models.ortgenai import OrtGenerator, ort_dir_for, prepare_ort
 from atalaia.models.prepare import EMBEDDING_DIM, prepare_embedder, prepare_generator, read_manifest
@@ -203,8 +204,11 @@ def test_sampling_runs(generator: Generator) -> None:
 
 def test_embedder_two_sentences(settings: Settings) -> None:
     path = prepare_embedder(settings, console=Console(file=io.StringIO()))
-    model = load_embedder(settings)
-    assert load_embedder(path) is model  # loaded once per process
+    model = load_embedder(settings)  # the ONNX export prepare_embedder made (ATALAIA_EMBEDDER_BACKEND=auto)
+    assert isinstance(model, OnnxEmbedder)
+    assert load_embedder(settings) is model  # loaded once per process
+    torch_model = load_embedder(path)  # the sentence-transformers folder itself: torch
+    assert load_embedder(path) is torch_model
     vectors = model.encode(["The cat sits on the mat.", "A cat is sitting on a rug."], convert_to_numpy=True)
     assert vectors.shape == (2, EMBEDDING_DIM)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
