@@ -27,6 +27,7 @@ from consumers import feedback_signals
 from consumers.scoring import BatchScorer
 from consumers.windows import materialize
 from monitors import dashboard, pipeline_health
+from retrain import bias
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,6 +112,7 @@ def test_shipped_rules_watch_registered_metrics(rules: str) -> None:
     correction = {f"correction_{m.name}" for m in registry.GROUPS_BY_NAME["text"].metrics}
     correction.add(feedback_signals.NAME)  # computed from feedback, not by a group
     correction.update(pipeline_health.METRICS)  # measured by the monitor on the consumer groups
+    correction.update(f"bias_{score}" for score in bias.SCORES)  # the scheduled counterfactual evaluation
     data = yaml.safe_load((ROOT / "monitors" / rules).read_text(encoding="utf-8"))
     for rule in data["rules"]:
         assert rule["metric"] in known | correction, f"{rules}: {rule['name']} watches unknown {rule['metric']!r}"
