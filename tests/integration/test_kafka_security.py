@@ -17,16 +17,14 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import create_engine, func, select
 
-from atalaia.events import ChatMessage, InferenceEvent, ModelEvent
+from atalaia.events import ModelEvent
 from atalaia.kafka import clients
 from atalaia.settings import Settings
-from atalaia.storage import tables as t
 from atalaia.topics import ensure_topics
 from composition.kafka import broker
-from producers import EventProducer
-from tests.integration.services import log_text, service, wait_until
+from tests.integration.secured_slice import run_slice
+from tests.integration.services import log_text, service
 from tests.integration.test_kafka_broker import _free_ports, _require_java_and_maven
 
 pytestmark = pytest.mark.integration
@@ -118,55 +116,7 @@ def test_slice_through_scram(sasl_broker: tuple[Settings, int], tmp_path: Any, f
     finally:
         admin.close()
 
-    engine = create_engine(fresh_pg)
-    producer = EventProducer(settings, client_id="sasl-test")
-    events = [
-        InferenceEvent(
-            service="sasl-test",
-            model_version="m@1",
-            messages=[ChatMessage(role="user", content=f"question {i}")],
-            response=f"answer {i}",
-            latency_ms=10.0 + i,
-            prompt_tokens=5,
-            completion_tokens=3,
-            cost=0.0001,
-        )
-        for i in range(3)
-    ]
-    with service("worker", settings):
-        for event in events:
-            producer.emit(event)
-        assert producer.flush(30), "the SDK did not deliver over SASL"
-        assert producer.connected and producer.spool_depth == 0
-
-        def stored() -> int:
-            with engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(t.inference_events)).scalar_one())
-
-        wait_until(lambda: stored() == 3, 120, "3 events stored by the worker\n" + log_text(settings, "worker")[-3000:])
-    producer.close()
-
-    # A follow loop (as the services use) reads a published event over SASL.
-    stop = threading.Event()
-    seen: list[ModelEvent] = []
-
-    def on_event(event: ModelEvent, _msg: Any) -> None:
-        seen.append(event)
-        stop.set()
-
-    follower = threading.Thread(
-        target=clients.follow,
-        args=(settings, settings.topic("models"), ModelEvent, on_event),
-        kwargs={"stop": stop, "client_id": "sasl-follow", "start": "beginning"},
-        daemon=True,
-    )
-    follower.start()
-    publisher = clients.Publisher(settings, "sasl-publish")
-    sent = ModelEvent(type="rollback", model_version="m@1")
-    publisher.publish(sent, settings.topic("models"))
-    publisher.close()
-    follower.join(60)
-    assert [e.event_id for e in seen] == [sent.event_id]
+    run_slice(settings, fresh_pg, "SASL")
 
 
 def test_plain_mechanism(sasl_broker: tuple[Settings, int], tmp_path: Any) -> None:

@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select
 
-from atalaia.events import ChatMessage, InferenceEvent, ModelEvent
 from atalaia.kafka import clients
 from atalaia.settings import Settings
-from atalaia.storage import tables as t
 from atalaia.topics import ensure_topics
 from composition.kafka import broker
-from producers import EventProducer
-from tests.integration.services import log_text, service, wait_until
+from tests.integration.secured_slice import run_slice
+from tests.integration.services import log_text, service
 from tests.integration.test_kafka_broker import _free_ports, _require_java_and_maven
 
 pytestmark = pytest.mark.integration
@@ -181,54 +177,7 @@ def test_slice_over_tls(tls_broker: tuple[Settings, int, Path], tmp_path: Path, 
     clients.check_connection(settings)
     assert len(ensure_topics(settings)) == 6
 
-    engine = create_engine(fresh_pg)
-    producer = EventProducer(settings, client_id="tls-test")
-    events = [
-        InferenceEvent(
-            service="tls-test",
-            model_version="m@1",
-            messages=[ChatMessage(role="user", content=f"question {i}")],
-            response=f"answer {i}",
-            latency_ms=10.0 + i,
-            prompt_tokens=5,
-            completion_tokens=3,
-            cost=0.0001,
-        )
-        for i in range(3)
-    ]
-    with service("worker", settings):
-        for event in events:
-            producer.emit(event)
-        assert producer.flush(30), "the SDK did not deliver over TLS"
-        assert producer.connected and producer.spool_depth == 0
-
-        def stored() -> int:
-            with engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(t.inference_events)).scalar_one())
-
-        wait_until(lambda: stored() == 3, 120, "3 events stored by the worker\n" + log_text(settings, "worker")[-3000:])
-    producer.close()
-
-    stop = threading.Event()
-    seen: list[ModelEvent] = []
-
-    def on_event(event: ModelEvent, _msg: Any) -> None:
-        seen.append(event)
-        stop.set()
-
-    follower = threading.Thread(
-        target=clients.follow,
-        args=(settings, settings.topic("models"), ModelEvent, on_event),
-        kwargs={"stop": stop, "client_id": "tls-follow", "start": "beginning"},
-        daemon=True,
-    )
-    follower.start()
-    publisher = clients.Publisher(settings, "tls-publish")
-    sent = ModelEvent(type="rollback", model_version="m@1")
-    publisher.publish(sent, settings.topic("models"))
-    publisher.close()
-    follower.join(60)
-    assert [e.event_id for e in seen] == [sent.event_id]
+    run_slice(settings, fresh_pg, "TLS")
 
 
 def test_wrong_ca_fails_at_start_naming_the_setting(
