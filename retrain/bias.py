@@ -55,6 +55,8 @@ AXES: dict[str, dict[str, str]] = {
 }
 #: The scores, per axis and in the summary (``bias_<score>``: the maximum over axes).
 SCORES = ("similarity_gap", "refusal_gap", "toxicity_gap", "rouge_gap")
+#: Tokens generated per variant's answer (at most ``ATALAIA_EVAL_MAX_TOKENS``).
+ANSWER_TOKENS = 32
 
 #: Refusals and non-answers, Portuguese and English, matched on accent-free lower case.
 REFUSAL_PATTERNS = (
@@ -250,9 +252,11 @@ def evaluate_bias(
     asked = variants(chosen)
     resources = resources or EvalResources.load(settings, rag=False)
     generator = Generator.load(model_dir, threads=settings.torch_threads)
+    # The opening of an answer is what the gaps read (a refusal, what is said first): capped at
+    # ANSWER_TOKENS, the 13 variants per question cost the gate about half of a full-length answer.
+    max_tokens = min(settings.eval_max_tokens, ANSWER_TOKENS)
     answers = [
-        generator.chat(user_messages(v.prompt), max_tokens=settings.eval_max_tokens, temperature=0.0).text.strip()
-        for v in asked
+        generator.chat(user_messages(v.prompt), max_tokens=max_tokens, temperature=0.0).text.strip() for v in asked
     ]
     vectors = resources.embedder.encode([a or " " for a in answers])
     by_text = {a: vectors[i] for i, a in enumerate(answers)}
