@@ -186,47 +186,18 @@ def follow_alerts(settings: Settings, scheduler: Any, stop: threading.Event) -> 
 
 
 def _install_retention(settings: Settings, scheduler: Any) -> None:
-    """(Re)install the retention job (atalaia.privacy) from ``ATALAIA_RETENTION_CRON``.
-
-    It runs here because the scheduler is the one service that already keeps cron jobs in the
-    database (a restart or a second scheduler does not run it twice).
-    """
-    from apscheduler.triggers.cron import CronTrigger
-
+    """(Re)install the retention job from ``ATALAIA_RETENTION_CRON``; removed when nothing is to be kept short."""
     from atalaia.privacy import RETENTION_JOB, retention_plan
 
-    if settings.retention_cron and retention_plan(settings):
-        scheduler.add_job(
-            "atalaia.privacy:retention_job",
-            CronTrigger.from_crontab(settings.retention_cron, timezone="UTC"),
-            id=RETENTION_JOB,
-            replace_existing=True,
-        )
-        return
-    try:
-        scheduler.remove_job(RETENTION_JOB)
-    except Exception:  # noqa: BLE001 - not there
-        pass
+    cron = settings.retention_cron if retention_plan(settings) else ""
+    _install_cron(scheduler, "atalaia.privacy:retention_job", RETENTION_JOB, cron)
 
 
 def _install_evidently(settings: Settings, scheduler: Any) -> None:
     """(Re)install the Evidently report job (``retrain.jobs.evidently_report``) from ``ATALAIA_EVIDENTLY_CRON``."""
-    from apscheduler.triggers.cron import CronTrigger
-
     from retrain.jobs import EVIDENTLY_JOB
 
-    if settings.evidently_cron:
-        scheduler.add_job(
-            "retrain.jobs:evidently_report",
-            CronTrigger.from_crontab(settings.evidently_cron, timezone="UTC"),
-            id=EVIDENTLY_JOB,
-            replace_existing=True,
-        )
-        return
-    try:
-        scheduler.remove_job(EVIDENTLY_JOB)
-    except Exception:  # noqa: BLE001 - not there
-        pass
+    _install_cron(scheduler, "retrain.jobs:evidently_report", EVIDENTLY_JOB, settings.evidently_cron)
 
 
 def _install_cron(scheduler: Any, func: str, job_id: str, cron: str) -> None:
