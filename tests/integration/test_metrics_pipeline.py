@@ -92,16 +92,20 @@ def test_every_metric_arrives_for_a_batch(isolated_settings: Settings, fresh_pg:
     settings = isolated_settings.model_copy(update={"database_url": fresh_pg})
     ensure_topics(settings)
     engine = create_engine(fresh_pg)
+    # Answers of the served base version: perplexity is scored under the version that produced an
+    # answer, and an unknown version gets none.
+    served = settings.model_version
     events = [
         event(
             q,
+            served,
             reference="Vacation is 30 working days a year.",
             context=[RetrievedPassage(id="leave-2", text="Employees have 30 working days of paid vacation.")],
         )
         for q in in_distribution(8)
     ]
-    events.append(event("You stupid idiot, answer me", response="I am sorry you feel that way."))
-    events.append(event("Say nothing", response=""))  # an empty response: errors for some metrics, not a crash
+    events.append(event("You stupid idiot, answer me", served, response="I am sorry you feel that way."))
+    events.append(event("Say nothing", served, response=""))  # an empty response: errors for some metrics, not a crash
     with service("worker", settings):
         produce(settings, events)
         wait_until(
