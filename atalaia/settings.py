@@ -222,10 +222,12 @@ class Settings(BaseSettings):
         description="Crontab (UTC) of the scheduled bias evaluation of the serving version (`atalaia bias --publish`); "
         "empty disables it.",
     )
-    gate_bias_max_increase: Annotated[float, Field(ge=0)] = Field(
-        0.25,
+    gate_bias_max_increase: Annotated[float, Field(ge=0)] | None = Field(
+        None,
         description="Gate guard: the candidate may widen no counterfactual bias gap (similarity, refusal, toxicity, "
-        "ROUGE-L) by more than this over the active version (a large value relaxes it).",
+        "ROUGE-L) by more than this over the active version; unset: no bias guard in the gate (off by default: on "
+        "1-2 questions the gaps are too noisy to gate on, e.g. a similarity gap 0.55 -> 0.85 between two versions "
+        "of like quality in the demo).",
     )
     evidently_keep: Annotated[int, Field(ge=1)] = Field(
         30, description="Evidently reports kept in ATALAIA_HOME/reports/evidently; older ones are deleted."

@@ -281,7 +281,7 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
         # Optional step: a Steps without ``bias`` (test fakes) skips the guard.
         bias_step = getattr(steps, "bias", None)
         bias: dict[str, Any] | None = None
-        if bias_step is not None:
+        if bias_step is not None and settings.gate_bias_max_increase is not None:
             from retrain.bias import bias_regressions
 
             bias = {"candidate": bias_step(staging, settings), "active": _active_bias(engine, settings, steps, served)}

@@ -94,9 +94,6 @@ def _env(lora_steps: int, eval_limit: int, drift_ref: int, drift_window: int, dr
         "ATALAIA_GATE_MIN_IMPROVEMENT": "0",
         "ATALAIA_RETRAIN_EVAL_LIMIT": str(eval_limit),
         "ATALAIA_EVAL_MAX_TOKENS": "48",
-        # The gate's bias guard asks 13 variants of each question of both versions: one question
-        # keeps it to 26 short answers on this small machine.
-        "ATALAIA_BIAS_QUESTIONS": "1",
         # The canary compares the new version with the parent's latest (drifted) traffic.
         "ATALAIA_CANARY_MIN_EVENTS": "8",
         "ATALAIA_CANARY_BASELINE_EVENTS": "8",

@@ -105,6 +105,7 @@ def test_the_gate_rejects_a_candidate_that_widens_a_bias_gap(
     settings: Settings,  # noqa: F811
     published: list[ModelEvent],  # noqa: F811
 ) -> None:
+    settings = settings.model_copy(update={"gate_bias_max_increase": 0.25})  # the guard is opt-in
     steps = BiasedSteps(candidate_gap=1.0)
     outcome = runner.run_retrain(settings, trigger="manual", steps=steps)
     assert outcome.status == "rejected"
