@@ -516,10 +516,9 @@ def group_rouge(engine: Engine, start: datetime, end: datetime | None) -> dict[s
         query = query.where(t.metrics.c.ts < end)
     values: dict[str, list[float]] = {}
     with engine.connect() as conn:
-        for row in conn.execute(query):
-            metadata: Any = row.metadata
-            group = metadata.get("demo_group") if isinstance(metadata, dict) else None
-            values.setdefault(str(group or "other"), []).append(float(row.value))
+        for value, metadata in conn.execute(query):
+            group = (metadata or {}).get("demo_group") if isinstance(metadata, dict) else None
+            values.setdefault(str(group or "other"), []).append(float(value))
     return {g: (sum(v) / len(v), len(v)) for g, v in values.items()}
 
 
@@ -600,7 +599,7 @@ def loop_facts(
     alerts = summary["alerts"]
     with engine.connect() as conn:
         resolved_at = [
-            as_utc(row.ts) for row in conn.execute(select(t.alerts.c.ts).where(t.alerts.c.state == "resolved"))
+            as_utc(ts) for (ts,) in conn.execute(select(t.alerts.c.ts).where(t.alerts.c.state == "resolved"))
         ]
     holds, text = alert_resolution_fact(resolved_at, alerts["fired"], recovered_span[0] if recovered_span else None)
     facts["alert"] = (holds, f"{text}; {alerts['open']} open")
