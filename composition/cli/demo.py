@@ -32,16 +32,7 @@ from sqlalchemy import Engine, func, select
 from atalaia.settings import Settings
 from atalaia.storage import readmodel
 from atalaia.storage import tables as t
-from atalaia.storage.repository import as_utc
-from composition.cli.demo_scenario import (
-    DRIFT_TOPICS,
-    load_heldout,
-    load_off_topic,
-    load_qa,
-    phase_mixes,
-    plan_question,
-    recovered_mix,
-)
+from composition.cli.demo_scenario import DRIFT_TOPICS, PhaseMix, load_off_topic, load_qa, phase_mixes, plan_question
 
 SYSTEM_PROMPT = "You are the company's regulations assistant. Answer briefly."
 
@@ -188,13 +179,8 @@ def _ask(client: httpx.Client, state: DemoState, question: Any) -> None:
         "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question.text}],
         "max_tokens": question.max_tokens,
     }
-    metadata: dict[str, str] = {}
     if question.reference:
-        metadata["reference"] = question.reference
-    if getattr(question, "group", ""):
-        metadata["demo_group"] = question.group  # held-out / trained / corrected: facts report them apart
-    if metadata:
-        body["metadata"] = metadata
+        body["metadata"] = {"reference": question.reference}
     started = time.perf_counter()
     state.sent += 1
     try:
@@ -258,7 +244,7 @@ def run_reason(run: dict[str, Any]) -> str:
 def _traffic(base: str, plan: DemoPlan, state: DemoState, on_request: Any, engine: Engine, since: datetime) -> None:
     """The traffic thread: normal → drift (until a new version serves) → recovered."""
     rng = random.Random(7)
-    mixes = phase_mixes(load_qa(), load_off_topic(), load_heldout())
+    mixes = phase_mixes(load_qa(), load_off_topic())
     with httpx.Client(base_url=base, timeout=180) as client:
         state.first_version = state.served_version = _served_version(client)
         state.enter("normal")
@@ -291,9 +277,8 @@ def _traffic(base: str, plan: DemoPlan, state: DemoState, on_request: Any, engin
             state.enter("no new version")
             return
         state.enter("recovered")
-        # Held-out questions of the drifted topics (never trained on), plus some the users corrected
-        # (reported apart); the same share of long answers as the drift phase, nothing toxic or off-topic.
-        recovered = recovered_mix(state.corrected, mixes["drift"].heldout)
+        # The employees come back with the questions they corrected (and nothing toxic or off-topic).
+        recovered = PhaseMix(list(dict.fromkeys(state.corrected))) if state.corrected else mixes["recovered"]
         for _ in range(plan.recovered_requests):
             if state.stop.is_set():
                 return
@@ -505,82 +490,6 @@ def phase_rouge(engine: Engine, phases: list[tuple[str, datetime]]) -> dict[str,
     return out
 
 
-def group_rouge(engine: Engine, start: datetime, end: datetime | None) -> dict[str, tuple[float | None, int]]:
-    """Mean live ROUGE-L and count per demo group (``metadata.demo_group`` of the request) in ``[start, end)``."""
-    query = (
-        select(t.metrics.c.value, t.inference_events.c.metadata)
-        .join(t.inference_events, t.inference_events.c.event_id == t.metrics.c.event_id)
-        .where(t.metrics.c.name == "rougeL", t.metrics.c.value.is_not(None), t.metrics.c.ts >= start)
-    )
-    if end is not None:
-        query = query.where(t.metrics.c.ts < end)
-    values: dict[str, list[float]] = {}
-    with engine.connect() as conn:
-        for value, metadata in conn.execute(query):
-            group = (metadata or {}).get("demo_group") if isinstance(metadata, dict) else None
-            values.setdefault(str(group or "other"), []).append(float(value))
-    return {g: (sum(v) / len(v), len(v)) for g, v in values.items()}
-
-
-def _phase_span(phases: list[tuple[str, datetime]], name: str) -> tuple[datetime, datetime | None] | None:
-    for i, (phase, start) in enumerate(phases):
-        if phase == name:
-            return start, (phases[i + 1][1] if i + 1 < len(phases) else None)
-    return None
-
-
-def _fmt_mean(stat: tuple[float | None, int] | None) -> str:
-    if stat is None or stat[0] is None:
-        return "– (n=0)"
-    return f"{stat[0]:.3f} (n={stat[1]})"
-
-
-def recovery_fact(
-    drift: dict[str, tuple[float | None, int]], recovered: dict[str, tuple[float | None, int]]
-) -> tuple[bool, str]:
-    """The ``recovered`` fact from per-group live ROUGE-L of the two phases: it holds when the
-    held-out questions (never trained on) score higher after the deploy than during the drift;
-    the corrected questions (trained on: memorisation) are reported apart and decide nothing.
-
-    >>> holds, text = recovery_fact({"heldout": (0.15, 9), "trained": (0.2, 20)},
-    ...                             {"heldout": (0.19, 30), "corrected": (0.6, 10)})
-    >>> holds, text.split("; ")[0]
-    (True, 'held-out live ROUGE-L: drift 0.150 (n=9) → recovered 0.190 (n=30)')
-    >>> recovery_fact({"heldout": (0.15, 9)}, {"corrected": (0.6, 10)})[0]
-    False
-    """
-    before, after = drift.get("heldout"), recovered.get("heldout")
-    holds = bool(before and after and before[0] is not None and after[0] is not None and after[0] > before[0])
-    text = (
-        f"held-out live ROUGE-L: drift {_fmt_mean(before)} → recovered {_fmt_mean(after)}; apart: corrected "
-        f"questions recovered {_fmt_mean(recovered.get('corrected'))}, trained questions during drift "
-        f"{_fmt_mean(drift.get('trained'))}"
-    )
-    return holds, text
-
-
-def alert_resolution_fact(
-    resolved_at: list[datetime], fired: int, recovered_start: datetime | None
-) -> tuple[bool, str]:
-    """The ``alert`` fact: an alert fired and one resolved *under recovered traffic* (at or after
-    the recovered phase began), not in the pause while the run trained; the text says which.
-
-    >>> from datetime import UTC
-    >>> t0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
-    >>> alert_resolution_fact([t0.replace(minute=5)], 2, t0)
-    (True, '2 alerts fired; 1 resolved under recovered traffic, 0 before it (during drift or the training pause)')
-    >>> alert_resolution_fact([t0.replace(hour=11)], 1, t0)[0]
-    False
-    """
-    under = [ts for ts in resolved_at if recovered_start is not None and ts >= recovered_start]
-    before = len(resolved_at) - len(under)
-    return (
-        fired > 0 and bool(under),
-        f"{fired} alerts fired; {len(under)} resolved under recovered traffic, {before} before it "
-        "(during drift or the training pause)",
-    )
-
-
 def loop_facts(
     engine: Engine, summary: dict[str, Any], phases: list[tuple[str, datetime]], first_version: str
 ) -> dict[str, tuple[bool, str]]:
@@ -590,19 +499,23 @@ def loop_facts(
     - ``alert``: an alert fired and was resolved;
     - ``new_version``: a retrained version is active and it is not the one the demo began with.
     """
+    live = phase_rouge(engine, phases)
     facts: dict[str, tuple[bool, str]] = {}
-    drift_span, recovered_span = _phase_span(phases, "drift"), _phase_span(phases, "recovered")
-    if drift_span and recovered_span:
-        facts["recovered"] = recovery_fact(group_rouge(engine, *drift_span), group_rouge(engine, *recovered_span))
+    if "drift" in live and "recovered" in live:
+        (drift, n_drift), (rec, n_rec) = live["drift"], live["recovered"]
+        ok = drift is not None and rec is not None and rec > drift
+        facts["recovered"] = (
+            ok,
+            f"live ROUGE-L: drift {drift if drift is None else round(drift, 3)} (n={n_drift}) → "
+            f"recovered {rec if rec is None else round(rec, 3)} (n={n_rec})",
+        )
     else:
         facts["recovered"] = (False, "no recovered phase: " + " → ".join(p for p, _ in phases))
     alerts = summary["alerts"]
-    with engine.connect() as conn:
-        resolved_at = [
-            as_utc(ts) for (ts,) in conn.execute(select(t.alerts.c.ts).where(t.alerts.c.state == "resolved"))
-        ]
-    holds, text = alert_resolution_fact(resolved_at, alerts["fired"], recovered_span[0] if recovered_span else None)
-    facts["alert"] = (holds, f"{text}; {alerts['open']} open")
+    facts["alert"] = (
+        alerts["fired"] > 0 and alerts["resolved"] > 0,
+        f"{alerts['fired']} alerts fired, {alerts['resolved']} resolved, {alerts['open']} open",
+    )
     active = summary["active_version"]
     facts["new_version"] = (
         bool(active) and active != first_version,

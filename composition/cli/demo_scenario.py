@@ -11,16 +11,9 @@ Phases
     Questions move to specialised regulations (security, privacy, compliance, ...) that the base
     model answers badly; a share of off-topic questions and of toxic prompts is mixed in, and a
     share of requests asks for long answers (a latency spike). Users send feedback with the
-    corrected answer (the QA set's reference) for the training-set regulation questions
-    (group ``trained``). A share of the regulation questions are *held out*: questions of the same
-    topics from ``data/qa/holdout.jsonl``, which no training data contains, never corrected
-    (group ``heldout``).
+    corrected answer (the QA set's reference) for the regulation questions.
 ``recovered``
-    After the retrained model is deployed: mostly held-out questions of the drifted topics (the
-    measure of recovery: the model never saw them), plus some of the questions users corrected
-    (group ``corrected``, reported apart: their reference is what the model was trained on, so a
-    gain there is memorisation). No toxic or off-topic injection, and the same share of long
-    answers as the drift phase (ROUGE-L falls with answer length whatever the model).
+    The same specialised questions, without injections, after the retrained model is deployed.
 """
 
 from __future__ import annotations
@@ -64,7 +57,6 @@ class Question:
     kind: str  # "regulation", "off_topic" or "toxic"
     max_tokens: int
     feedback: bool
-    group: str = ""  # regulation questions: "trained", "heldout" or "corrected"
 
 
 @dataclass
@@ -77,11 +69,6 @@ class PhaseMix:
     toxic_share: float = 0.0
     long_share: float = 0.0
     feedback: bool = False
-    #: Held-out questions (never trained on, never corrected) and their share of regulation questions.
-    heldout: list[tuple[str, str]] = field(default_factory=list)
-    heldout_share: float = 0.0
-    #: The group of ``pool``'s questions ("trained", or "corrected" in the recovered phase).
-    pool_group: str = "trained"
 
 
 def load_qa(path: Path | None = None) -> list[dict[str, str]]:
@@ -96,69 +83,24 @@ def load_off_topic(path: Path | None = None) -> list[str]:
     return [str(row["question"]) for row in read_jsonl(path)]
 
 
-#: Share of long answers in the drift and the recovered phase (the same, so lengths compare).
-LONG_SHARE = 0.3
-#: Share of held-out questions among the regulation questions of the drift phase.
-DRIFT_HELDOUT_SHARE = 0.35
-#: Share of held-out questions among the recovered phase's (the rest: corrected ones).
-RECOVERED_HELDOUT_SHARE = 0.75
-
-
-def load_heldout(path: Path | None = None) -> list[tuple[str, str]]:
-    """Held-out (question, reference) pairs of the drifted topics: ``data/qa/holdout.jsonl``, which
-    the training data never contains."""
-    rows = load_qa(path or DATA / "qa" / "holdout.jsonl")
-    return [(q["question"], q["answer"]) for q in rows if q["topic"] in DRIFT_TOPICS]
-
-
-def phase_mixes(
-    qa: list[dict[str, str]], off_topic: list[str], heldout: list[tuple[str, str]] | None = None
-) -> dict[str, PhaseMix]:
-    """The three phases' mixes from the QA set (``recovered`` before any correction; the demo
-    builds the real one with :func:`recovered_mix` once it knows what users corrected).
+def phase_mixes(qa: list[dict[str, str]], off_topic: list[str]) -> dict[str, PhaseMix]:
+    """The three phases' mixes from the QA set.
 
     Examples
     --------
-    >>> mixes = phase_mixes(load_qa(), load_off_topic(), load_heldout())
+    >>> mixes = phase_mixes(load_qa(), load_off_topic())
     >>> sorted(mixes)
     ['drift', 'normal', 'recovered']
-    >>> mixes["drift"].long_share == mixes["recovered"].long_share
+    >>> mixes["drift"].pool == mixes["recovered"].pool
     True
-    >>> trained = {q for q, _ in mixes["drift"].pool}
-    >>> any(q in trained for q, _ in mixes["recovered"].heldout)
-    False
     """
-    heldout = load_heldout() if heldout is None else heldout
     normal = [(q["question"], q["answer"]) for q in qa if q["topic"] in NORMAL_TOPICS]
     drift = [(q["question"], q["answer"]) for q in qa if q["topic"] in DRIFT_TOPICS]
     return {
         "normal": PhaseMix(normal),
-        "drift": PhaseMix(
-            drift,
-            off_topic,
-            off_topic_share=0.25,
-            toxic_share=0.15,
-            long_share=LONG_SHARE,
-            feedback=True,
-            heldout=heldout,
-            heldout_share=DRIFT_HELDOUT_SHARE,
-        ),
-        "recovered": recovered_mix([], heldout),
+        "drift": PhaseMix(drift, off_topic, off_topic_share=0.25, toxic_share=0.15, long_share=0.3, feedback=True),
+        "recovered": PhaseMix(drift),
     }
-
-
-def recovered_mix(corrected: list[tuple[str, str]], heldout: list[tuple[str, str]]) -> PhaseMix:
-    """The recovered phase: held-out questions, plus the corrected ones (group ``corrected``).
-
-    >>> mix = recovered_mix([("c?", "c.")], [("h?", "h.")])
-    >>> mix.pool_group, mix.heldout_share, mix.feedback, mix.toxic_share, mix.long_share == LONG_SHARE
-    ('corrected', 0.75, False, 0.0, True)
-    >>> recovered_mix([], [("h?", "h.")]).heldout_share
-    1.0
-    """
-    pool = list(dict.fromkeys(corrected))
-    share = RECOVERED_HELDOUT_SHARE if pool else 1.0
-    return PhaseMix(pool, long_share=LONG_SHARE, heldout=list(heldout), heldout_share=share, pool_group="corrected")
 
 
 def plan_question(mix: PhaseMix, rng: random.Random, max_tokens: int, long_tokens: int) -> Question:
@@ -177,8 +119,5 @@ def plan_question(mix: PhaseMix, rng: random.Random, max_tokens: int, long_token
         return Question(rng.choice(TOXIC_PROMPTS), None, "toxic", tokens, False)
     if r < mix.toxic_share + mix.off_topic_share and mix.off_topic:
         return Question(rng.choice(mix.off_topic), None, "off_topic", tokens, False)
-    if mix.heldout and (not mix.pool or rng.random() < mix.heldout_share):
-        text, reference = rng.choice(mix.heldout)
-        return Question(text, reference, "regulation", tokens, False, "heldout")  # never corrected
     text, reference = rng.choice(mix.pool)
-    return Question(text, reference, "regulation", tokens, mix.feedback, mix.pool_group)
+    return Question(text, reference, "regulation", tokens, mix.feedback)
