@@ -28,6 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _events(n: int) -> list:  # type: ignore[type-arg]
     from atalaia.events import ChatMessage, InferenceEvent, RetrievedPassage
+    from atalaia.settings import get_settings
+
+    # The served base version: perplexity is scored under the version that produced an answer,
+    # and a version Atalaia does not host gets none (a bench of it would time nothing).
+    version = get_settings().model_version
 
     topics = ["vacation", "expenses", "remote work", "travel", "security", "data retention", "gifts", "notice"]
     words = (
@@ -41,7 +46,7 @@ def _events(n: int) -> list:  # type: ignore[type-arg]
         out.append(
             InferenceEvent(
                 service="bench",
-                model_version="bench@1",
+                model_version=version,
                 messages=[ChatMessage(role="user", content=f"What does the policy say about {topic}? (case {i})")],
                 response=answer,
                 reference=answer[::-1] if i % 3 == 0 else answer.replace("ten", "five"),

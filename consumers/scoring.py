@@ -116,7 +116,9 @@ class BatchScorer:
             group.warm_up()
         sample = InferenceEvent(
             service="warm-up",
-            model_version="warm-up",
+            # The served base version: perplexity scores only versions Atalaia hosts, and a
+            # sample it skipped would measure its cost as nothing (the first batch unsampled).
+            model_version=self.settings.model_version,
             messages=[ChatMessage(role="user", content="How many vacation days do I have this year?")],
             response="You have 30 working days of paid vacation per year.",
             reference="Employees have 30 working days of vacation.",

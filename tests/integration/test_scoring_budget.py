@@ -41,8 +41,16 @@ def test_a_worker_fed_faster_than_perplexity_samples_it_and_stores_the_fraction(
     ensure_topics(settings)
     engine = create_engine(fresh_pg)
     start = utcnow() - timedelta(seconds=N / RATE)
+    # Answers of the served base version: perplexity is scored under the version that produced an
+    # answer, and an unknown version gets none.
+    served = settings.model_version
     events = [
-        event(q, ts=start + timedelta(seconds=i / RATE), response=f"Answer number {i}: see the regulations portal.")
+        event(
+            q,
+            served,
+            ts=start + timedelta(seconds=i / RATE),
+            response=f"Answer number {i}: see the regulations portal.",
+        )
         for i, q in enumerate(in_distribution(N))
     ]
     with service("worker", settings):
@@ -67,7 +75,9 @@ def test_a_worker_fed_faster_than_perplexity_samples_it_and_stores_the_fraction(
             .group_by(t.metrics.c.name)
         ).all()
         ppl = conn.execute(
-            select(t.metrics.c.sample_fraction, t.metrics.c.value).where(t.metrics.c.name == "perplexity")
+            select(t.metrics.c.sample_fraction, t.metrics.c.value, t.metrics.c.ts).where(
+                t.metrics.c.name == "perplexity"
+            )
         ).all()
     # Every event has its cheap metrics, taken at fraction 1.
     assert {name: (n, low) for name, n, low in cheap} == {
@@ -76,11 +86,16 @@ def test_a_worker_fed_faster_than_perplexity_samples_it_and_stores_the_fraction(
     }
     # Perplexity was sampled: fewer rows than events, each with the fraction it was taken at.
     assert 0 < len(ppl) < N
-    fractions = {round(f, 6) for f, _ in ppl}
-    assert all(0 < f < 1 for f in fractions), fractions
-    assert all(v is not None and v > 1 for _, v in ppl)
+    fractions = {round(f, 6) for f, _, _ in ppl}
+    assert all(0 < f <= 1 for f in fractions) and min(fractions) < 1, fractions
+    # Until the arrival rate is measured (half a second of event time past the first batch) the
+    # worker scores every event; after that it samples. So rows taken at fraction 1 come from the
+    # start of the stream (each partition is in time order; the first third is a loose bound).
+    first_third = start + timedelta(seconds=N / RATE / 3)
+    assert all(ts <= first_third for f, _, ts in ppl if f == 1), sorted((ts, f) for f, _, ts in ppl)[:40]
+    assert all(v is not None and v > 1 for _, v, _ in ppl)
     # The sample's size agrees with its fractions (Horvitz-Thompson: sum of 1/f estimates N).
-    estimate = sum(1 / f for f, _ in ppl)
+    estimate = sum(1 / f for f, _, _ in ppl)
     assert 0.4 * N < estimate < 2.5 * N, (estimate, len(ppl), fractions)
     # Lag, budget and the fractions are on the worker's Prometheus page.
     assert re.search(r"^atalaia_scoring_budget_cores 0\.8$", page, re.M), page

@@ -182,6 +182,26 @@ def test_a_scorer_fed_faster_than_its_expensive_group_samples_it_and_stores_the_
     assert scorer.budget.rate == pytest.approx(1000.0, rel=0.05)
 
 
+class OnlyServedVersion:
+    """Like :class:`atalaia.metrics.perplexity.VersionedPerplexity`: a scorer for the served base
+    version only; any other version has none."""
+
+    def __init__(self, served: str) -> None:
+        self.served, self.ppl = served, BusyPerplexity(0.005)
+
+    def scorer(self, version: str) -> BusyPerplexity | None:
+        return self.ppl if version == self.served else None
+
+
+def test_warm_up_measures_perplexity_on_the_served_version(tmp_path: Path) -> None:
+    # Perplexity scores only versions Atalaia hosts: a warm-up sample of another version would
+    # measure its cost as nothing, and the first batch would go unsampled.
+    scorer = BatchScorer(Settings(home=tmp_path, metric_groups="operational,perplexity", scoring_budget=0.5))
+    scorer._versions = OnlyServedVersion(scorer.settings.model_version)
+    scorer.warm_up()
+    assert scorer.budget.costs["perplexity"] == pytest.approx(0.005, rel=0.5)
+
+
 def test_explicit_sample_rates_win_over_the_budget(tmp_path: Path) -> None:
     scorer = _scorer(tmp_path, scoring_budget=0.5, sample_rates={"perplexity": 0.5})
     scorer.warm_up()
