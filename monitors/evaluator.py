@@ -163,7 +163,8 @@ class RuleEvaluator:
             if seen is None or sample[0] > seen:
                 self._last_seen[rule.name] = sample[0]
             # A late arrival is inserted in time order, so pruning from the left stays correct.
-            series.samples.insert(sample)
+            # A sampled metric (scoring budget) stands for 1 / sample_fraction events.
+            series.samples.insert(sample, weight=1.0 / metric.sample_fraction)
             while len(series.samples) > self._max_samples:
                 series.samples.popleft()
 
