@@ -170,10 +170,31 @@ class Pipeline:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(t.metrics.c.created_at, t.metrics.c.ts).where(
-                    t.metrics.c.name == "latency_ms", t.metrics.c.model_version == "load@1"
+                    t.metrics.c.name == "latency_ms", t.metrics.c.model_version == self.version
                 )
             ).all()
         return [(c - s).total_seconds() * 1000 for c, s in rows]
+
+    @property
+    def version(self) -> str:
+        """The model version of the sustained traffic: the served base one, so perplexity (which
+        scores only versions Atalaia hosts) runs on it like on a real deployment's answers."""
+        return str(self.settings.model_version)
+
+    def metric_rows(self) -> dict[str, tuple[int, float, float]]:
+        """Per metric name of the sustained traffic: rows, lowest and highest ``sample_fraction``."""
+        from sqlalchemy import func, select
+
+        from atalaia.storage import tables as t
+
+        m = t.metrics.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(m.name, func.count(), func.min(m.sample_fraction), func.max(m.sample_fraction))
+                .where(m.model_version == self.version)
+                .group_by(m.name)
+            ).all()
+        return {name: (int(n), float(lo), float(hi)) for name, n, lo, hi in rows}
 
     def close(self) -> None:
         self.stop_workers()
@@ -231,7 +252,7 @@ def sustained(base: Any, pg: Any, workers: int, rate: float, duration: float, ev
         while (now := time.monotonic()) - t0 < duration:
             due = int((now - t0) * rate) - pipe.produced
             if due > 0:
-                pipe.send(due, "load@1")
+                pipe.send(due, pipe.version)
             if now >= next_sample:
                 samples.append(pipe.sample(t0))
                 next_sample += every
@@ -246,6 +267,7 @@ def sustained(base: Any, pg: Any, workers: int, rate: float, duration: float, ev
         stored = pipe.stored() - start_stored
         lat = pipe.latencies_ms()
         return {
+            "metric_rows": pipe.metric_rows(),
             "workers": workers,
             "rate": rate,
             "produced": pipe.produced,
@@ -275,6 +297,9 @@ def report_sustained(r: dict[str, Any]) -> None:
     for s in samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else []):
         rss = " ".join(f"{m:7.1f}" for m in s.rss_mb)
         print(f"{s.t:7.0f} {s.produced:9d} {s.stored:9d} {s.lag:7d}  {rss}")
+    print("metric rows of the traffic (rows, sample_fraction min..max):")
+    for name, (n, lo, hi) in sorted(r["metric_rows"].items()):
+        print(f"  {name:28s} {n:9d}  {lo:.3f}..{hi:.3f}")
     for w in range(r["workers"]):
         series = [(s.t, s.rss_mb[w]) for s in samples[:-1] if len(s.rss_mb) > w]
         half = series[len(series) // 2 :]
@@ -358,7 +383,9 @@ def main() -> None:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--sdk-events", type=int, default=20_000, help="events for the SDK and spool measurement")
     parser.add_argument("--workers", default="1,2", help="worker counts of the sustained runs (default 1,2)")
-    parser.add_argument("--groups", default="operational", help="ATALAIA_METRIC_GROUPS of the workers")
+    parser.add_argument(
+        "--groups", default="operational", help="ATALAIA_METRIC_GROUPS of the workers ('default': the default groups)"
+    )
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: capacity,sustained,sdk")
     args = parser.parse_args()
 
@@ -371,6 +398,8 @@ def main() -> None:
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the spool phase's broker is unreachable on purpose
     main_settings = Settings()
+    if args.groups == "default":
+        args.groups = Settings.model_fields["metric_groups"].default
     base = Settings(
         home=Path(tempfile.mkdtemp(prefix="atalaia-load-")),
         kafka_bootstrap=main_settings.kafka_bootstrap,
