@@ -101,11 +101,28 @@ def logging_dict_config(level: str = "INFO", json_lines: bool | None = None) -> 
     }
 
 
+class CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was at set-up
+    (as the standard library's last-resort handler does): a CLI runner or a test harness that
+    swaps stderr and closes its copy must not leave the root logger writing to a closed file."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[no-untyped-def,override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # type: ignore[no-untyped-def]
+        pass  # always the current sys.stderr
+
+
 def configure_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
     """Install the Atalaia formatter on the root logger (idempotent)."""
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
