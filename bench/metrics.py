@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--groups",
-        default="operational,text,embedding,embedding-torch,toxicity,perplexity,all",
+        default="operational,text,meteor,embedding,embedding-torch,toxicity,perplexity,all",
         help="rows to measure (comma-separated)",
     )
     parser.add_argument("--onnx-home", type=Path, default=None, help="ATALAIA_HOME with the ONNX embedder export")

@@ -109,7 +109,9 @@ def test_report_draws_a_new_groups_chart_when_it_has_data(tmp_path: Path) -> Non
 @pytest.mark.parametrize("rules", ["default_rules.yaml", "closed_loop_rules.yaml", "demo_rules.yaml"])
 def test_shipped_rules_watch_registered_metrics(rules: str) -> None:
     known = set(registry.all_metrics())
-    correction = {f"correction_{m.name}" for m in registry.GROUPS_BY_NAME["text"].metrics}
+    # Feedback's corrected answers get every text-overlap score, METEOR included.
+    overlap = (*registry.GROUPS_BY_NAME["text"].metrics, *registry.GROUPS_BY_NAME["meteor"].metrics)
+    correction = {f"correction_{m.name}" for m in overlap}
     correction.add(feedback_signals.NAME)  # computed from feedback, not by a group
     correction.update(pipeline_health.METRICS)  # measured by the monitor on the consumer groups
     correction.update(f"bias_{score}" for score in bias.SCORES)  # the scheduled counterfactual evaluation

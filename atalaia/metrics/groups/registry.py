@@ -1,7 +1,7 @@
 """The metric groups Atalaia knows, in scoring order. Adding a group: its module, one line here.
 
 >>> [g.name for g in GROUPS][:3]
-['operational', 'text', 'embedding']
+['operational', 'text', 'meteor']
 >>> "toxicity" in sampled_group_names() and "operational" not in sampled_group_names()
 True
 """
@@ -12,6 +12,7 @@ from atalaia.metrics.groups.base import Chart, Metric, MetricGroup
 from atalaia.metrics.groups.drift import DriftGroup
 from atalaia.metrics.groups.embedding import EmbeddingGroup
 from atalaia.metrics.groups.length import LengthGroup
+from atalaia.metrics.groups.meteor import MeteorGroup
 from atalaia.metrics.groups.operational import OperationalGroup
 from atalaia.metrics.groups.perplexity import PerplexityGroup
 from atalaia.metrics.groups.text import TextGroup
@@ -20,6 +21,7 @@ from atalaia.metrics.groups.toxicity import ToxicityGroup
 GROUPS: tuple[type[MetricGroup], ...] = (
     OperationalGroup,
     TextGroup,
+    MeteorGroup,
     EmbeddingGroup,
     ToxicityGroup,
     PerplexityGroup,
