@@ -244,3 +244,22 @@ def test_perplexity_only_for_models_atalaia_hosts(tmp_path: Path) -> None:
     batch = _scorer(tmp_path, metric_groups="perplexity").score([own, legacy, hosted])
     scored = {m.source_event_id for m in batch.metrics if m.name == "perplexity"}
     assert scored == {own.event_id, legacy.event_id}
+
+
+def test_meteor_is_sampled_apart_from_rouge_and_bleu(tmp_path: Path) -> None:
+    from atalaia.metrics.text import TextOverlapScorer
+
+    # `text` turns `meteor` on; METEOR, the expensive half, is sampled, ROUGE/BLEU score every event.
+    settings = Settings(home=tmp_path, metric_groups="text", sample_rates={"meteor": 0.25})
+    scorer = BatchScorer(settings, text=TextOverlapScorer(tmp_path / "no-wordnet"))
+    assert [g.name for g in scorer.active] == ["text", "meteor"]
+    events = [_event(response=f"Thirty days a year, case {i}.") for i in range(200)] + [_event(response="")]
+    rows = scorer.score(events).metrics
+    rouge = [m for m in rows if m.name == "rougeL" and m.error is None]
+    meteor = [m for m in rows if m.name.startswith("meteor")]
+    assert len(rouge) == 200 and {m.sample_fraction for m in rouge} == {1.0}
+    assert 25 < len(meteor) < 75 and {m.sample_fraction for m in meteor} == {0.25}
+    assert {m.name for m in meteor} == {"meteor_exact"} and meteor[0].labels == {"language": "en"}
+    assert all(0 < (m.value or 0) <= 1 for m in meteor if m.error is None)
+    # The empty response is an error row of the text group, not an exception.
+    assert [m.error for m in rows if m.name == "rougeL" and m.error] == ["ValueError: empty prediction"]
