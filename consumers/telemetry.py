@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from atalaia.metrics.budget import PIPELINE
+
 
 class WorkerMetrics:
     """The worker's Prometheus collectors (one registry per worker, so tests can build many)."""
@@ -61,6 +63,8 @@ class WorkerMetrics:
             if group.name in budget.costs:
                 self.cost.labels(group.name).set(budget.costs[group.name])
             self.fraction.labels(group.name).set(scorer.fraction(group.name))
+        if PIPELINE in budget.costs:  # parse, write and publish: the worker's work beside scoring
+            self.cost.labels(PIPELINE).set(budget.costs[PIPELINE])
 
     def render(self) -> bytes:
         """The exposition text of every collector."""

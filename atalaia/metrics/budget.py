@@ -21,6 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+#: The worker's own work per event outside scoring (parse, write, publish), observed like a cheap
+#: group: the budget covers the whole worker, so scoring plus its pipeline fit what it can keep up with.
+PIPELINE = "pipeline"
+
 
 def ewma(old: float | None, new: float, alpha: float) -> float:
     """Exponentially weighted moving average; the first observation is taken as is.
@@ -74,8 +78,12 @@ class ScoringBudget:
     catch_up_s: float = 60.0
     #: Lag (event time to now) below which the worker counts as keeping up.
     lag_tolerance_s: float = 5.0
-    #: Floor of a sampled group's fraction, so every group keeps some signal at any rate.
-    min_fraction: float = 0.01
+    #: Floor of a sampled group's scored events per second, so every group keeps some signal at
+    #: any rate (0.2/s: 180 scores in a 15-minute window). A floor in events, not a fraction: a 1 %
+    #: floor on perplexity (~0.2 CPU-s per event) alone needed 0.4 core at 200 events/s.
+    min_scored_per_s: float = 0.2
+    #: Absolute floor of a fraction (the stored ``sample_fraction`` stays a sane weight).
+    min_fraction: float = 1e-4
     #: Shortest stretch of event time that gives a rate measurement (shorter ones accumulate).
     min_span_s: float = 0.5
     costs: dict[str, float] = field(default_factory=dict)
@@ -131,7 +139,20 @@ class ScoringBudget:
             return {}
         cheap = sum(c for g, c in self.costs.items() if g not in self.expensive)
         known = {g: c for g, c in self.costs.items() if g in self.expensive}
-        return fair_fractions(known, self.budget / rate - cheap, self.min_fraction)
+        return fair_fractions(known, self.budget / rate - cheap, self.floor())
+
+    def floor(self) -> float:
+        """The lowest fraction a sampled group gets now: ``min_scored_per_s`` events per second at
+        the planned rate, at least ``min_fraction``, at most 1.
+
+        >>> b = ScoringBudget(0.8, ["perplexity"]); b.rate = 200.0
+        >>> b.floor()
+        0.001
+        """
+        rate = self.planned_rate()
+        if not rate:
+            return 1.0
+        return min(1.0, max(self.min_fraction, self.min_scored_per_s / rate))
 
     def fraction(self, group: str) -> float:
         """Share of events ``group`` scores now (1 for cheap groups and until measured)."""

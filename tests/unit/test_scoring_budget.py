@@ -101,7 +101,7 @@ def test_no_budget_unknown_costs_and_floor() -> None:
     assert fresh.fraction("perplexity") == 1.0  # not measured yet
     fresh.observe("perplexity", 100.0, 1)
     feed(fresh, rate=1000, seconds=5)
-    assert fresh.fraction("perplexity") == fresh.min_fraction
+    assert fresh.fraction("perplexity") == fresh.floor() == pytest.approx(fresh.min_scored_per_s / 1000)
     assert fair_fractions({"a": 2.0, "b": 2.0}, 2.0, 0.0) == {"a": 0.5, "b": 0.5}
 
 
@@ -272,3 +272,26 @@ def test_dashboard_scoring_panel_shows_lag_budget_and_fractions(tmp_path: Path) 
         "events_estimated": 16,
     }
     assert "operational" not in {g["group"] for g in body["groups"]}
+
+
+def test_the_workers_pipeline_counts_against_the_budget_and_the_floor_is_in_events() -> None:
+    from atalaia.metrics.budget import PIPELINE
+
+    def at_200_per_s(with_pipeline: bool) -> ScoringBudget:
+        budget = ScoringBudget(0.8, ["perplexity"])
+        budget.observe("perplexity", 0.1, 1)
+        budget.observe("text", 0.0005, 1)
+        if with_pipeline:
+            budget.observe(PIPELINE, 0.0015, 1)  # parse, write, publish: cheap, on every event
+        budget.update(2, T0 + 1, now=T0 + 1, oldest_ts=T0 + 1 - 1 / 200)
+        budget.update(200, T0 + 2, now=T0 + 2)
+        return budget
+
+    # 0.8 core / 200 events/s = 4 ms per event; text 0.5 ms; the pipeline 1.5 ms more.
+    assert at_200_per_s(False).fraction("perplexity") == pytest.approx(0.035, rel=0.05)
+    assert at_200_per_s(True).fraction("perplexity") == pytest.approx(0.02, rel=0.05)
+    # The floor is 0.2 scored events per second, not a share of the events: at 200/s, 0.1 %.
+    starved = at_200_per_s(True)
+    starved.observe(PIPELINE, 1.0, 1)  # the pipeline alone over budget: the floor, not zero
+    starved.update(200, T0 + 3, now=T0 + 3)
+    assert starved.fraction("perplexity") == starved.floor() == pytest.approx(0.001, rel=0.05)
