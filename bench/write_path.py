@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 STEPS = ("parse", "score", "write", "publish")
 
 
-def _raw_batch(n: int) -> list[bytes]:
+def _raw_batch(n: int, reference: bool = False) -> list[bytes]:
     from atalaia.events import ChatMessage, InferenceEvent
 
     return [
@@ -48,6 +48,8 @@ def _raw_batch(n: int) -> list[bytes]:
             prompt_tokens=15,
             completion_tokens=18,
             cost=0.00003,
+            # With the text groups on (--groups), every event has a reference answer to score against.
+            reference="Employees get 30 working days of paid vacation per year." if reference else None,
         ).to_json()
         for i in range(n)
     ]
@@ -107,13 +109,14 @@ def main() -> None:
     settings = load_settings(metric_groups=args.groups)
     scorer = BatchScorer(settings)
     scorer.warm_up()
+    reference = bool({"text", "meteor"} & settings.enabled_groups)
     results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     messages: dict[bool, int] = {}
-    one_batch(engine, scorer, _raw_batch(args.batch_size), True)  # warm caches and connections
-    one_batch(engine, scorer, _raw_batch(args.batch_size), False)
+    one_batch(engine, scorer, _raw_batch(args.batch_size, reference), True)  # warm caches and connections
+    one_batch(engine, scorer, _raw_batch(args.batch_size, reference), False)
     for _ in range(args.batches):
         for new in (False, True):
-            times, messages[new] = one_batch(engine, scorer, _raw_batch(args.batch_size), new)
+            times, messages[new] = one_batch(engine, scorer, _raw_batch(args.batch_size, reference), new)
             results[new].append(times)
     print(
         f"bench/write_path.py: {engine.dialect.name}, {args.batch_size}-event batches, groups {args.groups}, "
@@ -130,6 +133,8 @@ def main() -> None:
             f"| {med[True][step]:.1f} | {med[True][step] / total[True]:.0%} |"
         )
     print(f"| **total** | **{total[False]:.1f}** | | **{total[True]:.1f}** | |")
+    costs = {g: f"{c * 1000:.3f}" for g, c in scorer.budget.costs.items()}
+    print(f"\nscoring CPU ms per scored event, by group: {costs}; fractions at the end: {scorer.budget.fractions()}")
     print()
     for new in (False, True):
         rate = args.batch_size / total[new] * 1000
