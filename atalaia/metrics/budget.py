@@ -75,9 +75,10 @@ class ScoringBudget:
     #: Weight of the newest observation in the cost and rate averages.
     alpha: float = 0.3
     #: A lagging worker plans to drain its backlog within this many seconds.
-    catch_up_s: float = 60.0
+    #: (15 s, not a minute: at 200 events/s with a minute a default worker settled 10 s behind.)
+    catch_up_s: float = 15.0
     #: Lag (event time to now) below which the worker counts as keeping up.
-    lag_tolerance_s: float = 5.0
+    lag_tolerance_s: float = 2.0
     #: Floor of a sampled group's scored events per second, so every group keeps some signal at
     #: any rate (0.2/s: 180 scores in a 15-minute window). A floor in events, not a fraction: a 1 %
     #: floor on perplexity (~0.2 CPU-s per event) alone needed 0.4 core at 200 events/s.

@@ -63,8 +63,9 @@ def test_a_lagging_worker_plans_to_drain_its_backlog() -> None:
     feed(keeping_up, rate=100, seconds=30)
     feed(lagging, rate=100, seconds=30, lag_s=60.0)
     assert lagging.lag_s == pytest.approx(60.0)
-    assert lagging.planned_rate() == pytest.approx(200.0)  # 100/s plus 6,000 events over 60 s
-    assert lagging.fraction("perplexity") == pytest.approx(keeping_up.fraction("perplexity") / 2)
+    # 100/s plus 6,000 events drained over catch_up_s (15 s)
+    assert lagging.planned_rate() == pytest.approx(100.0 * (1 + 60.0 / lagging.catch_up_s))
+    assert lagging.fraction("perplexity") == pytest.approx(keeping_up.fraction("perplexity") / 5)
 
 
 def test_the_rate_is_measured_on_event_time_not_on_the_workers_speed() -> None:
