@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 
 N = 300
 #: Events per second of event time: SmolLM2 perplexity scores ~8 per second on a quiet core here.
-RATE = 40.0
+#: 300 events then span 15 s of event time, so even at the budget's floor (0.2 scored events per
+#: second) the sample is not empty by chance.
+RATE = 20.0
 
 
 def _scrape(port: int) -> str:
