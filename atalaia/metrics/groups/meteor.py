@@ -29,9 +29,9 @@ class MeteorGroup(MetricGroup):
         self.models.text  # noqa: B018 - loads the scorer (and WordNet)
 
     def score(self, events: Sequence[InferenceEvent], out: Collector) -> None:
+        scorer = self.models.text
         for ev in self.chosen([ev for ev in events if ev.reference]):
             assert ev.reference is not None
-            scorer = self.models.text
             try:
                 if hasattr(scorer, "meteor_with_language"):
                     language, name, value = scorer.meteor_with_language(ev.response, ev.reference)
@@ -41,9 +41,5 @@ class MeteorGroup(MetricGroup):
                         if key.startswith("meteor"):
                             out.add(ev, key, value)
             except Exception as exc:  # noqa: BLE001 - e.g. an empty response: recorded, not raised
-                out.add(ev, scorer_meteor_name(scorer), error=f"{type(exc).__name__}: {exc}"[:500])
-
-
-def scorer_meteor_name(scorer: object) -> str:
-    """The METEOR variant a scorer computes for English pairs (``meteor_exact`` if it does not say)."""
-    return str(getattr(scorer, "meteor_name", "meteor_exact"))
+                name = str(getattr(scorer, "meteor_name", "meteor_exact"))  # the English pairs' variant
+                out.add(ev, name, error=f"{type(exc).__name__}: {exc}"[:500])
