@@ -310,8 +310,7 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
 
 def serve(settings: Settings) -> None:
     """Run the gateway until SIGINT/SIGTERM; events go through the producer SDK in a child process."""
-    import uvicorn
-
+    from atalaia.asgi import serve_until_stopped
     from gateway.emitter import ProcessEmitter
 
     producer = ProcessEmitter(settings, client_id=f"gateway-{settings.gateway_port}")
@@ -321,7 +320,7 @@ def serve(settings: Settings) -> None:
         extra={"host": settings.gateway_host, "port": settings.gateway_port, "upstreams": sorted(app.state.upstreams)},
     )
     try:
-        uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False)
+        serve_until_stopped(app, settings.gateway_host, settings.gateway_port)
     finally:
         producer.close(timeout=30)
         log.info("gateway stopped", extra={"events": producer.handed_over, "child_restarts": producer.restarts})

@@ -37,8 +37,7 @@ def initial_model(settings: Settings) -> tuple[str, Path]:
 
 def serve(settings: Settings) -> None:
     """Load the generator, start the producer and serve until SIGINT/SIGTERM."""
-    import uvicorn
-
+    from atalaia.asgi import serve_until_stopped
     from atalaia.models.generator import Generator
     from inference.app import create_app
     from inference.authority import ModelEventAuthority, count_refusals
@@ -89,9 +88,7 @@ def serve(settings: Settings) -> None:
         },
     )
     try:
-        uvicorn.run(
-            app, host=settings.inference_host, port=settings.inference_port, log_level="warning", access_log=False
-        )
+        serve_until_stopped(app, settings.inference_host, settings.inference_port)
     finally:
         stop.set()
         producer.close(timeout=30)

@@ -166,15 +166,14 @@ def create_app(settings: Settings, emit: Callable[[Any], None], wait_s: float = 
 
 def serve(settings: Settings) -> None:
     """Run the receiver until SIGINT/SIGTERM; events go through the producer SDK."""
-    import uvicorn
-
+    from atalaia.asgi import serve_until_stopped
     from producers.sdk import EventProducer
 
     producer = EventProducer(settings, client_id=f"otlp-{settings.otlp_port}")
     app = create_app(settings, producer.emit, wait_s=settings.otlp_log_wait_s)
     log.info("otlp receiver starting", extra={"host": settings.otlp_host, "port": settings.otlp_port})
     try:
-        uvicorn.run(app, host=settings.otlp_host, port=settings.otlp_port, log_level="warning", access_log=False)
+        serve_until_stopped(app, settings.otlp_host, settings.otlp_port)
     finally:
         producer.close(timeout=30)
         log.info("otlp receiver stopped", extra={"spooled_left": producer.spool_depth})
