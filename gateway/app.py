@@ -20,20 +20,17 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from atalaia.events import InferenceEvent
-from atalaia.metrics.operational import Price
 from atalaia.settings import Settings
 from gateway import protocols as p
+from gateway.calls import FinishedCall, Upstream, upstreams_of
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +53,6 @@ HOP_BY_HOP = frozenset(
 )
 _DROP_BACK = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade"})
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """A configured upstream: where calls go, how they are read, and its price list."""
-
-    name: str
-    base_url: str
-    protocol: str  # openai | anthropic
-    provider: str
-    prices: dict[str, tuple[float, float]]
-
-    @classmethod
-    def from_settings(cls, name: str, spec: dict[str, Any]) -> Upstream:
-        """An upstream from ``ATALAIA_GATEWAY_UPSTREAMS`` (validated by the settings)."""
-        protocol = str(spec.get("protocol", "openai"))
-        prices = {str(k): (float(v[0]), float(v[1])) for k, v in dict(spec.get("prices") or {}).items()}
-        return cls(name, str(spec["base_url"]).rstrip("/"), protocol, str(spec.get("provider") or protocol), prices)
 
 
 def _chat_kind(upstream: Upstream, method: str, path: str) -> str | None:
@@ -101,12 +80,12 @@ def _split_events(buffer: bytearray) -> list[bytes]:
         del buffer[: cut + width]
 
 
-def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
-    """The gateway over ``settings.gateway_upstreams``, emitting events through ``emit``."""
+def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> Starlette:
+    """The gateway over ``settings.gateway_upstreams``, handing each answered chat call to ``hand_off``
+    (which turns it into an inference event, see :class:`gateway.calls.EventBuilder`)."""
     import aiohttp
 
-    upstreams = {name: Upstream.from_settings(name, spec) for name, spec in settings.gateway_upstreams.items()}
-    keep_media = settings.event_keep_media
+    upstreams = upstreams_of(settings)
     registry = CollectorRegistry()
     calls = Counter("atalaia_gateway_calls", "calls through the gateway", ["upstream", "status"], registry=registry)
     errors = Counter(
@@ -115,7 +94,9 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
         ["upstream", "status"],
         registry=registry,
     )
-    emitted = Counter("atalaia_gateway_events", "inference events emitted", ["upstream"], registry=registry)
+    emitted = Counter(
+        "atalaia_gateway_events", "answered chat calls handed off as inference events", ["upstream"], registry=registry
+    )
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -130,46 +111,6 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
             yield
         finally:
             await state["session"].close()
-
-    def _emit(
-        upstream: Upstream, service: str, record: p.CallRecord, started: float, ended: float, status: int
-    ) -> None:
-        model = record.response_model or record.model or "unknown"
-        prompt_price, completion_price = (
-            upstream.prices.get(model) or upstream.prices.get(record.model) or settings.price_for(model)
-        )
-        try:
-            event = InferenceEvent(
-                service=service,
-                model_version=model[:200],
-                messages=p.request_messages(record, keep_media),
-                response="".join(record.text),
-                latency_ms=(ended - started) * 1000.0,
-                prompt_tokens=record.prompt_tokens,
-                completion_tokens=record.completion_tokens,
-                cost=Price(prompt_price, completion_price).cost(record.prompt_tokens, record.completion_tokens),
-                request_id=(record.response_id or None) and str(record.response_id)[:200],
-                provider=upstream.provider,
-                finish_reason=str(record.finish_reason)[:64] if record.finish_reason else None,
-                time_to_first_token_ms=(record.first_token_at - started) * 1000.0
-                if record.first_token_at is not None
-                else None,
-                metadata={
-                    "source": "gateway",
-                    "upstream": upstream.name,
-                    "stream": record.stream,
-                    "status": status,
-                    "request_model": record.model,
-                    **({} if record.usage_seen else {"usage": "not reported by the upstream"}),
-                },
-            )
-        except Exception as exc:  # noqa: BLE001 - a call the upstream answered must not fail here
-            log.warning(
-                "gateway call not turned into an event", extra={"upstream": upstream.name, "error": str(exc)[:300]}
-            )
-            return
-        emit(event)
-        emitted.labels(upstream.name).inc()
 
     async def proxy(request: Request) -> Response:
         started = time.perf_counter()
@@ -186,7 +127,7 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
                 status_code=404,
             )
         path = request.path_params["path"]
-        body = await request.body()
+        body = sent = await request.body()
         headers = {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
         kind = _chat_kind(upstream, request.method, path)
         record: p.CallRecord | None = None
@@ -208,7 +149,7 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
                     and not (isinstance(options, dict) and options.get("include_usage"))
                 ):
                     extra = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-                    body = json.dumps({**payload, "stream_options": extra}).encode()
+                    sent = json.dumps({**payload, "stream_options": extra}).encode()
                     hide_usage = True
         service = request.headers.get("x-atalaia-service") or upstream.name
         url = f"{upstream.base_url}/{path}"
@@ -216,7 +157,7 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
             url += "?" + request.url.query
         session = state["session"]
         try:
-            resp = await session.request(request.method, url, data=body or None, headers=headers, allow_redirects=False)
+            resp = await session.request(request.method, url, data=sent or None, headers=headers, allow_redirects=False)
         except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeout: the caller gets a 502
             errors.labels(name, "502").inc()
             calls.labels(name, "502").inc()
@@ -243,25 +184,11 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
                 content = await resp.read()
             finally:
                 resp.release()
-            ended = time.perf_counter()
-            task = None
             if record is not None:
-                done: p.CallRecord = record
-
-                # async: run on the loop once the answer is sent (a sync task would cost a thread hop).
-                async def finish(
-                    content: bytes = content, record: p.CallRecord = done, kind: str | None = kind
-                ) -> None:
-                    try:
-                        data = json.loads(content)
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict):
-                        (p.openai_response if kind == "openai" else p.anthropic_response)(record, data)
-                    _emit(upstream, service, record, started, ended, status)
-
-                task = BackgroundTask(finish)
-            return Response(content, status_code=status, headers=back, background=task)
+                latency = (time.perf_counter() - started) * 1000.0
+                hand_off(FinishedCall(name, service, status, record, body, content, latency, None))
+                emitted.labels(name).inc()
+            return Response(content, status_code=status, headers=back)
 
         async def relay() -> AsyncIterator[bytes]:
             buffer = bytearray()
@@ -288,7 +215,11 @@ def create_app(settings: Settings, emit: Callable[[Any], None]) -> Starlette:
             finally:
                 resp.release()
                 if record is not None:
-                    _emit(upstream, service, record, started, time.perf_counter(), status)
+                    latency = (time.perf_counter() - started) * 1000.0
+                    first = record.first_token_at
+                    ttft = None if first is None else (first - started) * 1000.0
+                    hand_off(FinishedCall(name, service, status, record, body, None, latency, ttft))
+                    emitted.labels(name).inc()
 
         return StreamingResponse(relay(), status_code=status, headers=back)
 
@@ -314,7 +245,7 @@ def serve(settings: Settings) -> None:
     from gateway.emitter import ProcessEmitter
 
     producer = ProcessEmitter(settings, client_id=f"gateway-{settings.gateway_port}")
-    app = create_app(settings, producer.emit)
+    app = create_app(settings, producer.hand_off)
     log.info(
         "gateway starting",
         extra={"host": settings.gateway_host, "port": settings.gateway_port, "upstreams": sorted(app.state.upstreams)},

@@ -23,7 +23,6 @@ class CallRecord:
     """What one call through the gateway produced, filled in as the answer arrives."""
 
     model: str = ""
-    request: dict[str, Any] = field(default_factory=dict)  # the request body; messages read after the answer
     kind: str = "openai"
     stream: bool = False
     response_model: str | None = None
@@ -52,12 +51,12 @@ def _int(value: Any) -> int:
 # -- OpenAI Chat Completions -------------------------------------------------------------------
 def request_record(kind: str, body: dict[str, Any]) -> CallRecord:
     """What is needed of a request before forwarding it (the messages are read once answered)."""
-    return CallRecord(model=str(body.get("model") or ""), request=body, kind=kind, stream=bool(body.get("stream")))
+    return CallRecord(model=str(body.get("model") or ""), kind=kind, stream=bool(body.get("stream")))
 
 
-def request_messages(record: CallRecord, keep_media: bool) -> list[ChatMessage]:
-    """The messages of the call's request (Anthropic's ``system`` first)."""
-    return (openai_messages if record.kind == "openai" else anthropic_messages)(record.request, keep_media)
+def request_messages(kind: str, body: dict[str, Any], keep_media: bool) -> list[ChatMessage]:
+    """The messages of a request body of protocol ``kind`` (Anthropic's ``system`` first)."""
+    return (openai_messages if kind == "openai" else anthropic_messages)(body, keep_media)
 
 
 def openai_messages(body: dict[str, Any], keep_media: bool) -> list[ChatMessage]:

@@ -16,6 +16,7 @@ import pytest
 from atalaia.events import InferenceEvent, parse_event
 from atalaia.settings import Settings
 from gateway.app import create_app
+from gateway.calls import EventBuilder
 from inference.app import create_app as create_inference
 from tests.conftest import free_port
 from tests.helpers_anthropic import API_KEY, running
@@ -45,7 +46,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     with (
         running(create_inference(serve_settings, FakeGenerator(), RecordingProducer()), oa_port),
         running(fake_anthropic, an_port),
-        running(create_app(settings, events.append), gw_port),
+        running(create_app(settings, _events_into(settings, events)), gw_port),
     ):
         yield {
             "gateway": f"http://127.0.0.1:{gw_port}",
@@ -53,6 +54,17 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "seen": fake_anthropic.state.seen,
             "model": serve_settings.model_version,
         }
+
+
+def _events_into(settings: Settings, events: list[InferenceEvent]) -> Any:
+    build = EventBuilder(settings)
+
+    def hand_off(call: Any) -> None:
+        event = build(call)
+        assert event is not None
+        events.append(event)
+
+    return hand_off
 
 
 def _wait(events: list[InferenceEvent], n: int) -> None:
