@@ -54,17 +54,37 @@ NOISY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "httpx", "urllib3", "alem
 # kafka-python logs every refused connection attempt as an ERROR (about 30 lines while a broker
 # that was just started comes up). The client retries them, and Atalaia reports the outcome itself
 # ("kafka unreachable; spooling events to disk", a failed start): they are warnings.
-KAFKA_CONNECTION_LOGGERS = ("kafka.net.connection", "kafka.net.manager", "kafka.conn", "kafka.client_async")
+# aiokafka (faust's client) logs an ERROR at a worker's first start on a fresh namespace: faust's
+# leader-assignor topic is created during the first rebalance, after the metadata it checks was
+# fetched; faust itself then says "Ignoring missing topic" and the worker runs normally.
+KAFKA_CONNECTION_LOGGERS = (
+    "kafka.net.connection",
+    "kafka.net.manager",
+    "kafka.conn",
+    "kafka.client_async",
+    "aiokafka.cluster",
+)
 
 
-_RETRIED_SIGNS = ("KafkaConnectionError", "ECONNREFUSED", "Connection refused", "Unable to bootstrap")
+_RETRIED_SIGNS = (
+    "KafkaConnectionError",
+    "ECONNREFUSED",
+    "Connection refused",
+    "Unable to bootstrap",
+    "__assignor-__leader not found in cluster metadata",
+)
 
 
 class RetriedConnectionErrors(logging.Filter):
-    """Demote kafka-python's connection-refused/lost errors to WARNING (they are retried).
+    """Demote Kafka clients' errors that are retried or benign (connection refused or lost; faust's
+    assignor topic missing at a first start) to WARNING.
 
     >>> rec = logging.LogRecord("kafka.net.manager", logging.ERROR, "", 0,
     ...     "Connection failed: KafkaConnectionError: 111 ECONNREFUSED", None, None)
+    >>> RetriedConnectionErrors().filter(rec), rec.levelname
+    (True, 'WARNING')
+    >>> rec = logging.LogRecord("aiokafka.cluster", logging.ERROR, "", 0,
+    ...     "Topic %s not found in cluster metadata", ("w1-__assignor-__leader",), None)
     >>> RetriedConnectionErrors().filter(rec), rec.levelname
     (True, 'WARNING')
     """
