@@ -74,6 +74,10 @@ class ScoringBudget:
     expensive: Iterable[str]
     #: Weight of the newest observation in the cost and rate averages.
     alpha: float = 0.3
+    #: Weight of a cost observation below the average. Costs are heavy-tailed (METEOR took
+    #: 0.5 ms to 28 ms per event from one batch to the next): a cost falls slowly after a dear
+    #: batch, so a few cheap batches do not raise the fractions into the next dear one.
+    cost_decay_alpha: float = 0.1
     #: A lagging worker plans to drain its backlog within this many seconds.
     #: (15 s, not a minute: at 200 events/s with a minute a default worker settled 10 s behind.)
     catch_up_s: float = 15.0
@@ -93,6 +97,7 @@ class ScoringBudget:
     _fractions: dict[str, float] = field(default_factory=dict)
     _newest: float | None = None
     _pending: int = 0
+    _bound: float | None = None
 
     def __post_init__(self) -> None:
         self.expensive = frozenset(self.expensive)
@@ -106,7 +111,8 @@ class ScoringBudget:
         """Record that ``group`` spent ``cpu_s`` CPU seconds scoring ``n_events`` events."""
         if n_events <= 0:
             return
-        self.costs[group] = ewma(self.costs.get(group), max(cpu_s, 0.0) / n_events, self.alpha)
+        cost, old = max(cpu_s, 0.0) / n_events, self.costs.get(group)
+        self.costs[group] = ewma(old, cost, self.alpha if old is None or cost >= old else self.cost_decay_alpha)
 
     def update(self, n_events: int, newest_ts: float, now: float, oldest_ts: float | None = None) -> None:
         """Account a batch of ``n_events`` whose newest event time is ``newest_ts`` (epoch
@@ -115,6 +121,11 @@ class ScoringBudget:
         not score its whole first batch."""
         self.lag_s = max(0.0, now - newest_ts)
         self._pending += n_events
+        # The batch's own events bound the rate from below: n of them within their spread, or
+        # within lag_tolerance_s (the most the worker may fall behind on them) if that is longer.
+        own = 0.0
+        if oldest_ts is not None and n_events > 1:
+            own = (n_events - 1) / max(newest_ts - oldest_ts, self.lag_tolerance_s)
         if self._newest is None:
             self._newest = newest_ts
             self._pending = 0  # the first batch sets the origin of event time ...
@@ -122,14 +133,20 @@ class ScoringBudget:
             if oldest_ts is not None and n_events > 1 and newest_ts - oldest_ts >= self.min_span_s:
                 self.rate = (n_events - 1) / (newest_ts - oldest_ts)  # ... and its own spread a first rate
         elif newest_ts - self._newest >= self.min_span_s:
-            self.rate = ewma(self.rate, self._pending / (newest_ts - self._newest), self.alpha)
+            # An idle stretch before a batch is not part of its arrival rate: traffic that starts
+            # after a pause (one probe event, then 200/s) measured 6/s and was scored in full.
+            self.rate = ewma(self.rate, max(self._pending / (newest_ts - self._newest), own), self.alpha)
             self._newest, self._pending = newest_ts, 0
+        # Until a rate is measured, plan for the batch's own bound: a first batch of 200 scored at
+        # full cost stalled a worker for 8 s.
+        self._bound = own if self.rate is None and own > 0 else None
         self._fractions = self._compute()
 
     def planned_rate(self) -> float | None:
-        """Events per second the worker plans for: the arrival rate, plus the backlog to drain."""
+        """Events per second the worker plans for: the arrival rate, plus the backlog to drain
+        (before the rate is known: the first batch's bound, see :meth:`update`)."""
         if self.rate is None:
-            return None
+            return self._bound
         if self.lag_s <= self.lag_tolerance_s:
             return self.rate
         return self.rate * (1.0 + self.lag_s / self.catch_up_s)
