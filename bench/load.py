@@ -122,7 +122,7 @@ class Pipeline:
             self.procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "composition.cli.main", "worker"],
-                    env=settings_env(s) | {"ATALAIA_LOG_LEVEL": "WARNING"},
+                    env=settings_env(s),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -386,6 +386,9 @@ def main() -> None:
     parser.add_argument(
         "--groups", default="operational", help="ATALAIA_METRIC_GROUPS of the workers ('default': the default groups)"
     )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="workers' ATALAIA_LOG_LEVEL (INFO: one line per batch, with step times)"
+    )
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: capacity,sustained,sdk")
     args = parser.parse_args()
 
@@ -406,6 +409,7 @@ def main() -> None:
         topic_partitions=4,
         metric_groups=args.groups,
         models_dir=main_settings.models_dir,
+        log_level=args.log_level,
     )
     skip = set(filter(None, args.skip.split(",")))
     print(

@@ -159,11 +159,12 @@ class BatchScorer:
         for group in self.active:
             out.fraction = group.rate()
             n_metrics, n_vectors = len(batch.metrics), len(batch.embeddings)
-            started = time.process_time()
+            started, wall = time.process_time(), time.perf_counter()
             group.score(with_text if group.needs_text else events, out)
-            cpu_s = time.process_time() - started
+            cpu_s, wall = time.process_time() - started, time.perf_counter() - wall
             scored = {str(m.source_event_id) for m in batch.metrics[n_metrics:]}
             scored.update(v["event_id"] for v in batch.embeddings[n_vectors:])
+            batch.groups[group.name] = (round(wall, 4), len(scored))
             # Cost per scored event: what one more sampled event would cost.
             self.budget.observe(group.name, cpu_s, len(scored))
         out.fraction = 1.0

@@ -27,6 +27,7 @@ from atalaia.storage.partitions import ensure_partitions
 from consumers import health
 from consumers.drift import DriftRunner, drift_metrics
 from consumers.feedback_signals import feedback_signal_metrics
+from consumers.gc_pauses import GcPauses, freeze_loaded
 from consumers.scoring import BatchScorer, ScoredBatch
 from consumers.telemetry import WorkerMetrics
 from consumers.windows import materialize
@@ -185,19 +186,21 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
             )
             await deadletter_topic.send(key=record.key, value=record.to_json())
 
+    gc_pauses = GcPauses().install()
+
     @app.agent(inference_topic, name="score-inference")
     async def score(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
         async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
-            started_cpu = time.process_time()
+            started_cpu, started = time.process_time(), time.perf_counter()
             valid, dead = split_valid(batch, InferenceEvent, consumer_name)
             await send_dead(dead)
             if not valid:
                 continue
             # Model inference is CPU work: off the event loop, so heartbeats keep flowing.
-            scoring_cpu = time.process_time()
+            scoring_cpu, scoring_at = time.process_time(), time.perf_counter()
             scored = await loop.run_in_executor(None, scorer.score, valid)
-            scoring_cpu = time.process_time() - scoring_cpu
+            scoring_cpu, written_at = time.process_time() - scoring_cpu, time.perf_counter()
 
             def write(
                 valid: list[InferenceEvent] = valid, scored: ScoredBatch = scored
@@ -224,13 +227,32 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
                     return new[0], new[1], extra
 
             new_events, new_metrics, extra = await retry_forever("inference batch", write)
+            published_at = time.perf_counter()
             # Publish after the commit: a metric on the topic always has its row in the table.
             await publish_metrics(metrics_topic, [*scored.metrics, *extra])
             # The batch's CPU outside scoring (parse, write, publish) counts against the budget like
             # a cheap group: at 200 events/s it is a fifth of a core the sampling must leave free.
             scorer.budget.observe(PIPELINE, time.process_time() - started_cpu - scoring_cpu, len(valid))
             telemetry.observe(scorer, len(valid))
-            log.info("batch stored", extra={"events": len(valid), "new_events": new_events, "new_metrics": new_metrics})
+            done = time.perf_counter()
+            log.info(
+                "batch stored",
+                extra={
+                    "events": len(valid),
+                    "new_events": new_events,
+                    "new_metrics": new_metrics,
+                    # Wall seconds per step: where a batch's time goes when the lag grows.
+                    "seconds": {
+                        "parse": round(scoring_at - started, 4),
+                        "score": round(written_at - scoring_at, 4),
+                        "write": round(published_at - written_at, 4),
+                        "publish": round(done - published_at, 4),
+                    },
+                    "groups": {name: {"seconds": sec, "scored": n} for name, (sec, n) in scored.groups.items()},
+                    "fractions": scorer.budget.fractions(),
+                    "gc_seconds": {str(g): round(sec, 4) for g, sec in gc_pauses.take().items()},
+                },
+            )
 
     @app.agent(feedback_topic, name="store-feedback")
     async def store_feedback(stream: faust.StreamT[bytes]) -> None:
@@ -295,6 +317,7 @@ def run_worker(settings: Settings) -> None:
     scorer = BatchScorer(settings)
     started = time.perf_counter()
     scorer.warm_up()  # load the models before joining the group, not inside the first batch
+    freeze_loaded()  # the models live as long as the process: full collections need not walk them
     log.info(
         "models loaded", extra={"groups": sorted(scorer.groups), "seconds": round(time.perf_counter() - started, 1)}
     )

@@ -91,6 +91,8 @@ class ScoredBatch:
 
     metrics: list[MetricEvent] = field(default_factory=list)
     embeddings: list[dict[str, Any]] = field(default_factory=list)
+    #: Per group: wall seconds spent and events scored (the worker logs them with the batch).
+    groups: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 class Collector:
