@@ -74,10 +74,6 @@ class ScoringBudget:
     expensive: Iterable[str]
     #: Weight of the newest observation in the cost and rate averages.
     alpha: float = 0.3
-    #: Weight of a cost observation below the average. Costs are heavy-tailed (METEOR took
-    #: 0.5 ms to 28 ms per event from one batch to the next): a cost falls slowly after a dear
-    #: batch, so a few cheap batches do not raise the fractions into the next dear one.
-    cost_decay_alpha: float = 0.1
     #: A lagging worker plans to drain its backlog within this many seconds.
     #: (15 s, not a minute: at 200 events/s with a minute a default worker settled 10 s behind.)
     catch_up_s: float = 15.0
@@ -111,8 +107,7 @@ class ScoringBudget:
         """Record that ``group`` spent ``cpu_s`` CPU seconds scoring ``n_events`` events."""
         if n_events <= 0:
             return
-        cost, old = max(cpu_s, 0.0) / n_events, self.costs.get(group)
-        self.costs[group] = ewma(old, cost, self.alpha if old is None or cost >= old else self.cost_decay_alpha)
+        self.costs[group] = ewma(self.costs.get(group), max(cpu_s, 0.0) / n_events, self.alpha)
 
     def update(self, n_events: int, newest_ts: float, now: float, oldest_ts: float | None = None) -> None:
         """Account a batch of ``n_events`` whose newest event time is ``newest_ts`` (epoch
@@ -122,10 +117,11 @@ class ScoringBudget:
         self.lag_s = max(0.0, now - newest_ts)
         self._pending += n_events
         # The batch's own events bound the rate from below: n of them within their spread, or
-        # within lag_tolerance_s (the most the worker may fall behind on them) if that is longer.
+        # within catch_up_s (the time the worker gives itself to drain a backlog) if that is
+        # longer. (2 s sampled a burst of ten test events; 15 s scores a handful in full.)
         own = 0.0
         if oldest_ts is not None and n_events > 1:
-            own = (n_events - 1) / max(newest_ts - oldest_ts, self.lag_tolerance_s)
+            own = (n_events - 1) / max(newest_ts - oldest_ts, self.catch_up_s)
         if self._newest is None:
             self._newest = newest_ts
             self._pending = 0  # the first batch sets the origin of event time ...
