@@ -19,7 +19,7 @@ from atalaia.storage.partitions import is_partition
 
 pytestmark = pytest.mark.integration
 
-HEAD = "0007_partitions"
+HEAD = "0008_metrics_ts_index"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
