@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
-
-import numpy as np
 
 from atalaia.events import InferenceEvent, MetricEvent
 
@@ -113,7 +112,7 @@ class Collector:
         labels: dict[str, str] | None = None,
     ) -> None:
         """Record ``name`` of ``event``: a finite value, or the error that prevented it."""
-        if value is not None and not np.isfinite(value):
+        if value is not None and not math.isfinite(value):
             value, error = None, error or f"non-finite value {value}"
         self.out.append(MetricEvent.of(event, name, value, error, labels, self.fraction))
 
