@@ -27,6 +27,7 @@ from atalaia.metrics.groups.base import (
 )
 from atalaia.metrics.groups.registry import GROUPS, GROUPS_BY_NAME
 from atalaia.settings import Settings
+from consumers.gc_pauses import collector_cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,10 @@ class BatchScorer:
         for _ in range(2):  # the first call pays one-off costs (lazy imports, allocations)
             costs = {}
             for group in self.active:
-                started = time.process_time()
+                started, in_gc = time.process_time(), collector_cpu_seconds()
                 group.score([sample], Collector(ScoredBatch()))
-                costs[group.name] = time.process_time() - started
+                # One event's cost: a collection that struck during it would be taken for it.
+                costs[group.name] = time.process_time() - started - (collector_cpu_seconds() - in_gc)
         for name, cpu_s in costs.items():
             if name != "drift":  # drift's work is the embedding group's (see atalaia/metrics/groups/drift.py)
                 self.budget.observe(name, cpu_s, 1)
@@ -159,9 +161,11 @@ class BatchScorer:
         for group in self.active:
             out.fraction = group.rate()
             n_metrics, n_vectors = len(batch.metrics), len(batch.embeddings)
-            started, wall = time.process_time(), time.perf_counter()
+            started, wall, in_gc = time.process_time(), time.perf_counter(), collector_cpu_seconds()
             group.score(with_text if group.needs_text else events, out)
-            cpu_s, wall = time.process_time() - started, time.perf_counter() - wall
+            gc_s = collector_cpu_seconds() - in_gc
+            cpu_s, wall = time.process_time() - started - gc_s, time.perf_counter() - wall
+            self.budget.pause(gc_s)  # the heap's cost, not the group's (see ScoringBudget.pause)
             scored = {str(m.source_event_id) for m in batch.metrics[n_metrics:]}
             scored.update(v["event_id"] for v in batch.embeddings[n_vectors:])
             batch.groups[group.name] = (round(wall, 4), len(scored))

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from atalaia.metrics.budget import PIPELINE
+from atalaia.metrics.budget import GC, PIPELINE
 
 
 class WorkerMetrics:
@@ -63,8 +63,10 @@ class WorkerMetrics:
             if group.name in budget.costs:
                 self.cost.labels(group.name).set(budget.costs[group.name])
             self.fraction.labels(group.name).set(scorer.fraction(group.name))
-        if PIPELINE in budget.costs:  # parse, write and publish: the worker's work beside scoring
-            self.cost.labels(PIPELINE).set(budget.costs[PIPELINE])
+        # Parse, write and publish, and the collector's pauses: the worker's work beside scoring.
+        for overhead in (PIPELINE, GC):
+            if overhead in budget.costs:
+                self.cost.labels(overhead).set(budget.costs[overhead])
 
     def render(self) -> bytes:
         """The exposition text of every collector."""

@@ -27,7 +27,7 @@ from atalaia.storage.partitions import ensure_partitions
 from consumers import health
 from consumers.drift import DriftRunner, drift_metrics
 from consumers.feedback_signals import feedback_signal_metrics
-from consumers.gc_pauses import GcPauses, freeze_loaded
+from consumers.gc_pauses import GcPauses, collector_cpu_seconds, freeze_loaded
 from consumers.scoring import BatchScorer, ScoredBatch
 from consumers.telemetry import WorkerMetrics
 from consumers.windows import materialize
@@ -192,15 +192,16 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
     async def score(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
         async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
-            started_cpu, started = time.process_time(), time.perf_counter()
+            started_cpu, started, started_gc = time.process_time(), time.perf_counter(), collector_cpu_seconds()
             valid, dead = split_valid(batch, InferenceEvent, consumer_name)
             await send_dead(dead)
             if not valid:
                 continue
             # Model inference is CPU work: off the event loop, so heartbeats keep flowing.
-            scoring_cpu, scoring_at = time.process_time(), time.perf_counter()
+            scoring_cpu, scoring_at, scoring_gc = time.process_time(), time.perf_counter(), collector_cpu_seconds()
             scored = await loop.run_in_executor(None, scorer.score, valid)
             scoring_cpu, written_at = time.process_time() - scoring_cpu, time.perf_counter()
+            scoring_gc = collector_cpu_seconds() - scoring_gc  # the scorer accounted these itself
 
             def write(
                 valid: list[InferenceEvent] = valid, scored: ScoredBatch = scored
@@ -232,7 +233,10 @@ def create_app(settings: Settings, scorer: BatchScorer | None = None) -> faust.A
             await publish_metrics(metrics_topic, [*scored.metrics, *extra])
             # The batch's CPU outside scoring (parse, write, publish) counts against the budget like
             # a cheap group: at 200 events/s it is a fifth of a core the sampling must leave free.
-            scorer.budget.observe(PIPELINE, time.process_time() - started_cpu - scoring_cpu, len(valid))
+            # Collector pauses outside scoring are the heap's too (see ScoringBudget.pause).
+            pipeline_gc = collector_cpu_seconds() - started_gc - scoring_gc
+            scorer.budget.pause(pipeline_gc)
+            scorer.budget.observe(PIPELINE, time.process_time() - started_cpu - scoring_cpu - pipeline_gc, len(valid))
             telemetry.observe(scorer, len(valid))
             done = time.perf_counter()
             log.info(

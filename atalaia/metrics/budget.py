@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 #: The worker's own work per event outside scoring (parse, write, publish), observed like a cheap
 #: group: the budget covers the whole worker, so scoring plus its pipeline fit what it can keep up with.
 PIPELINE = "pipeline"
+#: The garbage collector's CPU, averaged over many batches: a cheap cost of its own (see
+#: :meth:`ScoringBudget.pause`).
+GC = "gc"
 
 
 def ewma(old: float | None, new: float, alpha: float) -> float:
@@ -87,6 +90,8 @@ class ScoringBudget:
     min_fraction: float = 1e-4
     #: Shortest stretch of event time that gives a rate measurement (shorter ones accumulate).
     min_span_s: float = 0.5
+    #: Batches over which collector pauses are averaged (a decaying sum, see :meth:`pause`).
+    pause_memory: int = 1000
     costs: dict[str, float] = field(default_factory=dict)
     rate: float | None = None
     lag_s: float = 0.0
@@ -94,6 +99,8 @@ class ScoringBudget:
     _newest: float | None = None
     _pending: int = 0
     _bound: float | None = None
+    _paused_s: float = 0.0
+    _paused_events: float = 0.0
 
     def __post_init__(self) -> None:
         self.expensive = frozenset(self.expensive)
@@ -109,6 +116,30 @@ class ScoringBudget:
             return
         self.costs[group] = ewma(self.costs.get(group), max(cpu_s, 0.0) / n_events, self.alpha)
 
+    def pause(self, cpu_s: float) -> None:
+        """Record ``cpu_s`` CPU seconds the garbage collector took (callers leave them out of
+        the group or step they interrupted).
+
+        A full collection walks the whole heap: its cost belongs to the process, and it comes
+        every few hundred batches, not every batch. Fed to a group's moving average, one 1 s
+        collection in a 200-event batch read as 5 ms per event, and the expensive groups were
+        sampled to their floor for the next batches. So pauses are averaged over the events of
+        the last ~``pause_memory`` batches into the cheap cost ``gc``, which :meth:`update` sets.
+
+        >>> b = ScoringBudget(0.8, ["perplexity"])
+        >>> b.update(100, 10.0, now=10.0)
+        >>> b.update(100, 11.0, now=11.0)
+        >>> b.pause(1.0)
+        >>> round(b.costs["gc"], 4)  # 1 s over the 200 events seen: 5 ms each
+        0.005
+        """
+        self._paused_s += max(cpu_s, 0.0)
+        self._cost_pauses()
+
+    def _cost_pauses(self) -> None:
+        if self._paused_s > 0 and self._paused_events > 0:
+            self.costs[GC] = self._paused_s / self._paused_events
+
     def update(self, n_events: int, newest_ts: float, now: float, oldest_ts: float | None = None) -> None:
         """Account a batch of ``n_events`` whose newest event time is ``newest_ts`` (epoch
         seconds), seen at ``now``; recompute the fractions. ``oldest_ts`` (the batch's oldest
@@ -116,6 +147,10 @@ class ScoringBudget:
         not score its whole first batch."""
         self.lag_s = max(0.0, now - newest_ts)
         self._pending += n_events
+        keep = 1.0 - 1.0 / self.pause_memory  # both sums decay alike: a mean of recent batches
+        self._paused_events = self._paused_events * keep + n_events
+        self._paused_s *= keep
+        self._cost_pauses()
         # The batch's own events bound the rate from below: n of them within their spread, or
         # within catch_up_s (the time the worker gives itself to drain a backlog) if that is
         # longer. (2 s sampled a burst of ten test events; 15 s scores a handful in full.)

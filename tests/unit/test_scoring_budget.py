@@ -3,6 +3,7 @@ scorer storing each row's sampling fraction (fake models that burn real CPU)."""
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from atalaia.settings import Settings
 from atalaia.storage import repository
 from atalaia.storage import tables as t
 from atalaia.storage.db import get_engine, upgrade
+from consumers.gc_pauses import collector_cpu_seconds
 from consumers.scoring import BatchScorer
 from consumers.windows import materialize
 
@@ -215,6 +217,35 @@ def test_a_scorer_fed_faster_than_its_expensive_group_samples_it_and_stores_the_
     assert 0.01 <= fraction < 0.5
     assert 0 < len(ppl) < 200 and {m.sample_fraction for m in ppl} == {fraction}
     assert scorer.budget.rate == pytest.approx(1000.0, rel=0.05)
+
+
+def test_a_full_collection_is_the_heaps_cost_not_the_group_it_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In CI, after 1,700 tests, a full collection took ~1 s; one that struck inside the cheap
+    # group's 200 events read as 5 ms per event, and perplexity was sampled to its floor.
+    scorer = _scorer(tmp_path, scoring_budget=2.0)
+    scorer.warm_up()
+    events = _events(400, datetime.now(UTC) - timedelta(seconds=1), rate=1000.0)
+    scorer.score(events[:200])
+    cheap = scorer.budget.costs["operational"]
+    heap = [[[] for _ in range(4)] for _ in range(100_000)]  # half a million containers to walk
+    operational = next(g for g in scorer.active if g.name == "operational")
+    plain, collected = operational.score, []
+
+    def score_then_collect(batch: list[InferenceEvent], out: object) -> None:
+        plain(batch, out)  # type: ignore[arg-type]
+        before = collector_cpu_seconds()
+        gc.collect()
+        collected.append(collector_cpu_seconds() - before)
+
+    monkeypatch.setattr(operational, "score", score_then_collect)
+    scorer.score(events[200:])
+    assert len(heap) and collected[0] > 50 * cheap  # the collection dwarfs the group's own work
+    # Left out of the group's moving average (it would have added 0.3 * collected / 200) ...
+    assert scorer.budget.costs["operational"] < cheap + 0.3 * collected[0] / 200 / 4
+    # ... and spread over the events seen as the cheap cost ``gc``.
+    assert scorer.budget.costs["gc"] >= collected[0] / 400
 
 
 class OnlyServedVersion:
