@@ -104,6 +104,8 @@ class ProducerStats:
     dead_lettered: int = 0
     #: Events handed to Kafka, unacknowledged past their deadline, and spooled.
     expired: int = 0
+    #: Kafka clients dropped and rebuilt because they held records without settling them.
+    recycled: int = 0
 
 
 class EventProducer:
@@ -383,6 +385,33 @@ class EventProducer:
         # Count the pause from the end of the attempt: a failed bootstrap itself takes seconds.
         self._last_connect = time.monotonic()
 
+    def _recycle(self, why: str) -> None:
+        """Drop the Kafka client; the next attempt builds a fresh one.
+
+        A client that took records and never settled them is wedged, not waiting: after broker
+        restarts under load, kafka-python's idempotent producer kept retrying a partition that
+        answered ``NotLeaderForPartition`` and never delivered again (the spool grew for minutes
+        with the broker back). A fresh client gets a fresh producer id and fresh metadata. Its
+        unsettled records fail (``IllegalStateError``) and are spooled by their callbacks; a
+        duplicate is harmless downstream, a loss is not.
+        """
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        self.stats.recycled += 1
+        log.warning("kafka client recycled", extra={"bootstrap": self.settings.kafka_bootstrap, "reason": why})
+        try:
+            producer.close(timeout=0)
+        except kafka_errors.KafkaTimeoutError:
+            # close() flushes first and gives up on the flush's timeout before it force-closes
+            # the sender (kafka-python 3.0): force it, or the wedged sender thread lives on.
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+        except Exception:  # a client being dropped may fail any way it likes
+            log.debug("producer close failed", exc_info=True)
+        self._last_connect = 0.0  # reconnect at the next turn of the sender loop
+
     def _mark_degraded(self, exc: BaseException) -> None:
         self._last_error = time.monotonic()
         if not self._degraded:
@@ -448,6 +477,8 @@ class EventProducer:
             # Degraded: later events queue behind the spooled ones, which keeps their order.
             self._mark_degraded(TimeoutError(f"{len(messages)} events unacknowledged after {limit:.0f} s"))
             self._spool_many(messages)
+            # The client's own delivery timeout is shorter: it stopped expiring what it holds.
+            self._recycle(f"{len(messages)} events unacknowledged after {limit:.0f} s")
 
     def _recover(self, message: SpooledMessage) -> None:
         """Spool a message whose send raised, unless close() or an errback already did."""
@@ -528,6 +559,9 @@ class EventProducer:
                 log.info("spool replayed", extra={"delivered": len(delivered), "left": len(self.spool)})
             if failure is not None:  # still down: keep the rest for later
                 self._mark_degraded(failure)
+                if futures and not delivered:
+                    # The client took the chunk and settled none of it in time: it may be wedged.
+                    self._recycle(f"replay of {len(futures)} spooled events failed: {_reason(failure)}")
                 return
         if self._degraded:
             log.info("kafka reachable again", extra={"bootstrap": self.settings.kafka_bootstrap})

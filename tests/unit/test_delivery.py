@@ -132,6 +132,7 @@ class _FakeKafka:
     def __init__(self, hang: bool = False) -> None:
         self.sent: list[bytes] = []
         self.hang = hang
+        self.closed = False
 
     def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> _Future:
         if value.startswith(b"big"):
@@ -147,7 +148,7 @@ class _FakeKafka:
         pass
 
     def close(self, timeout: float | None = None) -> None:
-        pass
+        self.closed = True
 
 
 def _stopped(tmp_path: Path, fake: _FakeKafka, **extra: Any) -> EventProducer:
@@ -203,3 +204,32 @@ def test_in_flight_events_past_their_deadline_are_spooled(tmp_path: Path) -> Non
     producer._expire_in_flight(now=time.monotonic() + 2)
     assert producer.pending == 0 and [m.value for m in producer.spool.read()] == [b"a"]
     assert not producer.connected  # later events queue behind the spooled one, in order
+
+
+def test_a_client_that_settles_none_of_a_replay_is_recycled_and_a_fresh_one_drains_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After broker restarts under load, kafka-python's producer took records and never settled
+    # them again: the spool grew for minutes with the broker back (test_faults_kafka in CI).
+    wedged = _FakeKafka(hang=True)
+    producer = _stopped(tmp_path, wedged)
+    producer.spool.append_many([SpooledMessage("t", None, v) for v in (b"a", b"b")])
+    producer._replay()
+    assert wedged.closed and producer._producer is None and producer.stats.recycled == 1
+    assert producer.spool_depth == 2  # nothing is lost with the client
+    fresh = _FakeKafka()
+    monkeypatch.setattr("atalaia.kafka.clients.producer", lambda *args, **kwargs: fresh)
+    producer._connect()
+    producer._replay()
+    assert fresh.sent == [b"a", b"b"] and producer.spool_depth == 0 and producer.connected
+
+
+def test_in_flight_events_the_client_never_settles_recycle_it(tmp_path: Path) -> None:
+    wedged = _FakeKafka(hang=True)
+    producer = _stopped(tmp_path, wedged, producer_in_flight_timeout_s=1.0)
+    message = SpooledMessage("t", None, b"a")
+    producer._current = message
+    producer._send(message)
+    producer._expire_in_flight(now=time.monotonic() + 2)
+    assert [m.value for m in producer.spool.read()] == [b"a"]
+    assert wedged.closed and producer._producer is None and producer.stats.recycled == 1
