@@ -10,9 +10,14 @@ texts/s, the ratio to torch, and the cosine of each vector to torch's (minimum a
 The ONNX export is written to a temporary ``ATALAIA_HOME`` (or ``--home``), as
 ``atalaia models prepare`` does.
 
+With ``--openvino DIR`` (a folder where ``openvino`` is installed, e.g. by ``uv pip install
+--target DIR openvino``; it is not a project dependency) the same ONNX export also runs on
+OpenVINO's CPU plugin (``PERFORMANCE_HINT=LATENCY``), tokenized and batched as ONNX Runtime is,
+so that the choice between the two runtimes is a measurement.
+
 Usage::
 
-    .venv/bin/python bench/embeddings.py [--texts 512] [--repeats 5] [--home DIR]
+    .venv/bin/python bench/embeddings.py [--texts 512] [--repeats 5] [--home DIR] [--openvino DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +45,31 @@ from bench.common import median  # noqa: E402
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
+class OpenVinoSession:
+    """The ONNX export compiled by OpenVINO, behind ONNX Runtime's ``run(None, feed)``."""
+
+    def __init__(self, model: Path) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        self._compiled = core.compile_model(core.read_model(str(model)), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        self._inputs = {i.get_any_name() for i in self._compiled.inputs}
+
+    def run(self, _outputs: object, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self._compiled({k: v for k, v in feed.items() if k in self._inputs})
+        return [result[self._compiled.output(0)]]
+
+
+def openvino_embedder(home: Path) -> Embedder:
+    """ONNX Runtime's embedder (tokenizer, length-sorted batches) with OpenVINO running the graph."""
+    from atalaia.models.embedder_onnx import VARIANT_FILES, OnnxEmbedder
+
+    folder = onnx_dir(Settings(home=home))
+    model = OnnxEmbedder(folder)
+    model._session = OpenVinoSession(folder / VARIANT_FILES["onnx"])  # type: ignore[assignment]
+    return Embedder(model)
+
+
 def project_texts() -> dict[str, list[str]]:
     """The three input sets: QA questions, QA answers, handbook passages."""
     rows = []
@@ -58,6 +88,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=512, help="texts per set per run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--home", type=Path, default=None, help="ATALAIA_HOME of the export (default: temporary)")
+    parser.add_argument("--openvino", type=Path, default=None, help="folder with openvino installed (adds it)")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="atalaia-bench-emb-"))
@@ -66,23 +97,28 @@ def main() -> None:
     export_embedder_onnx(locate_embedder(), onnx_dir(base))
     print(f"ONNX export in {onnx_dir(base)}: {time.perf_counter() - t0:.1f} s (reused when already there)")
     clear_embedder_cache()
+    backends: tuple[str, ...] = BACKENDS
     embedders = {b: Embedder(load_embedder(Settings(home=home, embedder_backend=b))) for b in BACKENDS}
+    if args.openvino:
+        sys.path.append(str(args.openvino))
+        embedders["openvino"] = openvino_embedder(home)
+        backends = (*BACKENDS, "openvino")
     sets = project_texts()
     print(f"{'set':7} {'words/text':>10} {'backend':10} {'texts/s':>9} {'x torch':>8} {'cos min':>8} {'cos mean':>9}")
     for label, pool in sets.items():
         texts = [pool[i % len(pool)] for i in range(args.texts)]
         reference = embedders["torch"].encode(pool)
-        times: dict[str, list[float]] = {b: [] for b in BACKENDS}
-        for b in BACKENDS:
+        times: dict[str, list[float]] = {b: [] for b in backends}
+        for b in backends:
             embedders[b].encode(texts[:64])  # warm-up: first-run allocations
         for _ in range(args.repeats):
-            for b in BACKENDS:
+            for b in backends:
                 start = time.perf_counter()
                 embedders[b].encode(texts)
                 times[b].append(time.perf_counter() - start)
         words = np.mean([len(t.split()) for t in pool])
         torch_rate = args.texts / median(times["torch"])
-        for b in BACKENDS:
+        for b in backends:
             rate = args.texts / median(times[b])
             cos = np.einsum("ij,ij->i", embedders[b].encode(pool), reference)
             print(
