@@ -224,4 +224,3 @@ def test_a_client_that_settles_none_of_a_replay_is_recycled_and_a_fresh_one_drai
     producer._connect()
     producer._replay()
     assert fresh.sent == [b"a", b"b"] and producer.spool_depth == 0 and producer.connected
-
