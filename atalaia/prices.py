@@ -4,8 +4,7 @@ Standard (pay-as-you-go, non-batch, non-cached, shortest-context tier) input and
 as the providers' public pricing pages listed them on :data:`PRICES_AS_OF` (OpenAI
 https://openai.com/api/pricing, Anthropic https://www.anthropic.com/pricing#api, Google
 https://ai.google.dev/gemini-api/docs/pricing, Mistral https://mistral.ai/pricing). Prices
-change: ``ATALAIA_PRICES`` (exact model version) and a gateway upstream's ``prices`` override
-this table.
+change: ``ATALAIA_PRICES`` and a gateway upstream's ``prices`` override this table.
 
 A model matches the longest table name it starts with, so dated snapshots
 (``gpt-4o-mini-2024-07-18``, ``claude-sonnet-4-5-20250929``) find their family, and
@@ -20,11 +19,15 @@ True
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 #: When the table was last checked: compiled on 2025-11-01 from the pages named above; on 2026-12-06
 #: spot-checked (Haiku 4.5, Gemini 2.5) against copies of those pages, and the newer Claude and
-#: Gemini families added from them (the official pages are not reachable from the build machine).
-PRICES_AS_OF = "2026-12-06"
+#: Gemini families added from them (the official pages are not reachable from the build machine);
+#: on 2026-12-07 the siblings priced apart from their family (``o1-mini``, ``o1-pro``, ``o3-pro``,
+#: ``gpt-5-pro``, ``gpt-4``, the first ``gpt-4o`` snapshot) added, so that the longest-prefix
+#: match below does not price them as the family.
+PRICES_AS_OF = "2026-12-07"
 
 # USD per 1M tokens (input, output) as the pricing pages show them; divided by 1000 below.
 _PER_MILLION: dict[str, tuple[float, float]] = {
@@ -32,17 +35,23 @@ _PER_MILLION: dict[str, tuple[float, float]] = {
     "gpt-5": (1.25, 10.0),
     "gpt-5-mini": (0.25, 2.0),
     "gpt-5-nano": (0.05, 0.40),
+    "gpt-5-pro": (15.0, 120.0),
     "gpt-4.1": (2.0, 8.0),
     "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4o": (2.50, 10.0),
+    "gpt-4o-2024-05-13": (5.0, 15.0),
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4-turbo": (10.0, 30.0),
+    "gpt-4": (30.0, 60.0),
     "gpt-3.5-turbo": (0.50, 1.50),
     "o3": (2.0, 8.0),
+    "o3-pro": (20.0, 80.0),
     "o3-mini": (1.10, 4.40),
     "o4-mini": (1.10, 4.40),
     "o1": (15.0, 60.0),
+    "o1-pro": (150.0, 600.0),
+    "o1-mini": (1.10, 4.40),
     # Anthropic
     "claude-opus-4-7": (5.0, 25.0),
     "claude-opus-4-6": (5.0, 25.0),
@@ -85,16 +94,36 @@ _PER_MILLION: dict[str, tuple[float, float]] = {
 HOSTED_PRICES: dict[str, tuple[float, float]] = {
     name: (round(inp / 1000, 9), round(out / 1000, 9)) for name, (inp, out) in _PER_MILLION.items()
 }
-_BY_LENGTH = sorted(HOSTED_PRICES, key=len, reverse=True)
+
+
+def family_of(model: str, families: Iterable[str]) -> str | None:
+    """The longest of ``families`` that names ``model``: the same name, or a prefix of it followed
+    by ``-`` or ``@`` (dated snapshots, ``gpt-4o-mini-2024-07-18``, ``claude-sonnet-4-5@20250929``).
+    A ``provider/`` or Gemini ``models/`` prefix of ``model`` is ignored; case is ignored.
+
+    >>> family_of("openai/GPT-4o-mini-2024-07-18", ["gpt-4o", "gpt-4o-mini"])
+    'gpt-4o-mini'
+    >>> family_of("gpt-4o2", ["gpt-4o"]) is None
+    True
+    """
+    name = model.rsplit("/", 1)[-1].lower()
+    best: str | None = None
+    for family in families:
+        key = family.lower()
+        if (name == key or name.startswith(key + "-") or name.startswith(key + "@")) and (
+            best is None or len(key) > len(best)
+        ):
+            best = family
+    return best
 
 
 @functools.lru_cache(maxsize=4096)
+def hosted_family(model: str) -> str | None:
+    """The family of the shipped table that prices ``model`` (see :func:`family_of`), or None."""
+    return family_of(model, HOSTED_PRICES)
+
+
 def hosted_price(model: str) -> tuple[float, float] | None:
     """(USD per 1k prompt tokens, USD per 1k completion tokens) of a hosted model, or None if unknown."""
-    name = model.rsplit("/", 1)[-1].lower()
-    if name.startswith("models/"):
-        name = name[7:]
-    for family in _BY_LENGTH:
-        if name == family or name.startswith(family + "-") or name.startswith(family + "@"):
-            return HOSTED_PRICES[family]
-    return None
+    family = hosted_family(model)
+    return None if family is None else HOSTED_PRICES[family]

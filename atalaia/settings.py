@@ -115,8 +115,9 @@ class Settings(BaseSettings):
 
     prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
-        description="JSON map of model version to [USD per 1k prompt tokens, USD per 1k completion tokens]; "
-        "versions not listed use the two default prices.",
+        description="JSON map of model version (or family: a name that dated versions extend, e.g. gpt-4o-mini) to "
+        "[USD per 1k prompt tokens, USD per 1k completion tokens]; overrides the shipped table of hosted models; "
+        "versions in neither use the two default prices.",
     )
     metric_groups: str = Field(
         ",".join(default_group_names()),
@@ -821,16 +822,45 @@ class Settings(BaseSettings):
         """Metric groups this worker computes."""
         return set(self.metric_groups.split(",")) if self.metric_groups else set()
 
-    def price_for(self, model_version: str) -> tuple[float, float]:
-        """(USD per 1k prompt tokens, USD per 1k completion tokens) of a model version:
-        ``ATALAIA_PRICES``, else the shipped table of hosted models (:mod:`atalaia.prices`), else
-        the two default prices."""
+    def configured_price(self, model_version: str) -> tuple[float, float] | None:
+        """The ``ATALAIA_PRICES`` entry that prices ``model_version`` (by :meth:`price_for`'s rule), or
+        None where none does or a longer family of the shipped table does."""
         if model_version in self.prices:
             return self.prices[model_version]
+        if not self.prices:
+            return None
+        from atalaia.prices import family_of, hosted_family
+
+        own = family_of(model_version, self.prices)
+        hosted = hosted_family(model_version)
+        if own is None or (hosted is not None and len(hosted) > len(own)):
+            return None
+        return self.prices[own]
+
+    def price_for(self, model_version: str) -> tuple[float, float]:
+        """(USD per 1k prompt tokens, USD per 1k completion tokens) of a model version.
+
+        ``ATALAIA_PRICES`` and the shipped table of hosted models (:mod:`atalaia.prices`) are
+        matched by the same rule (:func:`atalaia.prices.family_of`: the name itself or its longest
+        family prefix, so ``gpt-4o-mini`` in ``ATALAIA_PRICES`` prices the
+        ``gpt-4o-mini-2024-07-18`` that providers answer with); the longer family wins, and on
+        the same family ``ATALAIA_PRICES`` does. Neither: the two default prices.
+
+        >>> s = Settings(prices={"gpt-4o-mini": (1.0, 2.0), "gpt-4o": (3.0, 4.0)})
+        >>> s.price_for("gpt-4o-mini-2024-07-18"), s.price_for("gpt-4o-2024-08-06")
+        ((1.0, 2.0), (3.0, 4.0))
+        >>> Settings(prices={"gpt-4o": (3.0, 4.0)}).price_for("gpt-4o-mini-2024-07-18")  # the shipped mini
+        (0.00015, 0.0006)
+        """
+        own = self.configured_price(model_version)
+        if own is not None:
+            return own
         from atalaia.prices import hosted_price
 
         hosted = hosted_price(model_version)
-        return hosted or (self.price_per_1k_prompt_tokens, self.price_per_1k_completion_tokens)
+        if hosted is not None:
+            return hosted
+        return (self.price_per_1k_prompt_tokens, self.price_per_1k_completion_tokens)
 
     @property
     def bootstrap_servers(self) -> list[str]:

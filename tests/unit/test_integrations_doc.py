@@ -35,6 +35,13 @@ def test_the_doc_lists_every_shipped_price_with_its_date() -> None:
         ("models/gemini-2.5-flash-lite", "gemini-2.5-flash-lite"),
         ("mistral-large-latest", "mistral-large"),
         ("o3-mini-2025-01-31", "o3-mini"),
+        # Siblings priced apart from their family: the longest name wins, never the family's price.
+        ("o1-mini-2024-09-12", "o1-mini"),
+        ("o1-pro", "o1-pro"),
+        ("o3-pro-2025-06-10", "o3-pro"),
+        ("gpt-5-pro", "gpt-5-pro"),
+        ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),
+        ("gpt-4-0613", "gpt-4"),
     ],
 )
 def test_dated_and_prefixed_names_find_their_family(model: str, family: str) -> None:
@@ -44,7 +51,38 @@ def test_dated_and_prefixed_names_find_their_family(model: str, family: str) -> 
 def test_prices_settings_override_the_table(tmp_path: Path) -> None:
     from atalaia.settings import Settings
 
-    s = Settings(home=tmp_path, prices={"gpt-4o": (1.0, 2.0)})
+    s = Settings(home=tmp_path, prices={"gpt-4o": (1.0, 2.0), "claude-haiku-4-5": (2.0, 2.0)})
     assert s.price_for("gpt-4o") == (1.0, 2.0)
-    assert s.price_for("gpt-4o-2024-08-06") == HOSTED_PRICES["gpt-4o"]
+    # Providers answer with dated names: ATALAIA_PRICES' family must price them, as the table does.
+    assert s.price_for("gpt-4o-2024-08-06") == (1.0, 2.0)
+    assert s.price_for("claude-haiku-4-5-20251001") == (2.0, 2.0)
+    # ... but not a longer family of the shipped table that only starts like it.
+    assert s.price_for("gpt-4o-mini-2024-07-18") == HOSTED_PRICES["gpt-4o-mini"]
+    assert s.configured_price("gpt-4o-mini-2024-07-18") is None
     assert s.price_for("my-own-model") == (s.price_per_1k_prompt_tokens, s.price_per_1k_completion_tokens)
+
+
+def test_the_workers_cost_uses_the_configured_family_price(tmp_path: Path) -> None:
+    from atalaia.events import InferenceEvent
+    from atalaia.metrics.groups.operational import OperationalGroup
+    from atalaia.settings import Settings
+
+    s = Settings(home=tmp_path, prices={"gpt-4o-mini": (1.0, 1.0)})
+    event = InferenceEvent(
+        service="app",
+        model_version="gpt-4o-mini-2024-07-18",
+        messages=[],
+        response="hi",
+        latency_ms=10.0,
+        prompt_tokens=1000,
+        completion_tokens=1000,
+        cost=0.00075,
+    )
+    out: list[tuple[str, float]] = []
+
+    class Collect:
+        def add(self, _ev: object, name: str, value: float) -> None:
+            out.append((name, value))
+
+    OperationalGroup(s, None).score([event], Collect())  # type: ignore[arg-type]
+    assert dict(out)["cost"] == 2.0

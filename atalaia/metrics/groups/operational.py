@@ -27,7 +27,7 @@ class OperationalGroup(MetricGroup):
         ),
         Metric("cache_hit", "0/1", "neither", "1 when the answer came from the semantic cache"),
     )
-    method = "from the event; `cost` from `ATALAIA_PRICES` when the model version is listed"
+    method = "from the event; `cost` from `ATALAIA_PRICES` when it lists the model version or its family"
     charts = (
         Chart("requests", "Request rate", "req/s", "latency_ms", ("rate",), alert_metrics=("latency_ms",)),
         Chart("latency", "Latency", "ms", "latency_ms", ("p50", "p95", "p99")),
@@ -35,13 +35,12 @@ class OperationalGroup(MetricGroup):
     )
 
     def score(self, events: Sequence[InferenceEvent], out: Collector) -> None:
-        prices = self.settings.prices
+        configured = self.settings.configured_price if self.settings.prices else None
         for ev in events:
             values = operational_values(ev)
-            if ev.model_version in prices:
+            price = configured(ev.model_version) if configured is not None else None
+            if price is not None:
                 # A configured price wins: the emitting service may not know the contract price.
-                values["cost"] = request_cost(
-                    prices[ev.model_version], ev.prompt_tokens, ev.completion_tokens, ev.cache_hit
-                )
+                values["cost"] = request_cost(price, ev.prompt_tokens, ev.completion_tokens, ev.cache_hit)
             for name, value in values.items():
                 out.add(ev, name, value)
