@@ -8,10 +8,12 @@ events, and those are counted (``stats.lost``) and logged as errors.
 
 An event that cannot be delivered never blocks those that can:
 
-- size is checked at :meth:`EventProducer.emit`: an event over the limit (the parser's
+- size is checked at :meth:`EventProducer.emit`: an inference event over the limit (the parser's
   ``MAX_EVENT_BYTES``, or the broker's message size from ``ATALAIA_KAFKA_MAX_MESSAGE_BYTES`` if
-  smaller) has its ``metadata`` replaced by a marker ``{"atalaia_trimmed": {...}}`` (counted in
-  ``stats.trimmed``); one still over the limit is refused into the local dead-letter file;
+  smaller) has its longest texts shortened with a marker (:func:`atalaia.event_fit.shrink_event`,
+  flagged ``metadata.atalaia_truncated``); any event still over it has its ``metadata`` replaced
+  by a marker ``{"atalaia_trimmed": {...}}`` (both counted in ``stats.trimmed``); one still over
+  the limit is refused into the local dead-letter file;
 - errors no retry can cure (message too large, invalid topic) send the event to the local
   dead-letter file with the reason (``stats.dead_lettered``), never to the spool, where it would
   hold up the replay; replay moves such a record aside the same way;
@@ -37,6 +39,7 @@ from typing import Any
 
 from kafka import errors as kafka_errors
 
+from atalaia.event_fit import shrink_event
 from atalaia.events import (
     MAX_EVENT_BYTES,
     AlertEvent,
@@ -98,7 +101,7 @@ class ProducerStats:
     spooled: int = 0
     replayed: int = 0
     lost: int = 0
-    #: Events whose metadata was replaced by a marker to fit the size limit (still delivered).
+    #: Events made to fit the size limit (texts shortened or metadata replaced by a marker), still delivered.
     trimmed: int = 0
     #: Events Kafka can never take, written to the local dead-letter file with the reason.
     dead_lettered: int = 0
@@ -191,20 +194,36 @@ class EventProducer:
                 self._overflow_cv.notify()
 
     def _fit(self, event: Any) -> tuple[bytes | None, str | None]:
-        """The event's bytes within ``max_event_bytes``: as is, or with its metadata replaced by a marker.
+        """The event's bytes within ``max_event_bytes``: as is, with an inference event's longest
+        texts shortened (answered calls are not lost to a long prompt), and/or with its metadata
+        replaced by a marker.
 
-        Returns ``(None, reason)`` when even the trimmed event is too large (refused).
+        Returns ``(None, reason)`` when even the shortened, trimmed event is too large (refused).
         """
         value: bytes = event.to_json()
         limit = self.max_event_bytes
         if len(value) <= limit:
             return value, None
         original = len(value)
+        if isinstance(event, InferenceEvent):
+            shrunk = shrink_event(event, limit)
+            if shrunk is not None:
+                self.stats.trimmed += 1
+                log.warning(
+                    "event over the size limit: longest texts shortened",
+                    extra={"event_id": str(event.event_id), "bytes": original, "limit": limit},
+                )
+                return shrunk.to_json(), None
         metadata = getattr(event, "metadata", None)
         if metadata:
             meta_bytes = len(json.dumps(metadata, default=str).encode("utf-8"))
             marker = {"atalaia_trimmed": {"metadata_bytes": meta_bytes, "event_bytes": original, "limit": limit}}
-            value = event.model_copy(update={"metadata": marker}).to_json()
+            trimmed = event.model_copy(update={"metadata": marker})
+            value = trimmed.to_json()
+            if len(value) > limit and isinstance(trimmed, InferenceEvent):
+                # Large metadata and large texts: shorten the texts of the trimmed event too.
+                shrunk = shrink_event(trimmed, limit)
+                value = value if shrunk is None else shrunk.to_json()
             if len(value) <= limit:
                 self.stats.trimmed += 1
                 log.warning(

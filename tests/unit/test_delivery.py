@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
+from atalaia.event_fit import TRUNCATED_KEY, TRUNCATION_MARKER
 from atalaia.events import MAX_EVENT_BYTES, ChatMessage, FeedbackEvent, InferenceEvent, parse_event
 from atalaia.settings import Settings
 from producers.sdk import EventProducer
@@ -95,9 +96,33 @@ def test_oversized_metadata_is_replaced_by_a_marker_and_counted(tmp_path: Path) 
     assert producer.stats.trimmed == 1 and producer.stats.dead_lettered == 0
 
 
+def test_an_oversized_prompt_is_shortened_not_lost(tmp_path: Path) -> None:
+    producer = EventProducer(Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1"), client_id="big", start=False)
+    producer.emit(_inference(metadata={"source": "gateway"}, response="y" * (MAX_EVENT_BYTES + 10)))
+    producer.close(timeout=5)
+    (spooled,) = producer.spool.read()
+    event = parse_event(spooled.value)
+    assert len(spooled.value) <= MAX_EVENT_BYTES and event.response.endswith(TRUNCATION_MARKER)
+    assert event.metadata["source"] == "gateway" and event.metadata[TRUNCATED_KEY]["original_bytes"] > MAX_EVENT_BYTES
+    assert producer.stats.trimmed == 1 and producer.stats.dead_lettered == 0
+
+
+def test_oversized_metadata_and_texts_are_both_cut(tmp_path: Path) -> None:
+    producer = EventProducer(Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1"), client_id="big", start=False)
+    producer.emit(_inference(metadata={"blob": "x" * 1_500_000}, response="y" * 1_500_000))
+    producer.close(timeout=5)
+    (spooled,) = producer.spool.read()
+    event = parse_event(spooled.value)
+    assert len(spooled.value) <= MAX_EVENT_BYTES and "atalaia_trimmed" in event.metadata
+    assert event.response.endswith(TRUNCATION_MARKER) and producer.stats.dead_lettered == 0
+
+
 def test_an_event_too_big_even_without_metadata_is_dead_lettered_locally(tmp_path: Path) -> None:
     producer = EventProducer(Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1"), client_id="big", start=False)
-    producer.emit(_inference(response="y" * (MAX_EVENT_BYTES + 10)))
+    # Nothing to shorten: tens of thousands of empty messages.
+    many = _inference().model_copy(update={"messages": [ChatMessage(role="user", content="")] * 40_000})
+    assert len(many.to_json()) > MAX_EVENT_BYTES
+    producer.emit(many)
     producer.close(timeout=5)
     assert producer.spool_depth == 0 and producer.stats.dead_lettered == 1
     (record,) = producer.dead_letter.read()

@@ -1,0 +1,86 @@
+"""Shortening an inference event's texts to fit a byte limit (atalaia/event_fit.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from atalaia.event_fit import TRUNCATED_KEY, TRUNCATION_MARKER, shrink_event
+from atalaia.events import ChatMessage, ContentPart, InferenceEvent, RetrievedPassage, parse_event
+
+
+def _event(**fields: object) -> InferenceEvent:
+    base: dict[str, object] = {
+        "service": "svc",
+        "model_version": "m",
+        "messages": [ChatMessage(role="user", content="hi")],
+        "response": "ok",
+        "latency_ms": 12.5,
+        "prompt_tokens": 1_000_000,
+        "completion_tokens": 3,
+        "cost": 0.25,
+        "metadata": {"source": "gateway", "upstream": "openai"},
+    }
+    return InferenceEvent(**{**base, **fields})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limit", [2_000, 10_000, 100_000])
+def test_the_limit_is_honoured_and_the_event_still_parses(limit: int) -> None:
+    event = _event(
+        messages=[
+            ChatMessage(role="system", content="rules " * 20_000),
+            ChatMessage(
+                role="user", content=[ContentPart(type="text", text="doc " * 30_000), ContentPart(type="image")]
+            ),
+        ],
+        response="answer " * 10_000,
+        context=[RetrievedPassage(id="p1", text="passage " * 5_000)],
+    )
+    shrunk = shrink_event(event, limit)
+    assert shrunk is not None
+    raw = shrunk.to_json()
+    assert len(raw) <= limit
+    back = parse_event(raw)
+    assert isinstance(back, InferenceEvent) and back.event_id == event.event_id
+    # Operational fields are untouched; the flag says what happened.
+    assert (back.latency_ms, back.prompt_tokens, back.completion_tokens, back.cost) == (12.5, 1_000_000, 3, 0.25)
+    assert back.metadata["source"] == "gateway" and back.metadata["upstream"] == "openai"
+    flag = back.metadata[TRUNCATED_KEY]
+    assert flag["original_bytes"] == len(event.to_json()) and flag["limit"] == limit and flag["fields"] >= 3
+    parts = back.messages[1].content
+    assert isinstance(parts, list) and parts[1].type == "image"  # parts keep their order and kinds
+
+
+def test_short_texts_are_kept_and_only_the_longest_are_cut() -> None:
+    event = _event(messages=[ChatMessage(role="user", content="Summarise: " + "x" * 50_000)], response="Short answer.")
+    shrunk = shrink_event(event, 20_000)
+    assert shrunk is not None and shrunk.response == "Short answer."
+    content = shrunk.messages[0].content
+    assert isinstance(content, str) and content.startswith("Summarise: xxx") and content.endswith(TRUNCATION_MARKER)
+
+
+def test_multibyte_text_is_never_split_inside_a_character() -> None:
+    for text in ("é" * 40_000, "日本語" * 20_000, "🙂" * 20_000, "a" + "🙂" * 20_000):
+        shrunk = shrink_event(_event(response=text), 5_001)
+        assert shrunk is not None and len(shrunk.to_json()) <= 5_001
+        kept = shrunk.response.removesuffix(TRUNCATION_MARKER)
+        assert kept and text.startswith(kept)  # a prefix of whole characters, nothing replaced
+
+
+def test_an_event_that_fits_is_returned_as_is() -> None:
+    event = _event()
+    assert shrink_event(event, 10_000) is event
+
+
+def test_inline_media_data_is_dropped_not_cut() -> None:
+    part = ContentPart(type="image", mime_type="image/png", size_bytes=600_000, sha256="ab" * 32, data="A" * 800_000)
+    shrunk = shrink_event(_event(messages=[ChatMessage(role="user", content=[part])]), 50_000)
+    assert shrunk is not None
+    parts = shrunk.messages[0].content
+    assert isinstance(parts, list)
+    (kept,) = parts
+    assert kept.data is None and kept.size_bytes == 600_000 and kept.sha256
+
+
+def test_none_when_nothing_shortenable_is_large_enough() -> None:
+    event = _event(metadata={"blob": "x" * 50_000}, response="y" * 100)
+    assert shrink_event(event, 10_000) is None
