@@ -89,6 +89,8 @@ class EventBuilder:
             ),
             context=context or [],
             cache_hit=bool(cache_hit),
+            # Schema version 2's own field; ``metadata.finish_reason`` below stays for older readers.
+            finish_reason=result.finish_reason,
             reference=reference if isinstance(reference, str) else None,
             subject_id=self.subject(req.user),
             caller=current_caller.get(),
