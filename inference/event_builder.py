@@ -10,14 +10,21 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from atalaia.content import openai_content
-from atalaia.events import ATALAIA_PROVIDER, ChatMessage, FeedbackEvent, InferenceEvent, RetrievedPassage
+from atalaia.content import openai_content, text_of
+from atalaia.events import (
+    ATALAIA_PROVIDER,
+    ChatMessage,
+    ContentPart,
+    FeedbackEvent,
+    InferenceEvent,
+    RetrievedPassage,
+)
 from atalaia.metrics.operational import request_cost
 from atalaia.models.generator import ChatResult
 from atalaia.settings import Settings
 from atalaia.subjects import subject_id, subject_pepper
 from inference.auth import current_caller
-from inference.schemas import ChatCompletionRequest, FeedbackRequest
+from inference.schemas import ChatCompletionRequest, FeedbackRequest, Message
 
 
 def completion_id(event_id: uuid.UUID) -> str:
@@ -54,6 +61,37 @@ class EventBuilder:
         """The keyed hash of a request's ``user``, or ``None`` without one."""
         return subject_id(user, self.pepper) if user else None
 
+    def message(self, message: Message) -> ChatMessage:
+        """A request's message as event content; tool turns as the kernel's ``tool_call`` and
+        ``tool_call_response`` parts (atalaia.content), as the other adapters record them.
+
+        A call's JSON arguments go in its part's ``text``, which redaction covers (it does not
+        look into a part's extra fields); a tool message's result is the text of its part.
+        """
+        content = openai_content(message.content, self.keep_media)
+        if message.role == "tool":
+            result = text_of(message.content)
+            return ChatMessage(
+                role="tool",
+                content=[ContentPart(type="tool_call_response", id=message.tool_call_id, text=result or None)],  # type: ignore[call-arg]
+            )
+        calls = message.calls
+        if not calls:
+            return ChatMessage(role=message.role, content=content)
+        parts = (
+            list(content) if isinstance(content, list) else [ContentPart(type="text", text=content)] if content else []
+        )
+        parts += [
+            ContentPart(  # type: ignore[call-arg]
+                type="tool_call",
+                id=call.id or None,
+                name=call.function.name if call.function else None,
+                text=call.function.arguments if call.function and call.function.arguments else None,
+            )
+            for call in calls
+        ]
+        return ChatMessage(role=message.role, content=parts)
+
     def inference(
         self,
         version: str,
@@ -76,9 +114,7 @@ class EventBuilder:
             service=self.settings.service_name,
             model_version=version,
             provider=ATALAIA_PROVIDER,
-            messages=[
-                ChatMessage(role=m.role, content=openai_content(m.content, self.keep_media)) for m in req.messages
-            ],
+            messages=[self.message(m) for m in req.messages],
             response=result.text,
             latency_ms=latency_ms,
             time_to_first_token_ms=time_to_first_token_ms(result, started, latency_ms, cache_hit),

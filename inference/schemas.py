@@ -25,19 +25,72 @@ class _Request(BaseModel):
         return data
 
 
-class Message(BaseModel):
-    """One chat message as the OpenAI API sends it."""
+class FunctionCall(BaseModel):
+    """The function an assistant's tool call invoked: its name and JSON arguments (a string)."""
 
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant", "developer"]
-    # A string, or OpenAI content parts (text, image_url, input_audio, file, ...): the served
-    # model reads the text parts; the others are recorded in the event (atalaia.content).
-    content: str | list[dict[str, Any]]
+    name: str = ""
+    arguments: str = ""
+
+
+class ToolCall(BaseModel):
+    """One entry of an assistant message's ``tool_calls`` (``type: function``; other types keep
+    their ``id`` and type, and are shown to the model by type)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(default="", max_length=200)
+    type: str = Field(default="function", max_length=64)
+    function: FunctionCall | None = None
 
     @property
     def text(self) -> str:
-        """The text the model reads: the content, or its text parts joined by newlines."""
-        return text_of(self.content)
+        """The call as the model reads it, e.g. ``get_weather({"city": "Paris"})``."""
+        if self.function is None:
+            return f"[{self.type} tool call]"
+        return f"{self.function.name}({self.function.arguments})"
+
+
+class Message(BaseModel):
+    """One chat message as the OpenAI API sends it, tool turns included: an assistant message may
+    carry ``tool_calls`` (and then ``content`` may be null), and a ``tool`` message the result of
+    one call (``tool_call_id``), as the official client sends them in multi-turn tool use."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    # A string, or OpenAI content parts (text, image_url, input_audio, file, ...): the served
+    # model reads the text parts; the others are recorded in the event (atalaia.content).
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+    # The deprecated single-call form of tool_calls, still accepted by OpenAI.
+    function_call: FunctionCall | None = None
+    tool_call_id: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _content_required(self) -> Message:
+        # OpenAI's rule: only an assistant message that calls tools may leave out its content,
+        # and a tool message says which call it answers.
+        if self.content is None and not (self.role == "assistant" and (self.tool_calls or self.function_call)):
+            raise ValueError("content is required (it may be null only in an assistant message with tool_calls)")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        """The tool calls of an assistant message (the deprecated ``function_call`` as one)."""
+        calls = list(self.tool_calls or [])
+        if self.function_call is not None:
+            calls.append(ToolCall(function=self.function_call))
+        return calls
+
+    @property
+    def text(self) -> str:
+        """The text the model reads: the content (or its text parts joined by newlines), then one
+        line per tool call, so the small local model sees what was called in its chat template
+        (and the cache and the canary's sticky key tell different calls apart)."""
+        lines = [text_of(self.content)] if self.content else []
+        lines += [f"Tool call: {call.text}" for call in self.calls]
+        return "\n".join(line for line in lines if line)
 
 
 class ChatCompletionRequest(_Request):

@@ -57,3 +57,69 @@ def test_events_fill_the_top_level_finish_reason(served) -> None:  # type: ignor
         # The version-2 field, and the metadata copy older readers know.
         assert event.finish_reason == "stop" == event.metadata["finish_reason"]
         assert event.provider == "atalaia" and event.time_to_first_token_ms is None  # the fake does not time
+
+
+def test_the_openai_client_can_continue_a_tool_conversation(served) -> None:  # type: ignore[no-untyped-def]
+    openai = pytest.importorskip("openai")
+    client, producer, settings, generator = served
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+    reply = api.chat.completions.create(model=settings.model_version, messages=TOOL_TURNS, max_tokens=4)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == "Thirty days."
+    # The model sees the call and its result as text in its chat template.
+    assert generator.seen[-1] == [
+        {"role": "user", "content": "How many vacation days?"},
+        {"role": "assistant", "content": 'Tool call: vacation_days({"year": 2025})'},
+        {"role": "tool", "content": "30"},
+    ]
+    # The event records them as the kernel's tool parts.
+    (event,) = producer.events
+    assert isinstance(event, InferenceEvent)
+    _, call, result = event.messages
+    (part,) = call.content
+    assert (part.type, part.id, part.name, part.text) == ("tool_call", "call_1", "vacation_days", '{"year": 2025}')  # type: ignore[union-attr]
+    (part,) = result.content
+    assert (result.role, part.type, part.id, part.text) == ("tool", "tool_call_response", "call_1", "30")  # type: ignore[union-attr]
+    InferenceEvent.model_validate_json(event.to_json())  # the event round-trips
+
+
+def test_tool_turns_with_text_parts_and_the_old_function_call(served) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings, generator = served
+    messages = [
+        {"role": "user", "content": "Days?"},
+        {"role": "assistant", "content": "Let me check.", "function_call": {"name": "days", "arguments": "{}"}},
+        {"role": "tool", "tool_call_id": "c", "content": [{"type": "text", "text": "30"}]},
+    ]
+    r = client.post("/v1/chat/completions", json=_body(settings, messages=messages))
+    assert r.status_code == 200, r.text
+    assert generator.seen[-1][1]["content"] == "Let me check.\nTool call: days({})"
+    assert generator.seen[-1][2]["content"] == "30"
+    call = producer.events[0].messages[1]  # type: ignore[attr-defined]
+    assert [p.type for p in call.content] == ["text", "tool_call"] and call.text == "Let me check."
+
+
+def test_different_tool_calls_are_not_one_cached_answer(tmp_path: Path) -> None:
+    from inference.cache import ResponseCache
+
+    settings = Settings(home=tmp_path, max_new_tokens_limit=32)
+    producer = RecordingProducer()
+    client = TestClient(create_app(settings, FakeGenerator(), producer, cache=ResponseCache(semantic_threshold=None)))
+    other = {**CALL, "function": {"name": "sick_days", "arguments": "{}"}}
+    for call in (CALL, other):
+        turns = [TOOL_TURNS[0], {"role": "assistant", "content": None, "tool_calls": [call]}, TOOL_TURNS[2]]
+        r = client.post("/v1/chat/completions", json=_body(settings, messages=turns))
+        assert r.status_code == 200 and "x-atalaia-cache" not in r.headers
+
+
+@pytest.mark.parametrize(
+    ("message", "needle"),
+    [
+        ({"role": "user", "content": None}, "content is required"),
+        ({"role": "assistant", "content": None}, "content is required"),
+        ({"role": "tool", "content": "30"}, "tool_call_id"),
+    ],
+)
+def test_malformed_tool_turns_are_400(served, message: dict[str, Any], needle: str) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings, _ = served
+    r = client.post("/v1/chat/completions", json=_body(settings, messages=[TOOL_TURNS[0], message]))
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+    assert not producer.events
