@@ -106,6 +106,11 @@ class ChatCompletionRequest(_Request):
     stream: bool = False
     stream_options: dict[str, Any] | None = None  # {"include_usage": true}: a last chunk with the usage
     stop: str | list[str] | None = None
+    # Read only to refuse what this service cannot honour (a 400, never silently ignored; see
+    # inference/routes/chat.py): several choices, a JSON output format, a forced tool call.
+    n: int | None = Field(default=None, ge=1, le=128)
+    response_format: dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     # The end user: stored only as the event's subject_id, a keyed hash (atalaia.privacy).
     user: str | None = Field(None, max_length=200)
     metadata: dict[str, Any] | None = None

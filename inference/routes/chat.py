@@ -41,6 +41,35 @@ def _check_model(service: Service, req: ChatCompletionRequest, version: str) -> 
         )
 
 
+def check_supported(req: ChatCompletionRequest) -> None:
+    """400 in OpenAI's shape for a request field that would change the answer and that this
+    service cannot honour, rather than answering as if it had not been sent.
+
+    ``tools`` with ``tool_choice`` ``auto`` (or ``none``) are fine: the served model answers in
+    text, which ``auto`` allows.
+    """
+    if req.n is not None and req.n > 1:
+        raise APIError(
+            400, "n > 1 is not supported: this service returns one choice per request", "n", "unsupported_value"
+        )
+    kind = (req.response_format or {}).get("type", "text")
+    if kind != "text":
+        raise APIError(
+            400,
+            f"response_format {kind!r} is not supported: the served model answers in free text only",
+            "response_format",
+            "unsupported_value",
+        )
+    choice = req.tool_choice
+    if choice is not None and choice not in ("auto", "none"):
+        raise APIError(
+            400,
+            "tool_choice other than 'auto' or 'none' is not supported: the served model does not call tools",
+            "tool_choice",
+            "unsupported_value",
+        )
+
+
 def _cached_sse(
     service: Service,
     version: str,
@@ -77,6 +106,7 @@ async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> A
     served = route.served
     version, generator = served.version, served.generator
     _check_model(service, req, version)
+    check_supported(req)
     service.check_metadata(req.metadata)
     max_tokens = service.max_tokens(req)
     messages = [{"role": m.role, "content": m.text} for m in req.messages]

@@ -123,3 +123,44 @@ def test_malformed_tool_turns_are_400(served, message: dict[str, Any], needle: s
     r = client.post("/v1/chat/completions", json=_body(settings, messages=[TOOL_TURNS[0], message]))
     assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
     assert not producer.events
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "days"}}}, "tool_choice"),
+    ],
+)
+def test_what_cannot_be_honoured_is_refused_not_ignored(served, extra: dict[str, Any], param: str) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings, _ = served
+    for stream in (False, True):
+        r = client.post("/v1/chat/completions", json=_body(settings, stream=stream, **extra))
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and error["code"] == "unsupported_value"
+        assert error["type"] == "invalid_request_error" and "not supported" in error["message"]
+    assert not producer.events
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"n": 1}, {"response_format": {"type": "text"}}, {"tool_choice": "auto"}, {"tool_choice": "none"}],
+)
+def test_what_it_can_honour_is_answered(served, extra: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    client, producer, settings, _ = served
+    tools = [{"type": "function", "function": {"name": "days", "parameters": {"type": "object"}}}]
+    r = client.post("/v1/chat/completions", json=_body(settings, tools=tools, **extra))
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 1 and len(producer.events) == 1
+
+
+def test_the_openai_client_sees_n_refused(served) -> None:  # type: ignore[no-untyped-def]
+    openai = pytest.importorskip("openai")
+    client, _, settings, _ = served
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="n > 1 is not supported"):
+        api.chat.completions.create(model=settings.model_version, messages=[{"role": "user", "content": "hi"}], n=2)
