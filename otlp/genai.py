@@ -13,13 +13,14 @@ lists every attribute and where it goes.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from atalaia.content import otel_parts
-from atalaia.events import ChatMessage, ContentPart, InferenceEvent
+from atalaia.content import openai_content, otel_parts
+from atalaia.events import MAX_INT32, ChatMessage, ContentPart, InferenceEvent
 from atalaia.metrics.operational import Price
 from otlp.decode import LogRecord, Span, scrub
 
@@ -39,6 +40,27 @@ _ROLES = {"system", "user", "assistant", "tool", "developer"}
 _ROLE_ALIASES = {"model": "assistant", "ai": "assistant", "human": "user", "function": "tool"}
 #: Namespace of the deterministic event ids: a re-exported span (OTLP retries) is the same event.
 SPAN_NAMESPACE = uuid.UUID("5b0f3b9e-8f0e-4a43-9d67-4f3d7a0c2f18")
+#: Part types of the OpenTelemetry GenAI message schema; any other type is its ``GenericPart``.
+OTEL_PART_TYPES = frozenset(
+    {
+        "text",
+        "reasoning",
+        "blob",
+        "file",
+        "uri",
+        "tool_call",
+        "tool_call_response",
+        "server_tool_call",
+        "server_tool_call_response",
+    }
+)
+#: Part types that only OpenAI-style content uses (older per-message events carry such content).
+OPENAI_PART_TYPES = frozenset(
+    {"image_url", "input_image", "input_audio", "input_text", "output_text", "input_file", "refusal"}
+)
+#: Events that carry a call's output: once one is in, the call's log records are all in (an
+#: instrumentation records the prompt before the answer, and exporters keep their order).
+OUTPUT_EVENTS = frozenset({"gen_ai.choice", DETAILS_EVENT})
 _REQUEST_ATTRS = {
     "gen_ai.request.temperature": "temperature",
     "gen_ai.request.max_tokens": "max_tokens",
@@ -80,14 +102,79 @@ def _json(value: Any) -> Any:
     return value
 
 
+def _is_openai_content(parts: list[Any]) -> bool:
+    """Whether a list of parts is OpenAI-style content (``text``, ``image_url``, ...) rather than
+    OpenTelemetry GenAI parts (the text in ``content``).
+
+    Decided on the whole message, not its first part: an OTel message may start with a ``uri``,
+    ``blob`` or ``tool_call`` part, none of which has a ``content`` key.
+
+    >>> _is_openai_content([{"type": "uri", "uri": "https://x/a.png"}, {"type": "text", "content": "hi"}])
+    False
+    >>> _is_openai_content([{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "u"}}])
+    True
+    """
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in OPENAI_PART_TYPES:
+            return True
+        if kind == "text" and "text" in part and "content" not in part:
+            return True
+        if kind == "file" and isinstance(part.get("file"), dict):  # OpenAI's {"type": "file", "file": {...}}
+            return True
+    return False
+
+
+def _text_of_value(value: Any) -> str | None:
+    """A tool's arguments or response as text: kept as sent when text, else as JSON.
+
+    They go into the part's ``text``, so redaction sees them like any other text.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _tool_part(part: dict[str, Any]) -> ContentPart | None:
+    """The tool parts of the OTel schema with all they carry (``None`` for any other part)."""
+    kind = part.get("type")
+    ident = _str(part.get("id"), 200)
+    if kind == "tool_call":
+        text = _text_of_value(part.get("arguments"))
+        return ContentPart(type="tool_call", name=_str(part.get("name"), 200), id=ident, text=text)  # type: ignore[call-arg]
+    if kind == "tool_call_response":
+        return ContentPart(type="tool_call_response", id=ident, text=_text_of_value(part.get("response")))  # type: ignore[call-arg]
+    if kind == "server_tool_call":
+        text = _text_of_value(part.get("server_tool_call"))
+        return ContentPart(type="server_tool_call", name=_str(part.get("name"), 200), id=ident, text=text)  # type: ignore[call-arg]
+    if kind == "server_tool_call_response":
+        text = _text_of_value(part.get("server_tool_call_response"))
+        return ContentPart(type="server_tool_call_response", id=ident, text=text)  # type: ignore[call-arg]
+    return None
+
+
+def _otel_content(parts: list[Any], keep_media: bool) -> str | list[ContentPart]:
+    """OTel GenAI parts as event content; tool parts keep their id, name, arguments and response."""
+    body = otel_parts(parts, keep_media)
+    if isinstance(body, str) or len(body) != len(parts):  # all text (a plain string), or not part for part
+        return body
+    return [
+        (_tool_part(raw) if isinstance(raw, dict) else None) or converted
+        for raw, converted in zip(parts, body, strict=True)
+    ]
+
+
 def _message(role: Any, content: Any, keep_media: bool) -> ChatMessage:
     """A message from the current form (``parts``) or an older one (``content`` text or list)."""
-    if isinstance(content, list) and content and isinstance(content[0], dict) and "content" in content[0]:
-        body: str | list[ContentPart] = otel_parts(content, keep_media)
+    body: str | list[ContentPart]
+    if isinstance(content, list) and content and not _is_openai_content(content):
+        body = _otel_content(content, keep_media)
     elif isinstance(content, list):
         # OpenAI-style content parts inside an older event body.
-        from atalaia.content import openai_content
-
         body = openai_content(content, keep_media)
     elif content is None:
         body = ""
@@ -123,6 +210,28 @@ def _indexed(attrs: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
         if index.isdigit() and name:
             found.setdefault(int(index), {})[name] = value
     return [found[i] for i in sorted(found)]
+
+
+def _attribute_payload(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an older per-message event sent as attributes instead of a body.
+
+    Attributes hold no maps, so ``message`` (of ``gen_ai.choice``) and a list of ``content``
+    parts come as JSON text; a ``message`` that is not JSON is taken as the message's text.
+
+    >>> _attribute_payload({"index": 0, "message": '{"role": "assistant", "content": "Hi"}'})
+    {'index': 0, 'message': {'role': 'assistant', 'content': 'Hi'}}
+    """
+    payload = {k: attrs[k] for k in ("role", "content", "index", "finish_reason", "message") if k in attrs}
+    content = payload.get("content")
+    if isinstance(content, str) and content.startswith("["):
+        parts = _json(content)
+        # Only a list of typed parts: a user's text that happens to be a JSON list stays text.
+        if isinstance(parts, list) and parts and all(isinstance(p, dict) and "type" in p for p in parts):
+            payload["content"] = parts
+    if "message" in payload:
+        message = _json(payload["message"])
+        payload["message"] = message if isinstance(message, dict) else {"content": payload["message"]}
+    return payload
 
 
 class SpanContent:
@@ -166,9 +275,10 @@ class SpanContent:
         if name == DETAILS_EVENT:
             self.add_current(attrs, keep_media)
             return
-        payload = body if isinstance(body, dict) else {}
+        # The body (a map) wins; fields it lacks may come as attributes (span events have no body).
+        payload = {**_attribute_payload(attrs), **(body if isinstance(body, dict) else {})}
         if name in MESSAGE_EVENTS:
-            content = payload.get("content", attrs.get("content"))
+            content = payload.get("content")
             role = payload.get("role") or MESSAGE_EVENTS[name]
             (self.system if role == "system" else self.inputs).append(_message(role, content, keep_media))
         elif name == "gen_ai.choice":
@@ -204,12 +314,45 @@ class SpanContent:
         return bool(self.system or self.inputs or self.outputs)
 
 
+def _number(value: Any) -> float | None:
+    """A finite number of at least 0, else ``None``: one bad optional attribute (a negative count,
+    NaN, infinity, a bool, text) leaves its field empty instead of failing the whole event.
+
+    >>> [_number(v) for v in (0.25, 3, -1, float("inf"), float("nan"), True, "2")]
+    [0.25, 3.0, None, None, None, None, None]
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
 def _first_int(attrs: dict[str, Any], *keys: str) -> int:
+    """The first usable count among ``keys`` (capped to the 32-bit column), else 0."""
     for key in keys:
-        value = attrs.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return min(int(value), 2**31 - 1)
+        value = _number(attrs.get(key))
+        if value is not None:
+            return min(int(value), MAX_INT32)
     return 0
+
+
+def _ms(seconds: Any) -> float | None:
+    """A duration in seconds as milliseconds, ``None`` when unusable (see :func:`_number`)."""
+    value = _number(seconds)
+    ms = value * 1000.0 if value is not None else None
+    return ms if ms is not None and math.isfinite(ms) else None
+
+
+def _request(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Request parameters for ``metadata.request``; a non-finite number is left out, since
+    JSON (and a ``jsonb`` column) cannot hold it."""
+    request = {}
+    for key, name in _REQUEST_ATTRS.items():
+        value = attrs.get(key)
+        if key not in attrs or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        request[name] = value
+    return request
 
 
 def _str(value: Any, limit: int) -> str | None:
@@ -247,8 +390,7 @@ def span_to_event(
     model = _str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model"), 200) or "unknown"
     prompt_tokens = _first_int(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
     completion_tokens = _first_int(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
-    ttfc = attrs.get("gen_ai.response.time_to_first_chunk")
-    ttft_ms = float(ttfc) * 1000.0 if isinstance(ttfc, int | float) and ttfc >= 0 else None
+    ttft_ms = _ms(attrs.get("gen_ai.response.time_to_first_chunk"))
     resource_service = span.resource.get("service.name")
     metadata: dict[str, Any] = {
         "source": "otlp",
@@ -270,7 +412,7 @@ def span_to_event(
         metadata["error_type"] = str(attrs["error.type"])[:200]
     if attrs.get("server.address"):
         metadata["server_address"] = str(attrs["server.address"])[:200]
-    request = {name: attrs[key] for key, name in _REQUEST_ATTRS.items() if key in attrs}
+    request = _request(attrs)
     if request:
         metadata["request"] = request
     response_text = content.outputs[0].text if content.outputs else ""

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from atalaia.events import InferenceEvent, parse_event
 from atalaia.settings import Settings
 from otlp.app import create_app
+from otlp.genai import SpanContent
 from tests.conftest import free_port
 
 TRACE = "5b8efff798038103d269b633813fc60c"
@@ -340,3 +341,100 @@ def test_real_sdk_and_otlp_exporter_protobuf_gzip(tmp_path: Any) -> None:
     assert ev.service == "my-app" and ev.provider == "mistral_ai" and ev.response == "A cat."
     assert ev.cost == pytest.approx(1 * 0.0001 + 2 * 0.0003)
     assert len(ev.metadata["trace_id"]) == 32  # hex trace id from protobuf bytes
+
+
+# -- message parts, older events in attribute form, bad numbers --------------------------------
+def _inputs(parts: list[dict[str, Any]]) -> Any:
+    content = SpanContent()
+    content.add_current({"gen_ai.input.messages": json.dumps([{"role": "user", "parts": parts}])}, False)
+    (message,) = content.inputs
+    return message
+
+
+def test_parts_are_read_whatever_the_first_part_is() -> None:
+    uri = {"type": "uri", "modality": "image", "mime_type": "image/png", "uri": "https://x/a.png"}
+    message = _inputs([uri, {"type": "text", "content": "What is in this picture?"}])
+    assert message.text == "What is in this picture?"
+    image, text = message.content
+    assert (image.type, image.mime_type, image.uri) == ("image", "image/png", "https://x/a.png")
+    assert (text.type, text.text) == ("text", "What is in this picture?")
+    blob = {"type": "blob", "modality": "audio", "mime_type": "audio/wav", "content": "aGVsbG8="}
+    audio, text = _inputs([blob, {"type": "text", "content": "Transcribe"}]).content
+    assert (audio.type, audio.size_bytes, text.text) == ("audio", 5, "Transcribe")
+    (call,) = _inputs([{"type": "tool_call", "id": "call_1", "name": "lookup", "arguments": {"q": "x"}}]).content
+    assert (call.type, call.name, call.id, json.loads(call.text)) == ("tool_call", "lookup", "call_1", {"q": "x"})
+    (resp,) = _inputs([{"type": "tool_call_response", "id": "call_1", "response": {"days": 30}}]).content
+    assert (resp.type, resp.id, json.loads(resp.text)) == ("tool_call_response", "call_1", {"days": 30})
+    (resp,) = _inputs([{"type": "tool_call_response", "id": "c2", "response": "42"}]).content
+    assert resp.text == "42"
+    server = {"type": "server_tool_call", "id": "s1", "name": "web_search", "server_tool_call": {"query": "q"}}
+    (call,) = _inputs([server]).content
+    assert (call.name, call.id, json.loads(call.text)) == ("web_search", "s1", {"query": "q"})
+    thought, answer = _inputs([{"type": "reasoning", "content": "hmm"}, {"type": "text", "content": "A"}]).content
+    assert (thought.type, thought.text, answer.text) == ("reasoning", "hmm", "A")
+    (custom,) = _inputs([{"type": "brand_new", "x": 1}]).content
+    assert custom.type == "brand_new"
+    # OpenAI-style content (older event bodies) is still read as such, first part text or not.
+    openai = [{"type": "image_url", "image_url": {"url": "https://x/b.png"}}, {"type": "text", "text": "And this?"}]
+    image, text = _inputs(openai).content
+    assert (image.type, image.uri, text.text) == ("image", "https://x/b.png", "And this?")
+
+
+def _span_event(name: str, **attrs: Any) -> dict[str, Any]:
+    return {"name": name, "attributes": [_attr(k, v) for k, v in attrs.items()]}
+
+
+def test_choice_and_message_events_in_attribute_form(receiver: Any) -> None:
+    client, events = receiver
+    attrs = {"gen_ai.operation.name": "chat", "gen_ai.system": "mistral_ai", "gen_ai.request.model": "mistral-small"}
+    parts = json.dumps([{"type": "text", "text": "Look"}, {"type": "image_url", "image_url": {"url": "u"}}])
+    span_events = [
+        _span_event("gen_ai.user.message", content=parts),
+        _span_event("gen_ai.choice", index=1, finish_reason="length", message=json.dumps({"content": "second"})),
+        _span_event("gen_ai.choice", index=0, finish_reason="stop", message=json.dumps({"content": "choice ev"})),
+    ]
+    _post(client, "/v1/traces", _traces(attrs, span_events))
+    (ev,) = events
+    assert ev.response == "choice ev" and ev.finish_reason == "stop"
+    assert ev.messages[0].text == "Look" and ev.messages[0].content[1].type == "image"
+    # A message that is not JSON is the answer's text; user text that merely looks like JSON stays text.
+    events.clear()
+    span_events = [
+        _span_event("gen_ai.user.message", content="[1, 2]"),
+        _span_event("gen_ai.choice", index=0, message="plain answer"),
+    ]
+    _post(client, "/v1/traces", _traces(attrs, span_events, spanId="1111111111111111"))
+    (ev,) = events
+    assert ev.messages[0].content == "[1, 2]" and ev.response == "plain answer"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("gen_ai.response.time_to_first_chunk", float("inf")),
+        ("gen_ai.response.time_to_first_chunk", -0.5),
+        ("gen_ai.response.time_to_first_chunk", 1e308),  # finite seconds, infinite milliseconds
+        ("gen_ai.usage.input_tokens", float("inf")),
+        ("gen_ai.usage.input_tokens", -3),
+        ("gen_ai.usage.output_tokens", float("nan")),
+        ("gen_ai.request.temperature", float("inf")),
+        ("gen_ai.request.top_p", float("nan")),
+    ],
+)
+def test_one_bad_optional_number_leaves_its_field_empty(receiver: Any, key: str, value: float) -> None:
+    client, events = receiver
+    _post(client, "/v1/traces", _traces(dict(CURRENT, **{key: value})))
+    (ev,) = events
+    parse_event(ev.to_json())  # storable, and what the worker will read
+    assert client.get("/healthz").json()["stats"]["invalid_spans"] == 0
+    if key == "gen_ai.response.time_to_first_chunk":
+        assert ev.time_to_first_token_ms is None
+    elif key == "gen_ai.usage.input_tokens":
+        assert (ev.prompt_tokens, ev.completion_tokens) == (0, 2000)
+    elif key == "gen_ai.usage.output_tokens":
+        assert (ev.prompt_tokens, ev.completion_tokens) == (1000, 0)
+    elif key == "gen_ai.request.top_p":
+        assert ev.metadata["request"] == {"temperature": 0.2}
+    else:
+        assert "request" not in ev.metadata
+    assert ev.response == "A cat."
