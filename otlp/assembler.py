@@ -2,10 +2,15 @@
 
 Instrumentations on the older conventions (and the current ones in ``event_only`` mode) send a
 call's messages as log records (``/v1/logs``), apart from its span (``/v1/traces``), each on its
-own export schedule. Records that arrive first wait (keyed by trace and span id) for their span.
-A span without content from a service that has sent GenAI log records waits up to
-``wait_s`` for them; a span from any other service is emitted at once, so an app without
-content capture adds no delay.
+own export schedule, in either order. Records that arrive first wait (keyed by trace and span
+id) for their span. A chat span without content waits up to ``wait_s`` for its records, whatever
+its service: a short-lived script flushes its spans before its logs, and the receiver cannot
+know whether a service it has not heard from yet (a new app, or any app after a restart) sends
+records. Records that arrive for a waiting span join it, and the span goes as soon as one of them
+carries the call's output (all the call's records are in by then); otherwise it goes, with what
+it has, when its wait is over. So an app without content capture adds at most ``wait_s`` of
+delay, and a span is never lost nor held longer. Records that come after their span was emitted
+are counted (``late_log_records``) and dropped instead of waiting for a span that has gone.
 """
 
 from __future__ import annotations
@@ -15,11 +20,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from atalaia.events import InferenceEvent
 from otlp.decode import LogRecord, Span
-from otlp.genai import is_chat_span, span_to_event
+from otlp.genai import OUTPUT_EVENTS, is_chat_span, span_to_event
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,10 @@ log = logging.getLogger(__name__)
 LOG_TTL_S = 120.0
 MAX_WAITING_LOGS = 100_000
 MAX_PENDING_SPANS = 100_000
+#: Records kept for one span (a long conversation sends one per message); memory stays bounded.
+MAX_RECORDS_PER_SPAN = 2_000
+#: Emitted spans remembered for ``LOG_TTL_S``, so that their late records are dropped at once.
+MAX_DONE_SPANS = 100_000
 
 
 @dataclass
@@ -42,6 +50,7 @@ class ReceiverStats:
     events: int = 0
     events_without_content: int = 0
     invalid_spans: int = 0
+    late_log_records: int = 0
 
 
 class Assembler:
@@ -60,8 +69,8 @@ class Assembler:
         self.wait_s, self.clock = wait_s, clock
         self.stats = ReceiverStats()
         self._logs: OrderedDict[tuple[str, str], tuple[float, list[LogRecord]]] = OrderedDict()
-        self._pending: OrderedDict[tuple[str, str], tuple[float, Span]] = OrderedDict()
-        self._log_services: set[str] = set()
+        self._pending: OrderedDict[tuple[str, str], tuple[float, Span, list[LogRecord]]] = OrderedDict()
+        self._done: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     # -- input -------------------------------------------------------------------------------
     def add_spans(self, spans: list[Span], skipped: int) -> None:
@@ -76,58 +85,72 @@ class Assembler:
             self.stats.genai_spans += 1
             key = (span.trace_id, span.span_id)
             waiting = self._logs.pop(key, None)
-            if waiting is not None:
-                self._finish(span, waiting[1])
-            elif self.wait_s > 0 and not self._has_content(span) and self._service(span) in self._log_services:
-                self._pending[key] = (now + self.wait_s, span)
+            records = waiting[1] if waiting is not None else []
+            if self.wait_s > 0 and not self._has_content(span) and not self._has_output(records):
+                # No content yet: it may still come in log records, of any service (see the module doc).
+                self._pending.pop(key, None)  # an exporter retry of a waiting span: wait once
+                self._pending[key] = (now + self.wait_s, span, records)
                 while len(self._pending) > MAX_PENDING_SPANS:
-                    _, (_, oldest) = self._pending.popitem(last=False)
-                    self._finish(oldest, [])
+                    _, (_, oldest, found) = self._pending.popitem(last=False)
+                    self._finish(oldest, found)
             else:
-                self._finish(span, [])
+                self._pending.pop(key, None)
+                self._finish(span, records)
 
     def add_logs(self, records: list[LogRecord], skipped: int) -> None:
         """GenAI log records of one export request."""
         self.stats.log_records += len(records)
         now = self.clock()
-        ready: dict[tuple[str, str], list[LogRecord]] = {}
+        ready: list[tuple[str, str]] = []
         for record in records:
-            self._log_services.add(self._service(record))
             key = (record.trace_id, record.span_id)
-            if key in self._pending:
-                ready.setdefault(key, []).append(record)
+            pending = self._pending.get(key)
+            if pending is not None:
+                if len(pending[2]) < MAX_RECORDS_PER_SPAN:
+                    pending[2].append(record)
+                if record.event_name in OUTPUT_EVENTS and key not in ready:
+                    ready.append(key)
+                continue
+            if key in self._done:
+                self.stats.late_log_records += 1  # its span has gone (without them, unless it had content)
                 continue
             entry = self._logs.get(key)
             if entry is None:
                 self._logs[key] = (now + LOG_TTL_S, [record])
-            else:
+            elif len(entry[1]) < MAX_RECORDS_PER_SPAN:
                 entry[1].append(record)
         while len(self._logs) > MAX_WAITING_LOGS:
             self._logs.popitem(last=False)
-        for key, found in ready.items():
-            _, span = self._pending.pop(key)
+        # After the whole request: the output record may come before the prompt's in one batch.
+        for key in ready:
+            _, span, found = self._pending.pop(key)
             self._finish(span, found)
 
     def expire(self) -> None:
-        """Emit spans whose wait is over (without content) and forget log records nobody claimed."""
+        """Emit spans whose wait is over (with the records they have) and forget old records and ids."""
         now = self.clock()
         while self._pending:
-            key, (deadline, span) = next(iter(self._pending.items()))
+            key, (deadline, span, found) = next(iter(self._pending.items()))
             if deadline > now:
                 break
             del self._pending[key]
-            self._finish(span, [])
+            self._finish(span, found)
         while self._logs:
             key, (deadline, _) = next(iter(self._logs.items()))
             if deadline > now:
                 break
             del self._logs[key]
+        while self._done:
+            key, deadline = next(iter(self._done.items()))
+            if deadline > now:
+                break
+            del self._done[key]
 
     def flush(self) -> None:
         """Emit every waiting span now (at shutdown)."""
         while self._pending:
-            _, (_, span) = self._pending.popitem(last=False)
-            self._finish(span, [])
+            _, (_, span, found) = self._pending.popitem(last=False)
+            self._finish(span, found)
 
     @property
     def waiting(self) -> int:
@@ -136,8 +159,8 @@ class Assembler:
 
     # -- internals ---------------------------------------------------------------------------
     @staticmethod
-    def _service(item: Any) -> str:
-        return str(item.resource.get("service.name", ""))
+    def _has_output(records: list[LogRecord]) -> bool:
+        return any(r.event_name in OUTPUT_EVENTS for r in records)
 
     @staticmethod
     def _has_content(span: Span) -> bool:
@@ -151,6 +174,11 @@ class Assembler:
         )
 
     def _finish(self, span: Span, records: list[LogRecord]) -> None:
+        key = (span.trace_id, span.span_id)
+        self._done.pop(key, None)
+        self._done[key] = self.clock() + LOG_TTL_S
+        while len(self._done) > MAX_DONE_SPANS:
+            self._done.popitem(last=False)
         try:
             event = span_to_event(span, records, self.service, self.price_for, self.keep_media)
         except Exception as exc:  # noqa: BLE001 - one odd span must not fail the others

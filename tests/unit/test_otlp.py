@@ -16,7 +16,10 @@ from fastapi.testclient import TestClient
 
 from atalaia.events import InferenceEvent, parse_event
 from atalaia.settings import Settings
+from otlp import assembler as assembler_module
 from otlp.app import create_app
+from otlp.assembler import Assembler
+from otlp.decode import LogRecord, Span
 from otlp.genai import SpanContent
 from tests.conftest import free_port
 
@@ -274,6 +277,10 @@ def test_no_content_still_gives_an_event_and_other_spans_are_skipped(receiver: A
     _post(client, "/v1/traces", _traces(attrs))
     embeddings = {"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": "openai"}
     _post(client, "/v1/traces", _traces(embeddings))
+    # Without content the span waits (wait_s = 0.5 s here) for log records that may carry it.
+    deadline = time.monotonic() + 5
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.05)
     (ev,) = events
     assert ev.messages == [] and ev.response == "" and ev.metadata["content_captured"] is False
     assert ev.prompt_tokens == 1000 and ev.provider == "openai"
@@ -343,6 +350,123 @@ def test_real_sdk_and_otlp_exporter_protobuf_gzip(tmp_path: Any) -> None:
     assert len(ev.metadata["trace_id"]) == 32  # hex trace id from protobuf bytes
 
 
+# -- the assembler: spans and log records in either order, whatever the service ---------------
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _span(span_id: str = SPAN, service: str = "fresh-app", **attrs: Any) -> Span:
+    base = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o"}
+    return Span(
+        trace_id=TRACE,
+        span_id=span_id,
+        name="chat gpt-4o",
+        start_unix_nano=1765000000000000000,
+        end_unix_nano=1765000001000000000,
+        attributes={**base, **attrs},
+        resource={"service.name": service},
+    )
+
+
+def _record(name: str, body: Any, span_id: str = SPAN, service: str = "fresh-app") -> LogRecord:
+    return LogRecord(name, TRACE, span_id, 0, {}, body, {"service.name": service})
+
+
+USER = ("gen_ai.user.message", {"content": "How many vacation days do I get?"})
+CHOICE = ("gen_ai.choice", {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "30."}})
+
+
+def _assembler(wait_s: float = 2.0) -> tuple[Assembler, list[InferenceEvent], _Clock]:
+    events: list[InferenceEvent] = []
+    clock = _Clock()
+    return Assembler(events.append, "", lambda _m: (0.0, 0.0), wait_s=wait_s, clock=clock), events, clock
+
+
+def test_span_before_its_records_from_a_service_never_seen() -> None:
+    # The documented snippet in EVENT_ONLY mode flushes spans, then logs, and exits: its first
+    # (and only) run must keep its content, as must any app's first batch after a restart.
+    asm, events, clock = _assembler()
+    asm.add_spans([_span()], 0)
+    assert events == [] and asm.waiting == 1
+    clock.now += 0.5
+    asm.add_logs([_record(*USER), _record(*CHOICE)], 0)
+    (ev,) = events
+    assert ev.metadata["content_captured"] is True and ev.service == "fresh-app"
+    assert ev.messages[0].content == "How many vacation days do I get?" and ev.response == "30."
+    assert asm.waiting == 0 and asm.stats.events_without_content == 0
+
+
+def test_records_split_over_requests_join_their_span_in_either_order() -> None:
+    asm, events, clock = _assembler()
+    # Prompt record first, span next: the span waits for the answer's record.
+    asm.add_logs([_record(*USER)], 0)
+    asm.add_spans([_span()], 0)
+    assert events == []
+    asm.add_logs([_record(*CHOICE)], 0)
+    (ev,) = events
+    assert ev.messages[0].text.startswith("How many") and ev.response == "30." and ev.finish_reason == "stop"
+    # Span first, then the prompt, then the answer (two log exports).
+    asm.add_spans([_span("1111111111111111")], 0)
+    asm.add_logs([_record(*USER, span_id="1111111111111111")], 0)
+    assert len(events) == 1
+    asm.add_logs([_record(*CHOICE, span_id="1111111111111111")], 0)
+    assert len(events) == 2 and events[1].messages and events[1].response == "30."
+    # Only a prompt ever comes: the span goes with it when its wait is over.
+    asm.add_spans([_span("2222222222222222")], 0)
+    asm.add_logs([_record(*USER, span_id="2222222222222222")], 0)
+    clock.now += 2.0
+    asm.expire()
+    assert len(events) == 3 and events[2].messages and events[2].response == ""
+
+
+def test_span_without_content_waits_the_grace_period_and_no_longer() -> None:
+    asm, events, clock = _assembler(wait_s=2.0)
+    asm.add_spans([_span(service="never-sends-logs")], 0)
+    clock.now += 1.9
+    asm.expire()
+    assert events == []
+    clock.now += 0.1
+    asm.expire()
+    (ev,) = events
+    assert ev.metadata["content_captured"] is False and asm.waiting == 0
+    # A span with content, or any span with wait_s = 0, goes at once.
+    asm.add_spans([_span("1111111111111111", **{"gen_ai.input.messages": '[{"role":"user","parts":[]}]'})], 0)
+    assert len(events) == 2
+    now, _, _ = _assembler(wait_s=0)
+    now.add_spans([_span()], 0)
+    assert now.stats.events == 1
+
+
+def test_late_records_are_counted_not_kept_and_flush_keeps_what_arrived() -> None:
+    asm, events, clock = _assembler(wait_s=1.0)
+    asm.add_spans([_span()], 0)
+    clock.now += 1.0
+    asm.expire()
+    asm.add_logs([_record(*USER), _record(*CHOICE)], 0)
+    assert len(events) == 1 and asm.stats.late_log_records == 2
+    assert not asm._logs  # not waiting 120 s for a span that has gone
+    # At shutdown a waiting span goes with the records it has.
+    asm.add_spans([_span("1111111111111111")], 0)
+    asm.add_logs([_record(*USER, span_id="1111111111111111")], 0)
+    asm.flush()
+    assert len(events) == 2 and events[1].messages and asm.waiting == 0
+
+
+def test_waiting_spans_and_records_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(assembler_module, "MAX_PENDING_SPANS", 2)
+    monkeypatch.setattr(assembler_module, "MAX_RECORDS_PER_SPAN", 3)
+    asm, events, _ = _assembler()
+    asm.add_spans([_span(f"{i:016x}") for i in range(1, 4)], 0)
+    assert asm.waiting == 2 and len(events) == 1  # the oldest went early, not lost
+    asm.add_logs([_record(*USER, span_id="0000000000000002") for _ in range(10)], 0)
+    asm.flush()
+    assert len(events) == 3 and len(events[1].messages) == 3
+
+
 # -- message parts, older events in attribute form, bad numbers --------------------------------
 def _inputs(parts: list[dict[str, Any]]) -> Any:
     content = SpanContent()
@@ -375,7 +499,10 @@ def test_parts_are_read_whatever_the_first_part_is() -> None:
     (custom,) = _inputs([{"type": "brand_new", "x": 1}]).content
     assert custom.type == "brand_new"
     # OpenAI-style content (older event bodies) is still read as such, first part text or not.
-    openai = [{"type": "image_url", "image_url": {"url": "https://x/b.png"}}, {"type": "text", "text": "And this?"}]
+    openai: list[dict[str, Any]] = [
+        {"type": "image_url", "image_url": {"url": "https://x/b.png"}},
+        {"type": "text", "text": "And this?"},
+    ]
     image, text = _inputs(openai).content
     assert (image.type, image.uri, text.text) == ("image", "https://x/b.png", "And this?")
 
