@@ -11,11 +11,17 @@ headers. Answers, streams and errors come back as the upstream sent them; chat c
 One change is made to traffic: an OpenAI streaming request that did not ask for usage gets
 ``stream_options.include_usage`` (without it the upstream never says how many tokens the stream
 cost), and the extra usage-only chunk is then held back from the caller, who did not ask for it.
+
+A stream that carries an error (Anthropic's ``event: error``, an OpenAI ``{"error": ...}``
+chunk) is counted as an upstream error (status ``stream_error``) and its event marked
+``finish_reason: error``; one that ends before its terminal event (the caller went away, the
+upstream's connection broke) still makes an event, marked ``finish_reason: incomplete``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 import logging
 import time
@@ -78,6 +84,12 @@ def _split_events(buffer: bytearray) -> list[bytes]:
             return out
         out.append(bytes(buffer[: cut + width]))
         del buffer[: cut + width]
+
+
+def _with_headers(response: Response, upstream: list[tuple[bytes, bytes]]) -> Response:
+    """``response`` with the upstream's headers (Starlette's own content-length kept, if any)."""
+    response.raw_headers = [h for h in response.raw_headers if h[0] == b"content-length"] + upstream
+    return response
 
 
 def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> Starlette:
@@ -173,7 +185,8 @@ def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> 
             )
         status = resp.status
         calls.labels(name, str(status)).inc()
-        back = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_BACK}
+        # Raw pairs, not a dict: repeated headers (several set-cookie) all go back, byte for byte.
+        back = [(k.lower(), v) for k, v in resp.raw_headers if k.decode("latin-1").lower() not in _DROP_BACK]
         if status >= 400:
             errors.labels(name, str(status)).inc()
             log.info("upstream error passed through", extra={"upstream": name, "status": status, "path": path[:200]})
@@ -188,11 +201,13 @@ def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> 
                 latency = (time.perf_counter() - started) * 1000.0
                 hand_off(FinishedCall(name, service, status, record, body, content, latency, None))
                 emitted.labels(name).inc()
-            return Response(content, status_code=status, headers=back)
+            return _with_headers(Response(content, status_code=status), back)
 
         async def relay() -> AsyncIterator[bytes]:
             buffer = bytearray()
-            read_chunk = p.openai_chunk if kind == "openai" else p.anthropic_event
+            # What ended the stream early: stays "caller_disconnected" when the caller's going
+            # away closes or cancels this generator (GeneratorExit, CancelledError).
+            cut_short: str | None = "caller_disconnected"
             try:
                 async for chunk in resp.content.iter_any():
                     if record is None:
@@ -202,26 +217,44 @@ def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> 
                     now = time.perf_counter()
                     out = []
                     for event in _split_events(buffer):
-                        data = p.sse_data(event)
-                        if isinstance(data, dict):
-                            read_chunk(record, data, now)
-                            if hide_usage and data.get("usage") and not data.get("choices"):
-                                continue  # the usage chunk the caller did not ask for
+                        data = _read(record, event, now)
+                        if hide_usage and isinstance(data, dict) and data.get("usage") and not data.get("choices"):
+                            continue  # the usage chunk the caller did not ask for
                         out.append(event)
                     if out:
                         yield b"".join(out)
                 if buffer:
+                    if record is not None:  # a last event without its blank line (e.g. "data: [DONE]")
+                        _read(record, bytes(buffer), time.perf_counter())
                     yield bytes(buffer)
+                cut_short = None
+            except Exception as exc:  # the upstream's connection broke or timed out mid-stream
+                cut_short = f"upstream: {type(exc).__name__}"
+                raise
             finally:
                 resp.release()
                 if record is not None:
+                    if cut_short is None and not record.complete:
+                        cut_short = "upstream closed the stream before its end"
+                    if cut_short is not None and record.error_type is None:
+                        record.incomplete = cut_short
+                        if not cut_short.startswith("caller"):
+                            errors.labels(name, "stream_incomplete").inc()
                     latency = (time.perf_counter() - started) * 1000.0
                     first = record.first_token_at
                     ttft = None if first is None else (first - started) * 1000.0
                     hand_off(FinishedCall(name, service, status, record, body, None, latency, ttft))
                     emitted.labels(name).inc()
 
-        return StreamingResponse(relay(), status_code=status, headers=back)
+        def _read(record: p.CallRecord, event: bytes, now: float) -> Any:
+            had_error = record.error_type is not None
+            data = p.read_event(record, event, now)
+            if record.error_type is not None and not had_error:
+                errors.labels(name, "stream_error").inc()
+                log.info("upstream error inside a stream", extra={"upstream": name, "error": record.error_type})
+            return data
+
+        return _with_headers(StreamingResponse(relay(), status_code=status), back)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok", "upstreams": {n: u.base_url for n, u in upstreams.items()}})
@@ -239,6 +272,34 @@ def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> 
     return app
 
 
+class DatedResponses:
+    """ASGI middleware: a ``date`` header on every response that has none.
+
+    The gateway is served without uvicorn's own ``date`` and ``server`` headers, which would
+    otherwise repeat the upstream's (``date: X, X``, ``server: uvicorn, uvicorn``); its own answers
+    (404, 502, ``/healthz``, ``/metrics``) still carry a date, as HTTP asks of an origin server.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = getattr(app, "state", None)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def dated(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"date" for k, _ in headers):
+                    headers.append((b"date", email.utils.formatdate(usegmt=True).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, dated)
+
+
 def serve(settings: Settings) -> None:
     """Run the gateway until SIGINT/SIGTERM; events go through the producer SDK in a child process."""
     from atalaia.asgi import serve_until_stopped
@@ -251,7 +312,7 @@ def serve(settings: Settings) -> None:
         extra={"host": settings.gateway_host, "port": settings.gateway_port, "upstreams": sorted(app.state.upstreams)},
     )
     try:
-        serve_until_stopped(app, settings.gateway_host, settings.gateway_port)
+        serve_until_stopped(DatedResponses(app), settings.gateway_host, settings.gateway_port, default_headers=False)
     finally:
         producer.close(timeout=30)
         log.info("gateway stopped", extra={"events": producer.handed_over, "child_restarts": producer.restarts})

@@ -103,39 +103,74 @@ class EventBuilder:
                     (p.openai_response if record.kind == "openai" else p.anthropic_response)(record, data)
             request = _json(call.request)
             messages = p.request_messages(record.kind, request, self.keep_media) if isinstance(request, dict) else []
-            model = record.response_model or record.model or "unknown"
+            # Every caller- or upstream-supplied string is cut to its column's bound: one long
+            # header or model name must not cost the event.
+            model = _bounded(record.response_model, 200) or _bounded(record.model, 200) or "unknown"
             prompt_price, completion_price = (
                 upstream.prices.get(model) or upstream.prices.get(record.model) or self.settings.price_for(model)
             )
             return InferenceEvent(
                 event_id=uuid.UUID(call.event_id),
                 ts=datetime.fromtimestamp(call.ts, UTC),
-                service=call.service,
-                model_version=model[:200],
+                service=_bounded(call.service, 200) or _bounded(upstream.name, 200) or "gateway",
+                model_version=model,
                 messages=messages,
                 response="".join(record.text),
                 latency_ms=call.latency_ms,
                 prompt_tokens=record.prompt_tokens,
                 completion_tokens=record.completion_tokens,
                 cost=Price(prompt_price, completion_price).cost(record.prompt_tokens, record.completion_tokens),
-                request_id=(record.response_id or None) and str(record.response_id)[:200],
-                provider=upstream.provider,
-                finish_reason=str(record.finish_reason)[:64] if record.finish_reason else None,
+                request_id=_bounded(record.response_id, 200),
+                provider=_bounded(upstream.provider, 200),
+                finish_reason=_finish_reason(record),
                 time_to_first_token_ms=call.time_to_first_token_ms,
-                metadata={
-                    "source": "gateway",
-                    "upstream": upstream.name,
-                    "stream": record.stream,
-                    "status": call.status,
-                    "request_model": record.model,
-                    **({} if record.usage_seen else {"usage": "not reported by the upstream"}),
-                },
+                metadata=_metadata(upstream.name, call.status, record),
             )
         except Exception as exc:  # noqa: BLE001 - one odd answer must not stop the others
             log.warning(
                 "gateway call not turned into an event", extra={"upstream": upstream.name, "error": str(exc)[:300]}
             )
             return None
+
+
+def _bounded(value: Any, limit: int) -> str | None:
+    """``value`` as a stripped string of at most ``limit`` characters, or None when empty."""
+    if value is None:
+        return None
+    return str(value).strip()[:limit] or None
+
+
+def _finish_reason(record: p.CallRecord) -> str | None:
+    """``error`` for an error the upstream reported inside its answer (as OpenTelemetry ERROR spans
+    are recorded), ``incomplete`` for a stream cut off before its end, else the upstream's own."""
+    if record.error_type is not None:
+        return "error"
+    if record.incomplete is not None:
+        return "incomplete"
+    return _bounded(record.finish_reason, 64)
+
+
+def _metadata(upstream: str, status: int, record: p.CallRecord) -> dict[str, Any]:
+    """The event's ``metadata``: where the call went, and what was odd about it."""
+    metadata: dict[str, Any] = {
+        "source": "gateway",
+        "upstream": upstream,
+        "stream": record.stream,
+        "status": status,
+        "request_model": _bounded(record.model, 200),
+    }
+    if not record.usage_seen:
+        metadata["usage"] = "not reported by the upstream"
+    if record.tool_calls:
+        metadata["tool_calls"] = record.tool_call_parts()  # the answer is a str: its tool calls live here
+    if record.error_type is not None:
+        metadata["error_type"] = record.error_type
+        metadata["error"] = record.error_message or record.error_type
+    if record.incomplete is not None:
+        metadata["incomplete"] = record.incomplete
+    if (record.error_type is not None or record.incomplete is not None) and record.finish_reason:
+        metadata["upstream_finish_reason"] = _bounded(record.finish_reason, 64)
+    return metadata
 
 
 def _json(data: bytes) -> Any:
