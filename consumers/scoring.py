@@ -31,6 +31,19 @@ from consumers.gc_pauses import collector_cpu_seconds
 
 log = logging.getLogger(__name__)
 
+#: Metrics read from one side of the exchange (the last user message, the response). On an empty
+#: side they measure nothing: the toxicity of '' is a constant of the model (0.036), a cosine to
+#: the embedding of '' is noise. An event with that side empty or blank (no user message, a
+#: tool-call answer with response '') gets no row for them, value or error. Metrics that already
+#: record an empty text as an error (ROUGE, BLEU, METEOR, perplexity) or count it (words) keep it.
+TEXT_SIDES: dict[str, tuple[str, ...]] = {
+    "toxicity_prompt": ("prompt",),
+    "toxicity_response": ("response",),
+    "similarity_prompt": ("prompt", "response"),
+    "similarity_reference": ("response",),
+    "similarity_context": ("response",),
+}
+
 
 __all__ = ["BatchScorer", "ScoredBatch", "has_content", "last_user_message", "sampled"]
 
@@ -157,7 +170,8 @@ class BatchScorer:
             times = [ev.ts.timestamp() for ev in events]
             self.budget.update(len(events), max(times), time.time(), oldest_ts=min(times))
         # Groups that read text score only events with text (no content captured: operational only).
-        with_text = [ev for ev in events if has_content(ev)]
+        sides = {str(ev.event_id): text_sides(ev) for ev in events}
+        with_text = [ev for ev in events if any(sides[str(ev.event_id)].values())]
         for group in self.active:
             out.fraction = group.rate()
             n_metrics, n_vectors = len(batch.metrics), len(batch.embeddings)
@@ -169,7 +183,35 @@ class BatchScorer:
             scored = {str(m.source_event_id) for m in batch.metrics[n_metrics:]}
             scored.update(v["event_id"] for v in batch.embeddings[n_vectors:])
             batch.groups[group.name] = (round(wall, 4), len(scored))
+            _drop_empty_sides(batch, n_metrics, n_vectors, sides)
             # Cost per scored event: what one more sampled event would cost.
             self.budget.observe(group.name, cpu_s, len(scored))
         out.fraction = 1.0
         return batch
+
+
+def text_sides(event: InferenceEvent) -> dict[str, bool]:
+    """Which sides of ``event`` carry text to score: ``prompt`` (its last user message) and
+    ``response``; blank text (only whitespace) counts as none.
+
+    >>> ev = InferenceEvent(service="s", model_version="m", messages=[], response=" ", latency_ms=1,
+    ...     prompt_tokens=0, completion_tokens=0, cost=0)
+    >>> text_sides(ev)
+    {'prompt': False, 'response': False}
+    """
+    return {"prompt": bool(last_user_message(event).strip()), "response": bool(event.response.strip())}
+
+
+def _drop_empty_sides(batch: ScoredBatch, n_metrics: int, n_vectors: int, sides: dict[str, dict[str, bool]]) -> None:
+    """Remove the rows a group just added (from ``n_metrics`` / ``n_vectors`` on) that measure an
+    empty side of their event (:data:`TEXT_SIDES`; embeddings by their ``kind``; ``sides`` is
+    keyed by the event id as text, as embedding rows hold it), so a meaningless value reaches
+    neither the tables, the metrics topic nor the drift reference."""
+    metrics = batch.metrics
+    metrics[n_metrics:] = [
+        m
+        for m in metrics[n_metrics:]
+        if all(sides.get(str(m.source_event_id), {}).get(side, True) for side in TEXT_SIDES.get(m.name, ()))
+    ]
+    vectors = batch.embeddings
+    vectors[n_vectors:] = [v for v in vectors[n_vectors:] if sides.get(v["event_id"], {}).get(str(v.get("kind")), True)]

@@ -263,3 +263,30 @@ def test_meteor_is_sampled_apart_from_rouge_and_bleu(tmp_path: Path) -> None:
     assert all(0 < (m.value or 0) <= 1 for m in meteor if m.error is None)
     # The empty response is an error row of the text group, not an exception.
     assert [m.error for m in rows if m.name == "rougeL" and m.error] == ["ValueError: empty prediction"]
+
+
+def test_text_metrics_skip_an_empty_side_and_cheap_ones_score_every_event(tmp_path: Path) -> None:
+    # The toxicity of '' is a constant of the model (0.036 with Detoxify), not a measurement: an
+    # event without messages, or a tool-call answer (response ''), gets no row for that side.
+    no_prompt = _event(response="Thirty days.").model_copy(update={"messages": []})
+    tool_call = _event(response="", reference=None)
+    blank = _event(response="  \n", reference=None).model_copy(
+        update={"messages": [ChatMessage(role="user", content=" ")]}
+    )
+    batch = _scorer(tmp_path).score([no_prompt, tool_call, blank])
+    names: dict[uuid.UUID, set[str]] = {}
+    for m in batch.metrics:
+        names.setdefault(m.source_event_id, set()).add(m.name)
+    # Every event keeps its cheap, operational metrics.
+    for event in (no_prompt, tool_call, blank):
+        assert {"latency_ms", "cost"} <= names[event.event_id]
+    assert {"toxicity_response", "similarity_reference"} <= names[no_prompt.event_id]
+    assert not {"toxicity_prompt", "similarity_prompt"} & names[no_prompt.event_id]
+    assert "toxicity_prompt" in names[tool_call.event_id]
+    assert not {"toxicity_response", "similarity_prompt"} & names[tool_call.event_id]
+    assert not {"toxicity_prompt", "toxicity_response", "similarity_prompt"} & names[blank.event_id]
+    # No empty text reaches the embeddings table (and the drift reference) either.
+    kinds = {(e["event_id"], e["kind"]) for e in batch.embeddings}
+    assert (str(no_prompt.event_id), "prompt") not in kinds and (str(no_prompt.event_id), "response") in kinds
+    assert (str(tool_call.event_id), "response") not in kinds and (str(tool_call.event_id), "prompt") in kinds
+    assert not {k for k in kinds if k[0] == str(blank.event_id)}
