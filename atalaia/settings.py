@@ -266,7 +266,7 @@ class Settings(BaseSettings):
     otlp_log_wait_s: Annotated[float, Field(ge=0, le=60)] = Field(
         2.0,
         description="How long a chat span without content waits for the GenAI log records of its call "
-        "(only for services that send GenAI log records; 0: never wait).",
+        "(any service; emitted as soon as its output record arrives; 0: never wait).",
     )
     gateway_host: str = Field("127.0.0.1", description="Bind address of the gateway (`atalaia gateway`).")
     gateway_port: Annotated[int, Field(ge=1, le=65535)] = Field(8400, description="Port of the gateway.")
