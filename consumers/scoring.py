@@ -26,6 +26,7 @@ from atalaia.metrics.groups.base import (
     sampled,
 )
 from atalaia.metrics.groups.registry import GROUPS, GROUPS_BY_NAME
+from atalaia.metrics.operational import is_unfinished
 from atalaia.settings import Settings
 from consumers.gc_pauses import collector_cpu_seconds
 
@@ -43,6 +44,12 @@ TEXT_SIDES: dict[str, tuple[str, ...]] = {
     "similarity_reference": ("response",),
     "similarity_context": ("response",),
 }
+#: Metrics of the answer's quality or length: none for an unfinished call (an error inside a 200
+#: answer, a stream cut off), whose response is partial. (An empty answer of a finished call keeps
+#: them: that the model said nothing is itself a score.)
+ANSWER_METRICS = frozenset(
+    m.name for group in ("text", "meteor", "perplexity", "length") for m in GROUPS_BY_NAME[group].metrics
+)
 
 
 __all__ = ["BatchScorer", "ScoredBatch", "has_content", "last_user_message", "sampled"]
@@ -171,7 +178,7 @@ class BatchScorer:
             self.budget.update(len(events), max(times), time.time(), oldest_ts=min(times))
         # Groups that read text score only events with text (no content captured: operational only).
         sides = {str(ev.event_id): text_sides(ev) for ev in events}
-        with_text = [ev for ev in events if any(sides[str(ev.event_id)].values())]
+        with_text = [ev for ev in events if sides[str(ev.event_id)]["prompt"] or sides[str(ev.event_id)]["response"]]
         for group in self.active:
             out.fraction = group.rate()
             n_metrics, n_vectors = len(batch.metrics), len(batch.embeddings)
@@ -192,14 +199,17 @@ class BatchScorer:
 
 def text_sides(event: InferenceEvent) -> dict[str, bool]:
     """Which sides of ``event`` carry text to score: ``prompt`` (its last user message) and
-    ``response``; blank text (only whitespace) counts as none.
+    ``response``; blank text (only whitespace) counts as none, and so does the partial response
+    of an unfinished call (an error or a cut-off stream, :func:`atalaia.metrics.operational.is_unfinished`).
 
     >>> ev = InferenceEvent(service="s", model_version="m", messages=[], response=" ", latency_ms=1,
     ...     prompt_tokens=0, completion_tokens=0, cost=0)
     >>> text_sides(ev)
-    {'prompt': False, 'response': False}
+    {'prompt': False, 'response': False, 'unfinished': False}
     """
-    return {"prompt": bool(last_user_message(event).strip()), "response": bool(event.response.strip())}
+    unfinished = is_unfinished(event)
+    response = bool(event.response.strip()) and not unfinished
+    return {"prompt": bool(last_user_message(event).strip()), "response": response, "unfinished": unfinished}
 
 
 def _drop_empty_sides(batch: ScoredBatch, n_metrics: int, n_vectors: int, sides: dict[str, dict[str, bool]]) -> None:
@@ -212,6 +222,7 @@ def _drop_empty_sides(batch: ScoredBatch, n_metrics: int, n_vectors: int, sides:
         m
         for m in metrics[n_metrics:]
         if all(sides.get(str(m.source_event_id), {}).get(side, True) for side in TEXT_SIDES.get(m.name, ()))
+        and not (m.name in ANSWER_METRICS and sides.get(str(m.source_event_id), {}).get("unfinished", False))
     ]
     vectors = batch.embeddings
     vectors[n_vectors:] = [v for v in vectors[n_vectors:] if sides.get(v["event_id"], {}).get(str(v.get("kind")), True)]

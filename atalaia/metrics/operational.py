@@ -42,16 +42,33 @@ def request_cost(
     return Price(*price).cost(prompt_tokens, completion_tokens)
 
 
+#: ``finish_reason`` of a call that did not end in an answer: an error inside a 200 answer or
+#: stream, or a stream cut off by the caller or the upstream (gateway, OTLP ERROR spans).
+UNFINISHED = frozenset({"error", "incomplete"})
+
+
+def is_unfinished(event: InferenceEvent) -> bool:
+    """True when ``event`` records a call that ended without a whole answer (:data:`UNFINISHED`):
+    its latency is the time to the failure or the cut, and its text is partial."""
+    return event.finish_reason in UNFINISHED
+
+
 def operational_values(event: InferenceEvent) -> dict[str, float]:
     """Latency, token and cost scores of an event, keyed by metric name.
+
+    An unfinished call (:func:`is_unfinished`) has no latency: a stream cut off after 14 ms, or
+    an error answered at once, would pull the latency percentiles of real answers down. Its
+    tokens and cost stay, since they were spent.
 
     >>> from atalaia.events import ChatMessage
     >>> ev = InferenceEvent(service="s", model_version="m", messages=[ChatMessage(role="user", content="q")],
     ...     response="a", latency_ms=120.0, prompt_tokens=10, completion_tokens=5, cost=0.002)
     >>> operational_values(ev)["total_tokens"]
     15.0
+    >>> "latency_ms" in operational_values(ev.model_copy(update={"finish_reason": "incomplete"}))
+    False
     """
-    return {
+    values = {
         "latency_ms": float(event.latency_ms),
         "prompt_tokens": float(event.prompt_tokens),
         "completion_tokens": float(event.completion_tokens),
@@ -59,6 +76,9 @@ def operational_values(event: InferenceEvent) -> dict[str, float]:
         "cost": float(event.cost),
         "cache_hit": 1.0 if event.cache_hit else 0.0,
     }
+    if is_unfinished(event):
+        del values["latency_ms"]
+    return values
 
 
 def metric_events(

@@ -15,7 +15,13 @@ class OperationalGroup(MetricGroup):
     name = "operational"
     needs_text = False  # latency, tokens and cost need no content
     metrics = (
-        Metric("latency_ms", "ms", "lower", "end-to-end latency reported by the service"),
+        Metric(
+            "latency_ms",
+            "ms",
+            "lower",
+            "end-to-end latency reported by the service "
+            "(none for an unfinished call: `finish_reason` `error` or `incomplete`)",
+        ),
         Metric("prompt_tokens", "tokens", "neither", "tokens of the prompt"),
         Metric("completion_tokens", "tokens", "neither", "tokens of the response"),
         Metric("total_tokens", "tokens", "neither", "prompt plus completion tokens"),
