@@ -413,6 +413,25 @@ def _first_error(exc: ValidationError, kind: str) -> EventError:
 _UNSTORABLE_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 
 
+_UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def scrub(value: Any) -> Any:
+    """Text no event can carry (NUL, lone surrogates) replaced by U+FFFD, in ``value`` and every
+    string (key or value) nested in its dicts and lists, so an event built from it is still stored.
+
+    >>> scrub({"a": ["x" + chr(0), chr(0xD800)]})
+    {'a': ['x\ufffd', '\ufffd']}
+    """
+    if isinstance(value, str):
+        return _UNSTORABLE_CHARS.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
 def check_storable_text(data: Any, what: str = "message") -> None:
     """Raise :class:`EventError` if any string (key or value) in ``data`` holds a NUL character
     or a lone UTF-16 surrogate: text no database column or JSON encoder can take.

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from atalaia.content_encoding import decompress
 from atalaia.settings import Settings
 from gateway import protocols as p
 from gateway.calls import FinishedCall, Upstream, upstreams_of
@@ -146,10 +147,12 @@ def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> 
         hide_usage = False
         if kind is not None:
             try:
+                # A compressed body is forwarded as it came; its plain JSON is what the event reads.
+                body = decompress(body, headers.get("content-encoding"))
                 payload = json.loads(body)
                 if not isinstance(payload, dict):
                     raise ValueError("not an object")
-            except ValueError:
+            except ValueError:  # ContentEncodingError too
                 kind = None  # not ours to read: the upstream answers it (with its own 400)
             else:
                 record = p.request_record(kind, payload)
@@ -162,6 +165,7 @@ def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> 
                 ):
                     extra = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                     sent = json.dumps({**payload, "stream_options": extra}).encode()
+                    headers.pop("content-encoding", None)  # the rewritten body goes uncompressed
                     hide_usage = True
         service = request.headers.get("x-atalaia-service") or upstream.name
         url = f"{upstream.base_url}/{path}"
@@ -234,7 +238,11 @@ def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> 
             finally:
                 resp.release()
                 if record is not None:
-                    if cut_short is None and not record.complete:
+                    if record.complete:
+                        # The stream's terminal event was relayed: a caller that hangs up right
+                        # after it (the openai client closes on [DONE]) cut nothing short.
+                        cut_short = None
+                    elif cut_short is None:
                         cut_short = "upstream closed the stream before its end"
                     if cut_short is not None and record.error_type is None:
                         record.incomplete = cut_short

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from atalaia.events import InferenceEvent
+from atalaia.events import InferenceEvent, scrub
 from atalaia.metrics.operational import Price
 from atalaia.settings import Settings
 from gateway import protocols as p
@@ -115,7 +115,8 @@ class EventBuilder:
                 service=_bounded(call.service, 200) or _bounded(upstream.name, 200) or "gateway",
                 model_version=model,
                 messages=messages,
-                response="".join(record.text),
+                # Stream deltas were parsed on the relay loop, unscrubbed: see _json.
+                response=scrub("".join(record.text)),
                 latency_ms=call.latency_ms,
                 prompt_tokens=record.prompt_tokens,
                 completion_tokens=record.completion_tokens,
@@ -124,7 +125,7 @@ class EventBuilder:
                 provider=_bounded(upstream.provider, 200),
                 finish_reason=_finish_reason(record),
                 time_to_first_token_ms=call.time_to_first_token_ms,
-                metadata=_metadata(upstream.name, call.status, record),
+                metadata=scrub(_metadata(upstream.name, call.status, record)),
             )
         except Exception as exc:  # noqa: BLE001 - one odd answer must not stop the others
             log.warning(
@@ -134,10 +135,11 @@ class EventBuilder:
 
 
 def _bounded(value: Any, limit: int) -> str | None:
-    """``value`` as a stripped string of at most ``limit`` characters, or None when empty."""
+    """``value`` as a stripped, storable (:func:`atalaia.events.scrub`) string of at most ``limit``
+    characters, or None when empty."""
     if value is None:
         return None
-    return str(value).strip()[:limit] or None
+    return scrub(str(value).strip()[:limit]) or None
 
 
 def _finish_reason(record: p.CallRecord) -> str | None:
@@ -174,7 +176,9 @@ def _metadata(upstream: str, status: int, record: p.CallRecord) -> dict[str, Any
 
 
 def _json(data: bytes) -> Any:
+    # JSON may escape a lone surrogate or a NUL (\ud800, \u0000), which no event can carry: they
+    # become U+FFFD, as the OTLP receiver does, rather than cost the event.
     try:
-        return json.loads(data)
+        return scrub(json.loads(data))
     except ValueError:
         return None

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+from atalaia.events import scrub
 from atalaia.settings import Settings
 from otlp import decode
 from otlp.assembler import Assembler
@@ -48,17 +49,17 @@ def _status_protobuf(code: int, message: str) -> bytes:
 
 def _scrub_decoded(found: decode.Decoded) -> None:
     for span in found.spans:
-        span.attributes = decode.scrub(span.attributes)
-        span.name = decode.scrub(span.name)
-        span.status_message = decode.scrub(span.status_message)
-        span.resource = decode.scrub(span.resource)
+        span.attributes = scrub(span.attributes)
+        span.name = scrub(span.name)
+        span.status_message = scrub(span.status_message)
+        span.resource = scrub(span.resource)
         for ev in span.events:
-            ev.attributes = decode.scrub(ev.attributes)
+            ev.attributes = scrub(ev.attributes)
     for rec in found.logs:
         rec.attributes, rec.body, rec.resource = (
-            decode.scrub(rec.attributes),
-            decode.scrub(rec.body),
-            decode.scrub(rec.resource),
+            scrub(rec.attributes),
+            scrub(rec.body),
+            scrub(rec.resource),
         )
 
 

@@ -11,35 +11,15 @@ looked at (a service sends many more HTTP and database spans than model calls).
 
 from __future__ import annotations
 
-import gzip
 import json
-import re
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from atalaia import content_encoding
+
 #: Attribute keys that mark a span as a GenAI operation (current and older conventions).
 GENAI_MARKERS = ("gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name", "llm.request.type")
-#: Largest decompressed body accepted (a gzip bomb must not exhaust memory).
-MAX_BODY_BYTES = 64 * 1024 * 1024
-
-
-_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
-
-
-def scrub(value: Any) -> Any:
-    """Text no event can carry (NUL, lone surrogates) replaced by U+FFFD, so the event is still stored.
-
-    >>> scrub({"a": ["x" + chr(0), chr(0xD800)]})
-    {'a': ['x\ufffd', '\ufffd']}
-    """
-    if isinstance(value, str):
-        return _BAD_CHARS.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {scrub(k): scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v) for v in value]
-    return value
+MAX_BODY_BYTES = content_encoding.MAX_BODY_BYTES
 
 
 class DecodeError(ValueError):
@@ -95,22 +75,10 @@ class Decoded:
 
 def decompress(body: bytes, encoding: str | None) -> bytes:
     """Undo ``Content-Encoding`` (gzip, deflate or none), refusing bodies over :data:`MAX_BODY_BYTES`."""
-    enc = (encoding or "").strip().lower()
-    if enc in ("", "identity"):
-        return body
     try:
-        if enc == "gzip":
-            obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif enc == "deflate":
-            obj = zlib.decompressobj()
-        else:
-            raise DecodeError(f"unsupported Content-Encoding {encoding!r}; use gzip or none")
-        out = obj.decompress(body, MAX_BODY_BYTES + 1)
-    except (zlib.error, gzip.BadGzipFile) as exc:
-        raise DecodeError(f"body is not valid {enc}: {exc}") from None
-    if len(out) > MAX_BODY_BYTES:
-        raise DecodeError(f"decompressed body exceeds {MAX_BODY_BYTES} bytes")
-    return out
+        return content_encoding.decompress(body, encoding, MAX_BODY_BYTES)
+    except content_encoding.ContentEncodingError as exc:
+        raise DecodeError(str(exc)) from None
 
 
 # -- protobuf ----------------------------------------------------------------------------------

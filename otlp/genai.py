@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from atalaia.content import openai_content, otel_parts
-from atalaia.events import MAX_INT32, ChatMessage, ContentPart, InferenceEvent
+from atalaia.events import MAX_INT32, ChatMessage, ContentPart, InferenceEvent, scrub
 from atalaia.metrics.operational import Price
-from otlp.decode import LogRecord, Span, scrub
+from otlp.decode import LogRecord, Span
 
 _UNSTORABLE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 

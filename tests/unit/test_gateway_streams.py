@@ -7,6 +7,7 @@ The upstream is a scripted server: the request's ``model`` picks what it answers
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import threading
 import time
@@ -62,6 +63,8 @@ OPENAI_SCRIPTS: dict[str, list[bytes]] = {
         b"data: [DONE]\n\n",
     ],
     "slow": [_oai({"content": f"w{i} "}) for i in range(40)] + [_oai({}, "stop"), b"data: [DONE]\n\n"],
+    # A whole stream, then the upstream keeps its connection open a while before closing it.
+    "linger": [_oai({"content": "Hi"}, "stop"), _USAGE, b"data: [DONE]\n\n"],
 }
 ANTHROPIC_SCRIPTS: dict[str, list[bytes]] = {
     "midstream-error": [
@@ -89,7 +92,10 @@ ANTHROPIC_SCRIPTS: dict[str, list[bytes]] = {
 
 def _upstream() -> Starlette:
     async def answer(request: Request) -> Response:
-        body = await request.json()
+        raw = await request.body()
+        if request.headers.get("content-encoding") == "gzip":
+            raw = gzip.decompress(raw)
+        body = json.loads(raw)
         scripts = ANTHROPIC_SCRIPTS if request.url.path.endswith("messages") else OPENAI_SCRIPTS
         script = scripts.get(body["model"])
         if script is None or not body.get("stream"):
@@ -99,6 +105,8 @@ def _upstream() -> Starlette:
             for piece in script:
                 yield piece
                 await asyncio.sleep(0.05 if body["model"] == "slow" else 0)
+            if body["model"] == "linger":
+                await asyncio.sleep(0.5)
 
         return StreamingResponse(gen(), media_type="text/event-stream")
 
@@ -200,6 +208,48 @@ def test_an_upstream_that_stops_early_leaves_an_event_marked_incomplete(gw: dict
     assert event.metadata["incomplete"] == "upstream closed the stream before its end"
     metrics = httpx.get(gw["url"] + "/metrics").text
     assert 'atalaia_gateway_upstream_errors_total{status="stream_incomplete",upstream="oai"} 1.0' in metrics
+
+
+def test_a_caller_that_hangs_up_right_after_the_end_cut_nothing_short(gw: dict[str, Any]) -> None:
+    # The openai client closes the response as soon as it reads [DONE]; the upstream's own end of
+    # the stream may reach the gateway later. The call was answered in full: not "incomplete".
+    body = {"model": "linger", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", gw["url"] + "/oai/chat/completions", json=body) as response,
+    ):
+        seen = b""
+        for chunk in response.iter_raw():
+            seen += chunk
+            if b"[DONE]" in seen:
+                break
+    event = _one(gw["events"])
+    assert event.finish_reason == "stop" and "incomplete" not in event.metadata
+    assert event.response == "Hi" and (event.prompt_tokens, event.completion_tokens) == (5, 2)
+
+
+def test_a_gzip_request_body_is_forwarded_and_read(gw: dict[str, Any]) -> None:
+    body = {"model": "tools", "stream": True, "messages": [{"role": "user", "content": "Weather in Porto?"}]}
+    for path in ("/claude/v1/messages", "/oai/chat/completions"):  # as sent / rewritten (include_usage)
+        gw["events"].clear()
+        raw = httpx.post(
+            gw["url"] + path,
+            content=gzip.compress(json.dumps(body).encode()),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+            timeout=10,
+        )
+        assert raw.status_code == 200 and b"tool" in raw.content
+        event = _one(gw["events"])
+        assert event.messages[0].content == "Weather in Porto?" and event.metadata["tool_calls"]
+
+
+def test_a_lone_surrogate_in_a_prompt_costs_the_event_nothing(gw: dict[str, Any]) -> None:
+    # "\ud800" is valid JSON that no event can carry (not Unicode text): it becomes U+FFFD.
+    body = json.dumps({"model": "tools", "stream": True, "messages": [{"role": "user", "content": "a\ud800b"}]})
+    assert "\\ud800" in body
+    raw = httpx.post(gw["url"] + "/oai/chat/completions", content=body, timeout=10)
+    assert raw.status_code == 200
+    assert _one(gw["events"]).messages[0].content == "a\ufffdb"
 
 
 def test_a_last_done_without_its_blank_line_still_ends_the_stream(gw: dict[str, Any]) -> None:
