@@ -25,8 +25,10 @@ from collections.abc import Iterable
 #: spot-checked (Haiku 4.5, Gemini 2.5) against copies of those pages, and the newer Claude and
 #: Gemini families added from them (the official pages are not reachable from the build machine);
 #: on 2026-12-07 the siblings priced apart from their family (``o1-mini``, ``o1-pro``, ``o3-pro``,
-#: ``gpt-5-pro``, ``gpt-4``, the first ``gpt-4o`` snapshot) added, so that the longest-prefix
-#: match below does not price them as the family.
+#: the deep-research and realtime models, ``gpt-5-pro``, ``gpt-4`` and its 32k and preview models,
+#: the first ``gpt-4o`` snapshot, ``chatgpt-4o-latest``, ``gpt-4.5-preview``) added, so that the
+#: longest-prefix match below does not price them as the family; these come from copies of the
+#: OpenAI page and third-party listings, not the page itself.
 PRICES_AS_OF = "2026-12-07"
 
 # USD per 1M tokens (input, output) as the pricing pages show them; divided by 1000 below.
@@ -41,14 +43,23 @@ _PER_MILLION: dict[str, tuple[float, float]] = {
     "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4o": (2.50, 10.0),
     "gpt-4o-2024-05-13": (5.0, 15.0),
+    "chatgpt-4o-latest": (5.0, 15.0),
+    "gpt-4o-realtime-preview": (5.0, 20.0),
+    "gpt-4o-mini-realtime-preview": (0.60, 2.40),
+    "gpt-4.5-preview": (75.0, 150.0),
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4-turbo": (10.0, 30.0),
     "gpt-4": (30.0, 60.0),
+    "gpt-4-32k": (60.0, 120.0),
+    "gpt-4-1106-preview": (10.0, 30.0),
+    "gpt-4-0125-preview": (10.0, 30.0),
     "gpt-3.5-turbo": (0.50, 1.50),
     "o3": (2.0, 8.0),
     "o3-pro": (20.0, 80.0),
+    "o3-deep-research": (10.0, 40.0),
     "o3-mini": (1.10, 4.40),
     "o4-mini": (1.10, 4.40),
+    "o4-mini-deep-research": (2.0, 8.0),
     "o1": (15.0, 60.0),
     "o1-pro": (150.0, 600.0),
     "o1-mini": (1.10, 4.40),

@@ -42,6 +42,10 @@ def test_the_doc_lists_every_shipped_price_with_its_date() -> None:
         ("gpt-5-pro", "gpt-5-pro"),
         ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),
         ("gpt-4-0613", "gpt-4"),
+        ("gpt-4-32k-0613", "gpt-4-32k"),
+        ("o3-deep-research-2025-06-26", "o3-deep-research"),
+        ("o4-mini-deep-research", "o4-mini-deep-research"),
+        ("gpt-4o-mini-realtime-preview-2024-12-17", "gpt-4o-mini-realtime-preview"),
     ],
 )
 def test_dated_and_prefixed_names_find_their_family(model: str, family: str) -> None:
