@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -124,7 +125,14 @@ def openai_content(content: Any, keep_media: bool = False) -> str | list[Content
 
 
 def anthropic_content(content: Any, keep_media: bool = False) -> str | list[ContentPart]:
-    """An Anthropic Messages ``content`` (a string, or a list of content blocks) as event content."""
+    """An Anthropic Messages ``content`` (a string, or a list of content blocks) as event content.
+
+    >>> call, result = anthropic_content([
+    ...     {"type": "tool_use", "id": "t1", "name": "weather", "input": {"city": "Porto"}},
+    ...     {"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}])
+    >>> call.text, result.id, result.text
+    ('{"city": "Porto"}', 't1', 'sunny')
+    """
 
     def convert(kind: str, block: dict[str, Any]) -> ContentPart:
         if kind == "text":
@@ -143,9 +151,15 @@ def anthropic_content(content: Any, keep_media: bool = False) -> str | list[Cont
                 text = "\n".join(
                     str(b.get("text", "")) for b in inner if isinstance(b, dict) and b.get("type") == "text"
                 )
-            return ContentPart(type="tool_call_response", text=text or None)
+            call_id = block.get("tool_use_id")
+            return ContentPart(  # type: ignore[call-arg]
+                type="tool_call_response", text=text or None, id=call_id if isinstance(call_id, str) else None
+            )
         if kind == "tool_use":
-            return ContentPart(type="tool_call", name=block.get("name"), id=block.get("id"))  # type: ignore[call-arg]
+            # The call's input in ``text``, as the OpenAI and OTLP routes keep arguments (redacted there).
+            given = block.get("input")
+            arguments = json.dumps(given, ensure_ascii=False) if given not in (None, {}) else None
+            return ContentPart(type="tool_call", name=block.get("name"), id=block.get("id"), text=arguments)  # type: ignore[call-arg]
         return ContentPart(type=kind)
 
     return _each_part(content, convert)

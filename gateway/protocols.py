@@ -127,12 +127,14 @@ def _openai_message(m: dict[str, Any], keep_media: bool) -> ChatMessage:
         parts = [ContentPart(type="text", text=message.content)]
     for call in calls:
         function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
-        name, call_id = function.get("name"), call.get("id")
+        name, call_id, arguments = function.get("name"), call.get("id"), function.get("arguments")
         parts.append(
             ContentPart(  # type: ignore[call-arg]
                 type="tool_call",
                 name=name[:200] if isinstance(name, str) else None,
                 id=call_id[:200] if isinstance(call_id, str) else None,
+                # In ``text``, as serve and the OTLP receiver keep them: where redaction reaches.
+                text=arguments if isinstance(arguments, str) and arguments else None,
             )
         )
     message.content = parts

@@ -268,7 +268,11 @@ def test_openai_tool_calls_are_kept_in_history_and_answers(gw: dict[str, Any]) -
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                {
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Porto"}'},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
@@ -279,6 +283,7 @@ def test_openai_tool_calls_are_kept_in_history_and_answers(gw: dict[str, Any]) -
     assert isinstance(assistant.content, list) and isinstance(tool.content, list)
     (call,) = assistant.content
     assert (call.type, getattr(call, "name", None), getattr(call, "id", None)) == ("tool_call", "get_weather", "call_0")
+    assert call.text == '{"city": "Porto"}'  # arguments kept where redaction reaches, as serve and OTLP do
     (result,) = tool.content
     assert (result.type, result.text) == ("tool_call_response", "sunny")
     # The answer was a tool call: it is in the event, and its first piece was the first token.
