@@ -4,33 +4,43 @@ A prompt of megabytes (a pasted document, a long history) makes an event larger 
 Dropping the event would lose an answered call; shortening its texts keeps every operational
 field (latency, tokens, cost, ids, metadata) and marks what was cut, so the event is still
 delivered and anyone reading it knows the texts are partial.
+
+Every size here is in the unit of the limit: bytes of the compact UTF-8 JSON that
+:meth:`InferenceEvent.to_json` writes, where a quote, a backslash or a control character takes two
+to six bytes and a non-ASCII character its UTF-8 bytes (it is not escaped).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
+
+from pydantic_core import to_json
 
 from atalaia.events import InferenceEvent
 
 #: Appended to every text that was shortened.
 TRUNCATION_MARKER = " …[truncated by Atalaia]"
-#: ``metadata`` key of a shortened event: ``{"original_bytes", "limit", "fields", "kept_bytes"}``.
+#: ``metadata`` key of a shortened event: ``{"original_bytes", "limit", "fields", "kept_bytes"}``;
+#: ``kept_bytes`` is the longest a cut text's JSON encoding may take before its marker.
 TRUNCATED_KEY = "atalaia_truncated"
 # Room for the metadata flag itself (a few numbers) and for rounding at character boundaries.
 _FLAG_ROOM = 256
-_MARKER_BYTES = len(TRUNCATION_MARKER.encode("utf-8"))
+_MARKER_BYTES = len(TRUNCATION_MARKER.encode("utf-8"))  # nothing in it needs a JSON escape
+# A UTF-8 continuation byte is 0b10xxxxxx: cutting before one would split a character.
+_CONTINUATION_MASK, _CONTINUATION = 0xC0, 0x80
 
 
 def shrink_event(event: InferenceEvent, limit: int) -> InferenceEvent | None:
     """``event`` with its longest texts shortened so that its JSON takes at most ``limit`` bytes.
 
     Texts are message contents and text parts (system prompts included), the response, the
-    reference and retrieved passages: the longest are cut first, all to a common length, each at a
-    UTF-8 character boundary and followed by :data:`TRUNCATION_MARKER`; a media part's inline
-    ``data`` (kept only with ``ATALAIA_EVENT_KEEP_MEDIA``) is dropped instead (its size and hash
-    stay). ``metadata[TRUNCATED_KEY]`` records the original size. An event that already fits is
-    returned as is; None when even empty texts would not fit (the rest of the event is too large).
+    reference and retrieved passages: the longest are cut first, all to a common JSON-encoded
+    length, each at a character boundary and followed by :data:`TRUNCATION_MARKER`; a media part's
+    inline ``data`` (kept only with ``ATALAIA_EVENT_KEEP_MEDIA``) is dropped instead (its size and
+    hash stay). ``metadata[TRUNCATED_KEY]`` records the original size. An event that already fits
+    is returned as is; None when even empty texts would not fit (the rest of the event is too large).
 
     >>> from atalaia.events import ChatMessage
     >>> event = InferenceEvent(service="s", model_version="m", messages=[ChatMessage(role="user",
@@ -41,15 +51,24 @@ def shrink_event(event: InferenceEvent, limit: int) -> InferenceEvent | None:
     >>> small.metadata[TRUNCATED_KEY]["original_bytes"] > 6000
     True
     """
-    encoded = event.to_json()
-    original = len(encoded)
+    original = len(event.to_json())
     if original <= limit:
         return event
     data = event.model_dump(mode="json", by_alias=True)
+    return _shrink_texts(data, original, original, limit, {})
+
+
+def _shrink_texts(
+    data: dict[str, Any], size: int, original: int, limit: int, flag: dict[str, int]
+) -> InferenceEvent | None:
+    """The event of ``data`` (``size`` bytes of JSON) with its longest texts cut to fit ``limit``.
+
+    ``original`` is the size of the event as emitted (for the flag); ``flag`` adds to the flag.
+    """
     slots = _text_slots(data)
-    lengths = [len(container[key].encode("utf-8")) for container, key in slots]
-    excess = original - limit + _FLAG_ROOM
-    for _ in range(4):  # one pass normally suffices; JSON escapes only make a cut save more
+    lengths = [_encoded_length(container[key]) for container, key in slots]
+    excess = size - limit + _FLAG_ROOM
+    for _ in range(4):  # one pass normally suffices: a cut never keeps more than the cap
         cap = _cap_for(lengths, excess)
         if cap is None:
             return None
@@ -62,19 +81,20 @@ def shrink_event(event: InferenceEvent, limit: int) -> InferenceEvent | None:
                 "limit": limit,
                 "fields": sum(1 for n in lengths if n > cap + _MARKER_BYTES),
                 "kept_bytes": cap,
+                **flag,
             },
         }
         shrunk = InferenceEvent.model_validate(trial)
-        size = len(shrunk.to_json())
-        if size <= limit:
+        trial_size = len(shrunk.to_json())
+        if trial_size <= limit:
             return shrunk
-        excess += size - limit
+        excess += trial_size - limit
     return None
 
 
 def _text_slots(data: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     """(container, key) of every string of ``data`` that may be shortened."""
-    slots: list[tuple[dict[str, Any], str]] = [(data, "response")]
+    slots: list[tuple[dict[str, Any], str]] = [(data, "response")] if isinstance(data.get("response"), str) else []
     if isinstance(data.get("reference"), str):
         slots.append((data, "reference"))
     for message in data.get("messages") or []:
@@ -90,8 +110,23 @@ def _text_slots(data: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     return slots
 
 
+def _encoded(text: str) -> bytes:
+    """``text`` as :meth:`InferenceEvent.to_json` writes it, without the surrounding quotes.
+
+    The same serializer (pydantic-core) as the event's, so the escapes are the same byte for byte.
+    """
+    return to_json(text)[1:-1]
+
+
+def _encoded_length(text: str) -> int:
+    """Bytes ``text`` takes in the event's JSON, quotes excluded."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text)  # the common case needs no encoding; isprintable() rules out controls
+    return len(_encoded(text))
+
+
 def _saved(lengths: list[int], cap: int) -> int:
-    """Bytes saved by cutting every text longer than ``cap`` to ``cap`` bytes plus the marker."""
+    """Bytes saved (at least) by cutting every text longer than ``cap`` to ``cap`` bytes plus the marker."""
     return sum(n - cap - _MARKER_BYTES for n in lengths if n > cap + _MARKER_BYTES)
 
 
@@ -99,7 +134,7 @@ def _cap_for(lengths: list[int], excess: int) -> int | None:
     """The largest common length that saves at least ``excess`` bytes, or None if none does."""
     if _saved(lengths, 0) < excess:
         return None
-    low, high = 0, max(lengths)
+    low, high = 0, max(lengths, default=0)
     while low < high:  # _saved decreases as the cap grows
         middle = (low + high + 1) // 2
         if _saved(lengths, middle) >= excess:
@@ -109,13 +144,38 @@ def _cap_for(lengths: list[int], excess: int) -> int | None:
     return low
 
 
+def _prefix(text: str, cap: int) -> str:
+    """The longest prefix of ``text`` whose JSON encoding takes at most ``cap`` bytes.
+
+    The encoded bytes are cut, not the text, so the cost is one encoding and one decoding however
+    many escapes the text has. The cut backs off to a character boundary and out of a partly kept
+    escape (``\\n``, ``\\"``, ``\\u001f``), then the kept bytes are decoded: the encoder of the event
+    re-makes exactly these bytes, since JSON escapes each character on its own.
+    """
+    raw = _encoded(text)
+    end = min(cap, len(raw))
+    while end and end < len(raw) and raw[end] & _CONTINUATION_MASK == _CONTINUATION:
+        end -= 1
+    # An escape starts at a backslash preceded by an even run of backslashes (an odd run ends in
+    # the second half of "\\"); one starting in the last 6 bytes may be cut short.
+    start = raw.rfind(b"\\", max(end - 6, 0), end)
+    if start >= 0:
+        before = raw[:start]
+        run = len(before) - len(before.rstrip(b"\\"))  # in C: a text of backslashes has millions
+        if run % 2 == 0:  # ``start`` begins an escape
+            width = 6 if raw[start + 1 : start + 2] == b"u" else 2
+            if start + width > end:
+                end = start
+    result: str = json.loads(b'"' + raw[:end] + b'"')
+    return result
+
+
 def _cut(slots: list[tuple[dict[str, Any], str]], cap: int) -> None:
     """Cut every slot longer than ``cap`` bytes (plus the marker) to ``cap`` bytes and the marker."""
     for container, key in slots:
-        raw = container[key].encode("utf-8")
-        if len(raw) <= cap + _MARKER_BYTES:
+        if _encoded_length(container[key]) <= cap + _MARKER_BYTES:
             continue
         if key == "data":  # half a base64 payload is no use to anyone: size and hash stay
             container[key] = None
-        else:  # "ignore" drops a character split by the cut instead of producing invalid UTF-8
-            container[key] = raw[:cap].decode("utf-8", "ignore") + TRUNCATION_MARKER
+        else:
+            container[key] = _prefix(container[key], cap) + TRUNCATION_MARKER

@@ -84,3 +84,50 @@ def test_inline_media_data_is_dropped_not_cut() -> None:
 def test_none_when_nothing_shortenable_is_large_enough() -> None:
     event = _event(metadata={"blob": "x" * 50_000}, response="y" * 100)
     assert shrink_event(event, 10_000) is None
+
+
+# -- JSON escapes: sizes are counted as the event's JSON writes them ---------------------------
+@pytest.mark.parametrize("size", [10_000, 200_000, 2_000_000])
+@pytest.mark.parametrize("unit", ['"', "\n", "\x01", '\\"\n\x01\t{"k": [1]}'])
+def test_escape_heavy_texts_fit_and_stay_whole_prefixes(size: int, unit: str) -> None:
+    # A quote or newline takes 2 bytes of JSON, a control character 6: the encoded text is 2 to 6
+    # times its raw size, and an event of it used to be refused instead of shortened.
+    text = unit * (size // len(unit))
+    event = _event(messages=[ChatMessage(role="tool", content=text)])
+    limit = 5_000 if size == 10_000 else 100_000
+    shrunk = shrink_event(event, limit)
+    assert shrunk is not None
+    raw = shrunk.to_json()
+    assert len(raw) <= limit
+    back = parse_event(raw)
+    content = back.messages[0].content
+    assert isinstance(content, str) and content.endswith(TRUNCATION_MARKER)
+    kept = content.removesuffix(TRUNCATION_MARKER)
+    assert kept and text.startswith(kept)  # whole characters: no half escape survives a round trip
+    # The cut keeps close to the cap: little is thrown away beyond what the limit needs.
+    assert len(raw) > limit - 400
+
+
+def test_mixed_escapes_and_multibyte_just_above_the_overhead() -> None:
+    text = 'é"🙂\n\x01\\日' * 50_000
+    event = _event(response=text)
+    overhead = len(_event(response="").to_json()) + 300  # the flag and the marker need room too
+    for limit in range(overhead, overhead + 40):
+        shrunk = shrink_event(event, limit)
+        assert shrunk is not None, limit
+        raw = shrunk.to_json()
+        assert len(raw) <= limit
+        kept = parse_event(raw).response.removesuffix(TRUNCATION_MARKER)  # type: ignore[union-attr]
+        assert text.startswith(kept)
+
+
+def test_an_escape_heavy_multi_megabyte_text_is_cut_quickly() -> None:
+    import time
+
+    text = '"\n\x01é🙂' * 1_200_000  # about 8 MB of raw text and 13 MB of JSON
+    event = _event(messages=[ChatMessage(role="tool", content=text)])
+    started = time.perf_counter()
+    shrunk = shrink_event(event, 900_000)
+    elapsed = time.perf_counter() - started
+    assert shrunk is not None and len(shrunk.to_json()) <= 900_000
+    assert elapsed < 3.0  # about 0.2 s on a shared 2-CPU machine: one encoding, one decoding per text
