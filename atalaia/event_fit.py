@@ -3,7 +3,9 @@
 A prompt of megabytes (a pasted document, a long history) makes an event larger than Kafka takes.
 Dropping the event would lose an answered call; shortening its texts keeps every operational
 field (latency, tokens, cost, ids, metadata) and marks what was cut, so the event is still
-delivered and anyone reading it knows the texts are partial.
+delivered and anyone reading it knows the texts are partial. When the texts are many but short
+(a conversation of thousands of turns), cutting them cannot help: the oldest turns between the
+leading system prompt and the latest user message are dropped instead, and counted.
 
 Every size here is in the unit of the limit: bytes of the compact UTF-8 JSON that
 :meth:`InferenceEvent.to_json` writes, where a quote, a backslash or a control character takes two
@@ -22,12 +24,16 @@ from atalaia.events import InferenceEvent
 
 #: Appended to every text that was shortened.
 TRUNCATION_MARKER = " …[truncated by Atalaia]"
-#: ``metadata`` key of a shortened event: ``{"original_bytes", "limit", "fields", "kept_bytes"}``;
-#: ``kept_bytes`` is the longest a cut text's JSON encoding may take before its marker.
+#: ``metadata`` key of a shortened event: ``{"original_bytes", "limit", "fields", "kept_bytes"}``,
+#: plus ``{"dropped_messages", "dropped_from"}`` (a count and the index of the first one dropped)
+#: when whole messages had to go. ``kept_bytes`` is the longest a cut text's JSON encoding may
+#: take before its marker.
 TRUNCATED_KEY = "atalaia_truncated"
 # Room for the metadata flag itself (a few numbers) and for rounding at character boundaries.
 _FLAG_ROOM = 256
 _MARKER_BYTES = len(TRUNCATION_MARKER.encode("utf-8"))  # nothing in it needs a JSON escape
+# Leading messages of these roles are the instructions every later turn depends on: never dropped.
+_INSTRUCTION_ROLES = frozenset({"system", "developer"})
 # A UTF-8 continuation byte is 0b10xxxxxx: cutting before one would split a character.
 _CONTINUATION_MASK, _CONTINUATION = 0xC0, 0x80
 
@@ -39,8 +45,11 @@ def shrink_event(event: InferenceEvent, limit: int) -> InferenceEvent | None:
     reference and retrieved passages: the longest are cut first, all to a common JSON-encoded
     length, each at a character boundary and followed by :data:`TRUNCATION_MARKER`; a media part's
     inline ``data`` (kept only with ``ATALAIA_EVENT_KEEP_MEDIA``) is dropped instead (its size and
-    hash stay). ``metadata[TRUNCATED_KEY]`` records the original size. An event that already fits
-    is returned as is; None when even empty texts would not fit (the rest of the event is too large).
+    hash stay). When even empty texts would not fit, whole messages are dropped from the middle of
+    the conversation (the leading system and developer messages, the last user message and
+    everything after it stay). ``metadata[TRUNCATED_KEY]`` records the original size (and the
+    number of dropped messages). An event that already fits is returned as is; None when nothing
+    of this makes it fit (the rest of the event is too large).
 
     >>> from atalaia.events import ChatMessage
     >>> event = InferenceEvent(service="s", model_version="m", messages=[ChatMessage(role="user",
@@ -55,7 +64,10 @@ def shrink_event(event: InferenceEvent, limit: int) -> InferenceEvent | None:
     if original <= limit:
         return event
     data = event.model_dump(mode="json", by_alias=True)
-    return _shrink_texts(data, original, original, limit, {})
+    shrunk = _shrink_texts(data, original, original, limit, {})
+    if shrunk is not None:
+        return shrunk
+    return _drop_messages(data, original, limit)
 
 
 def _shrink_texts(
@@ -89,6 +101,51 @@ def _shrink_texts(
         if trial_size <= limit:
             return shrunk
         excess += trial_size - limit
+    return None
+
+
+def _drop_messages(data: dict[str, Any], original: int, limit: int) -> InferenceEvent | None:
+    """The event of ``data`` without its oldest middle messages (then with its texts cut), or None.
+
+    Kept: the leading system/developer messages (the instructions) and the last user message with
+    everything after it (the turn that was answered). Dropped: the fewest of the oldest messages in
+    between that, with the texts cut as well, make the event fit. Nothing takes their place: any
+    message put there would need a real role and be read as part of the conversation.
+    """
+    messages: list[dict[str, Any]] = data.get("messages") or []
+    head = 0
+    while head < len(messages) and messages[head].get("role") in _INSTRUCTION_ROLES:
+        head += 1
+    users = [i for i, message in enumerate(messages) if message.get("role") == "user"]
+    # No user message at all (an odd capture): keep at least the last message.
+    tail = max(users[-1] if users else len(messages) - 1, head)
+    if tail <= head:
+        return None
+    # What dropping each middle message saves beyond cutting its texts to nothing: its whole JSON
+    # (and a comma) instead of only its texts' length less the marker.
+    excess = original - limit + _FLAG_ROOM
+    still_needed = excess - _saved([_encoded_length(c[k]) for c, k in _text_slots(data)], 0)
+    gains = []
+    for message in messages[head:tail]:
+        texts = [_encoded_length(c[k]) for c, k in _text_slots({"messages": [message]})]
+        gains.append(len(to_json(message)) + 1 - _saved(texts, 0))
+    # At least one: cutting the texts alone was just tried and fell short.
+    dropped, gained = 1, gains[0]
+    while dropped < len(gains) and gained < still_needed:
+        gained += gains[dropped]
+        dropped += 1
+    while dropped <= tail - head:
+        # A tool result without the assistant turn that called it means nothing: drop it too.
+        while head + dropped < tail and messages[head + dropped].get("role") == "tool":
+            dropped += 1
+        trial = {**data, "messages": messages[:head] + messages[head + dropped :]}
+        size = len(InferenceEvent.model_validate(trial).to_json())
+        flag = {"dropped_messages": dropped, "dropped_from": head}
+        shrunk = _shrink_texts(trial, size, original, limit, flag)
+        if shrunk is not None or dropped == tail - head:
+            return shrunk
+        # The estimate fell short (a nested field it does not see): drop more, growing geometrically.
+        dropped = min(dropped + max(1, dropped // 8), tail - head)
     return None
 
 

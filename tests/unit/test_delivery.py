@@ -13,7 +13,7 @@ import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from atalaia.event_fit import TRUNCATED_KEY, TRUNCATION_MARKER
-from atalaia.events import MAX_EVENT_BYTES, ChatMessage, FeedbackEvent, InferenceEvent, parse_event
+from atalaia.events import MAX_EVENT_BYTES, ChatMessage, FeedbackEvent, InferenceEvent, RetrievedPassage, parse_event
 from atalaia.settings import Settings
 from producers.sdk import EventProducer
 from producers.spool import Spool, SpooledMessage, SpoolFullError
@@ -117,10 +117,23 @@ def test_oversized_metadata_and_texts_are_both_cut(tmp_path: Path) -> None:
     assert event.response.endswith(TRUNCATION_MARKER) and producer.stats.dead_lettered == 0
 
 
+def test_a_conversation_of_many_tiny_messages_loses_its_oldest_turns_not_the_event(tmp_path: Path) -> None:
+    producer = EventProducer(Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1"), client_id="big", start=False)
+    many = _inference().model_copy(update={"messages": [ChatMessage(role="user", content="a")] * 60_000})
+    assert len(many.to_json()) > MAX_EVENT_BYTES
+    producer.emit(many)
+    producer.close(timeout=5)
+    (spooled,) = producer.spool.read()
+    event = parse_event(spooled.value)
+    assert isinstance(event, InferenceEvent) and len(spooled.value) <= MAX_EVENT_BYTES
+    assert 0 < event.metadata[TRUNCATED_KEY]["dropped_messages"] < 60_000
+    assert producer.stats.trimmed == 1 and producer.stats.dead_lettered == 0
+
+
 def test_an_event_too_big_even_without_metadata_is_dead_lettered_locally(tmp_path: Path) -> None:
     producer = EventProducer(Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1"), client_id="big", start=False)
-    # Nothing to shorten: tens of thousands of empty messages.
-    many = _inference().model_copy(update={"messages": [ChatMessage(role="user", content="")] * 40_000})
+    # Nothing to shorten or drop: tens of thousands of empty retrieved passages.
+    many = _inference().model_copy(update={"context": [RetrievedPassage(id="p", text="")] * 40_000})
     assert len(many.to_json()) > MAX_EVENT_BYTES
     producer.emit(many)
     producer.close(timeout=5)

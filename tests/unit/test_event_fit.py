@@ -131,3 +131,54 @@ def test_an_escape_heavy_multi_megabyte_text_is_cut_quickly() -> None:
     elapsed = time.perf_counter() - started
     assert shrunk is not None and len(shrunk.to_json()) <= 900_000
     assert elapsed < 3.0  # about 0.2 s on a shared 2-CPU machine: one encoding, one decoding per text
+
+
+# -- many short messages: whole middle messages are dropped --------------------------------------
+def test_many_tiny_messages_lose_their_oldest_middle_turns() -> None:
+    system = ChatMessage(role="system", content="be brief")
+    history = [ChatMessage(role="user" if i % 2 else "assistant", content="a") for i in range(60_000)]
+    last = [ChatMessage(role="user", content="the question"), ChatMessage(role="assistant", content="a tool call")]
+    event = _event(messages=[system, *history, *last])
+    assert len(event.to_json()) > 1_500_000  # nothing to cut: every text is a few bytes
+    shrunk = shrink_event(event, 900_000)
+    assert shrunk is not None
+    raw = shrunk.to_json()
+    assert len(raw) <= 900_000
+    back = parse_event(raw)
+    assert isinstance(back, InferenceEvent)
+    messages = back.messages
+    # The instructions and the answered turn stay; the newest of the history is what remains of it.
+    assert messages[0] == system and messages[-2:] == last
+    flag = back.metadata[TRUNCATED_KEY]
+    assert flag["dropped_from"] == 1 and flag["dropped_messages"] == len(event.messages) - len(messages)
+    assert messages[1:-2] == history[flag["dropped_messages"] :]
+    assert flag["original_bytes"] == len(event.to_json())
+    assert len(raw) > 900_000 - 2_000  # no more dropped than needed
+    assert back.metadata["source"] == "gateway" and back.latency_ms == 12.5
+
+
+def test_dropping_messages_also_cuts_the_long_texts_that_stay() -> None:
+    history = [ChatMessage(role="user", content="q"), ChatMessage(role="assistant", content="a")] * 20_000
+    event = _event(messages=[*history, ChatMessage(role="user", content="x" * 500_000)], response="y" * 500_000)
+    shrunk = shrink_event(event, 300_000)
+    assert shrunk is not None and len(shrunk.to_json()) <= 300_000
+    assert shrunk.messages[-1].content.endswith(TRUNCATION_MARKER)  # type: ignore[union-attr]
+    assert shrunk.response.endswith(TRUNCATION_MARKER)
+    assert shrunk.metadata[TRUNCATED_KEY]["dropped_messages"] > 0
+
+
+def test_a_tool_result_is_not_kept_without_its_call() -> None:
+    turn = [
+        ChatMessage(role="user", content="q"),
+        ChatMessage(role="assistant", content="", tool_calls=[{"id": "c", "type": "function"}]),  # type: ignore[call-arg]
+        ChatMessage(role="tool", content="r", tool_call_id="c"),  # type: ignore[call-arg]
+    ]
+    event = _event(messages=[*turn * 10_000, ChatMessage(role="user", content="last")])
+    shrunk = shrink_event(event, len(event.to_json()) // 2)
+    assert shrunk is not None and shrunk.messages[0].role != "tool"
+
+
+def test_none_when_only_the_kept_messages_remain_too_large() -> None:
+    # Nothing between the instructions and the last user message: nothing may be dropped.
+    event = _event(messages=[ChatMessage(role="system", content="")] * 40_000 + [ChatMessage(role="user", content="")])
+    assert shrink_event(event, 100_000) is None
