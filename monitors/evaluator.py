@@ -127,12 +127,15 @@ class RuleEvaluator:
     def observe(self, metric: MetricEvent) -> None:
         """Add one metric sample to every rule that watches it.
 
-        A metric with an error instead of a value counts only for ``error_share`` rules.
+        A metric with an error instead of a value counts for ``error_share`` rules, and as one
+        arrival for ``count`` and ``rate`` rules (a request that failed is still a request: a
+        service whose calls all fail has not stopped sending); other aggregations skip it.
         """
         failed = metric.value is None or math.isnan(metric.value)
         for rule in self._by_metric.get(metric.name, ()):
             error_share = rule.aggregation == "error_share" and rule.detector is None
-            if failed and not error_share:
+            arrivals = rule.aggregation in ("count", "rate") and rule.detector is None
+            if failed and not (error_share or arrivals):
                 continue
             if rule.filter.get("model_version", metric.model_version) != metric.model_version:
                 continue
@@ -143,6 +146,8 @@ class RuleEvaluator:
             series = self._series_for(rule, key, labels)
             if error_share:
                 value = 1.0 if failed else 0.0
+            elif failed:  # an arrival for count / rate, whose value is never read
+                value = 0.0
             else:
                 assert metric.value is not None
                 value = float(metric.value)

@@ -56,9 +56,10 @@ def is_unfinished(event: InferenceEvent) -> bool:
 def operational_values(event: InferenceEvent) -> dict[str, float]:
     """Latency, token and cost scores of an event, keyed by metric name.
 
-    An unfinished call (:func:`is_unfinished`) has no latency: a stream cut off after 14 ms, or
-    an error answered at once, would pull the latency percentiles of real answers down. Its
-    tokens and cost stay, since they were spent.
+    An unfinished call (:func:`is_unfinished`) has no latency value: a stream cut off after
+    14 ms, or an error answered at once, would pull the latency percentiles of real answers down
+    (the operational group records an error row for it instead, so it still counts as a
+    request). Its tokens and cost stay, since they were spent.
 
     >>> from atalaia.events import ChatMessage
     >>> ev = InferenceEvent(service="s", model_version="m", messages=[ChatMessage(role="user", content="q")],

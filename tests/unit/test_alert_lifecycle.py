@@ -142,6 +142,19 @@ def test_error_share_counts_metrics_that_failed() -> None:
     assert plain.evaluate(at(4)) == []  # other aggregations ignore failed metrics
 
 
+def test_count_and_rate_count_failed_metrics_as_arrivals() -> None:
+    # A service whose calls all fail (latency_ms error rows) has not stopped sending.
+    stopped = RuleEvaluator([rule(metric="latency_ms", aggregation="count", comparator="<", threshold=1, window=100)])
+    rate = RuleEvaluator([rule(metric="latency_ms", aggregation="rate", comparator=">", threshold=0.03, window=100)])
+    p95 = RuleEvaluator([rule(metric="latency_ms", aggregation="p95", threshold=1e9, window=100)])
+    for i in range(4):
+        for e in (stopped, rate, p95):
+            e.observe(metric(None, at(i), name="latency_ms"))
+    assert stopped.evaluate(at(4)) == []  # 4 arrivals: not < 1
+    assert [a.state for a in rate.evaluate(at(4))] == ["pending", "firing"]  # 4 / 100 s > 0.03
+    assert p95.evaluate(at(4)) == []  # percentiles read values only
+
+
 def test_baseline_is_per_model_version_and_relative() -> None:
     r = rule(metric="rougeL", comparator="<", threshold=-0.15, baseline={"samples": 5}, min_samples=3, window=100)
     ev = RuleEvaluator([r])

@@ -292,7 +292,7 @@ def test_text_metrics_skip_an_empty_side_and_cheap_ones_score_every_event(tmp_pa
     assert not {k for k in kinds if k[0] == str(blank.event_id)}
 
 
-def test_an_unfinished_call_keeps_its_prompt_metrics_but_no_answer_or_latency_ones(tmp_path: Path) -> None:
+def test_an_unfinished_call_keeps_its_prompt_metrics_but_no_answer_or_latency_values(tmp_path: Path) -> None:
     # An error inside a 200 stream, or a stream the caller cut after its first chunk (gateway,
     # OTLP ERROR spans): the partial answer is no answer to score, and the time to the cut is no
     # latency of an answer. What the call cost, and what the user asked, still count.
@@ -302,11 +302,15 @@ def test_an_unfinished_call_keeps_its_prompt_metrics_but_no_answer_or_latency_on
     batch = _scorer(tmp_path, metric_groups="operational,text,toxicity,embedding,length").score([cut, failed, whole])
     names: dict[uuid.UUID, set[str]] = {}
     for m in batch.metrics:
-        names.setdefault(m.source_event_id, set()).add(m.name)
+        if m.error is None:
+            names.setdefault(m.source_event_id, set()).add(m.name)
     answer = {"latency_ms", "rougeL", "bleu", "toxicity_response", "similarity_reference", "response_words"}
     for event in (cut, failed):
         assert {"cost", "prompt_tokens", "toxicity_prompt"} <= names[event.event_id]
         assert not answer & names[event.event_id]
+        # ... but it is still a request: its latency is an error row (rate and count read those).
+        (latency,) = [m for m in batch.metrics if m.source_event_id == event.event_id and m.name == "latency_ms"]
+        assert latency.value is None and latency.error and "unfinished" in latency.error
     assert answer <= names[whole.event_id]
     kinds = {(e["event_id"], e["kind"]) for e in batch.embeddings}
     assert (str(cut.event_id), "response") not in kinds and (str(cut.event_id), "prompt") in kinds

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from atalaia.events import InferenceEvent
 from atalaia.metrics.groups.base import Chart, Collector, Metric, MetricGroup
-from atalaia.metrics.operational import operational_values, request_cost
+from atalaia.metrics.operational import is_unfinished, operational_values, request_cost
 
 
 class OperationalGroup(MetricGroup):
@@ -20,7 +20,7 @@ class OperationalGroup(MetricGroup):
             "ms",
             "lower",
             "end-to-end latency reported by the service "
-            "(none for an unfinished call: `finish_reason` `error` or `incomplete`)",
+            "(an error row for an unfinished call: `finish_reason` `error` or `incomplete`)",
         ),
         Metric("prompt_tokens", "tokens", "neither", "tokens of the prompt"),
         Metric("completion_tokens", "tokens", "neither", "tokens of the response"),
@@ -50,3 +50,7 @@ class OperationalGroup(MetricGroup):
                 values["cost"] = request_cost(price, ev.prompt_tokens, ev.completion_tokens, ev.cache_hit)
             for name, value in values.items():
                 out.add(ev, name, value)
+            if is_unfinished(ev):
+                # An error row, not a value: the call counts as a request (rate, count, the
+                # stopped-sending alert) but its time to the failure stays out of the percentiles.
+                out.add(ev, "latency_ms", error=f"unfinished call (finish_reason {ev.finish_reason})")
