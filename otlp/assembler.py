@@ -86,15 +86,19 @@ class Assembler:
             key = (span.trace_id, span.span_id)
             waiting = self._logs.pop(key, None)
             records = waiting[1] if waiting is not None else []
+            # An exporter retry of a span still waiting: it keeps the records that already joined
+            # it (the prompt's may have come before the retry) and its first deadline (wait once).
+            previous = self._pending.pop(key, None)
+            if previous is not None:
+                records = (previous[2] + records)[:MAX_RECORDS_PER_SPAN]
             if self.wait_s > 0 and not self._has_content(span) and not self._has_output(records):
                 # No content yet: it may still come in log records, of any service (see the module doc).
-                self._pending.pop(key, None)  # an exporter retry of a waiting span: wait once
-                self._pending[key] = (now + self.wait_s, span, records)
+                deadline = previous[0] if previous is not None else now + self.wait_s
+                self._pending[key] = (deadline, span, records)
                 while len(self._pending) > MAX_PENDING_SPANS:
                     _, (_, oldest, found) = self._pending.popitem(last=False)
                     self._finish(oldest, found)
             else:
-                self._pending.pop(key, None)
                 self._finish(span, records)
 
     def add_logs(self, records: list[LogRecord], skipped: int) -> None:

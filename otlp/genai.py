@@ -318,12 +318,18 @@ def _number(value: Any) -> float | None:
     """A finite number of at least 0, else ``None``: one bad optional attribute (a negative count,
     NaN, infinity, a bool, text) leaves its field empty instead of failing the whole event.
 
-    >>> [_number(v) for v in (0.25, 3, -1, float("inf"), float("nan"), True, "2")]
-    [0.25, 3.0, None, None, None, None, None]
+    An integer too large for a float (OTLP/JSON carries 64-bit and larger integers as text) is
+    infinite, so it is left out too.
+
+    >>> [_number(v) for v in (0.25, 3, -1, float("inf"), float("nan"), True, "2", 10**400)]
+    [0.25, 3.0, None, None, None, None, None, None]
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
     return number if math.isfinite(number) and number >= 0 else None
 
 

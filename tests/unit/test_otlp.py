@@ -423,6 +423,25 @@ def test_records_split_over_requests_join_their_span_in_either_order() -> None:
     assert len(events) == 3 and events[2].messages and events[2].response == ""
 
 
+def test_an_exporter_retry_of_a_waiting_span_keeps_its_records_and_its_deadline() -> None:
+    asm, events, clock = _assembler(wait_s=2.0)
+    asm.add_spans([_span()], 0)
+    asm.add_logs([_record(*USER)], 0)
+    clock.now += 1.5
+    asm.add_spans([_span()], 0)  # the exporter sends the same span again
+    assert events == [] and asm.waiting == 1
+    asm.add_logs([_record(*CHOICE)], 0)
+    (ev,) = events
+    assert ev.messages[0].text.startswith("How many") and ev.response == "30."
+    # Without its answer, a retried span still goes at its first deadline.
+    asm.add_spans([_span("1111111111111111")], 0)
+    clock.now += 1.5
+    asm.add_spans([_span("1111111111111111")], 0)
+    clock.now += 0.5
+    asm.expire()
+    assert len(events) == 2
+
+
 def test_span_without_content_waits_the_grace_period_and_no_longer() -> None:
     asm, events, clock = _assembler(wait_s=2.0)
     asm.add_spans([_span(service="never-sends-logs")], 0)
