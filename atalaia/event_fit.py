@@ -104,13 +104,20 @@ def _shrink_texts(
     return None
 
 
+#: Messages kept at the end of an agent run when its oldest turns after the user's message go.
+KEEP_LAST_TURNS = 8
+
+
 def _drop_messages(data: dict[str, Any], original: int, limit: int) -> InferenceEvent | None:
-    """The event of ``data`` without its oldest middle messages (then with its texts cut), or None.
+    """The event of ``data`` without its oldest messages (then with its texts cut), or None.
 
     Kept: the leading system/developer messages (the instructions) and the last user message with
-    everything after it (the turn that was answered). Dropped: the fewest of the oldest messages in
-    between that, with the texts cut as well, make the event fit. Nothing takes their place: any
-    message put there would need a real role and be read as part of the conversation.
+    everything after it (the turn that was answered). Dropped first: the fewest of the oldest
+    messages in between that, with the texts cut as well, make the event fit. When that is not
+    enough (an agent run: one user message, then thousands of assistant and tool turns), all of
+    those go and then the oldest turns after the user message, keeping its newest
+    :data:`KEEP_LAST_TURNS`. Nothing takes the dropped messages' place: any message put there
+    would need a real role and be read as part of the conversation.
     """
     messages: list[dict[str, Any]] = data.get("messages") or []
     head = 0
@@ -119,14 +126,48 @@ def _drop_messages(data: dict[str, Any], original: int, limit: int) -> Inference
     users = [i for i, message in enumerate(messages) if message.get("role") == "user"]
     # No user message at all (an odd capture): keep at least the last message.
     tail = max(users[-1] if users else len(messages) - 1, head)
-    if tail <= head:
+    if tail > head:
+        shrunk = _drop_run(data, messages, head, tail, original, limit)
+        if shrunk is not None:
+            return shrunk
+    # Everything before the answered turn is gone and it is still too large: an agent run. Its
+    # oldest own turns go too, after the instructions and the user's message, keeping the newest.
+    last_user = users[-1] if users else head - 1
+    kept = messages[:head] + messages[last_user : last_user + 1] if users else messages[:head]
+    rest = messages[last_user + 1 :]
+    if len(rest) <= KEEP_LAST_TURNS:
         return None
-    # What dropping each middle message saves beyond cutting its texts to nothing: its whole JSON
-    # (and a comma) instead of only its texts' length less the marker.
-    excess = original - limit + _FLAG_ROOM
+    compact = kept + rest
+    before = max(last_user - head, 0)  # the messages between the instructions and the user's
+    return _drop_run(
+        {**data, "messages": compact},
+        compact,
+        len(kept),
+        len(compact) - KEEP_LAST_TURNS,
+        original,
+        limit,
+        {"before": before, "from": head if before else last_user + 1},
+    )
+
+
+def _drop_run(
+    data: dict[str, Any],
+    messages: list[dict[str, Any]],
+    start: int,
+    stop: int,
+    original: int,
+    limit: int,
+    earlier: dict[str, int] | None = None,
+) -> InferenceEvent | None:
+    """``data`` without the fewest of ``messages[start:stop]`` (oldest first) that, with the texts
+    cut as well, make it fit; None if even all of them do not. ``earlier``: messages already
+    dropped before the run (``before``) and the original index of the first dropped (``from``)."""
+    excess = len(InferenceEvent.model_validate(data).to_json()) - limit + _FLAG_ROOM
+    # What dropping each message saves beyond cutting its texts to nothing: its whole JSON (and a
+    # comma) instead of only its texts' length less the marker.
     still_needed = excess - _saved([_encoded_length(c[k]) for c, k in _text_slots(data)], 0)
     gains = []
-    for message in messages[head:tail]:
+    for message in messages[start:stop]:
         texts = [_encoded_length(c[k]) for c, k in _text_slots({"messages": [message]})]
         gains.append(len(to_json(message)) + 1 - _saved(texts, 0))
     # At least one: cutting the texts alone was just tried and fell short.
@@ -134,18 +175,25 @@ def _drop_messages(data: dict[str, Any], original: int, limit: int) -> Inference
     while dropped < len(gains) and gained < still_needed:
         gained += gains[dropped]
         dropped += 1
-    while dropped <= tail - head:
+    while dropped <= stop - start:
         # A tool result without the assistant turn that called it means nothing: drop it too.
-        while head + dropped < tail and messages[head + dropped].get("role") == "tool":
+        while start + dropped < stop and messages[start + dropped].get("role") == "tool":
             dropped += 1
-        trial = {**data, "messages": messages[:head] + messages[head + dropped :]}
+        trial = {**data, "messages": messages[:start] + messages[start + dropped :]}
         size = len(InferenceEvent.model_validate(trial).to_json())
-        flag = {"dropped_messages": dropped, "dropped_from": head}
+        if earlier is None:
+            flag = {"dropped_messages": dropped, "dropped_from": start}
+        else:  # an agent run's own turns, after all of those before its user message
+            flag = {
+                "dropped_messages": earlier["before"] + dropped,
+                "dropped_from": earlier["from"],
+                "dropped_after_last_user": dropped,
+            }
         shrunk = _shrink_texts(trial, size, original, limit, flag)
-        if shrunk is not None or dropped == tail - head:
+        if shrunk is not None or dropped == stop - start:
             return shrunk
         # The estimate fell short (a nested field it does not see): drop more, growing geometrically.
-        dropped = min(dropped + max(1, dropped // 8), tail - head)
+        dropped = min(dropped + max(1, dropped // 8), stop - start)
     return None
 
 

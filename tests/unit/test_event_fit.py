@@ -178,6 +178,30 @@ def test_a_tool_result_is_not_kept_without_its_call() -> None:
     assert shrunk is not None and shrunk.messages[0].role != "tool"
 
 
+def test_an_agent_run_loses_its_oldest_turns_after_the_user_message() -> None:
+    # One user message, then thousands of assistant / tool turns: nothing lies between the
+    # instructions and the user's message, so the run's own oldest turns must go.
+    system, user = ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content="do it")
+    turns = [
+        m
+        for i in range(4000)
+        for m in (
+            ChatMessage(role="assistant", content=f"calling tool number {i}"),
+            ChatMessage(role="tool", content=f"result {i}", tool_call_id=f"c{i}"),  # type: ignore[call-arg]
+        )
+    ]
+    event = _event(messages=[system, user, *turns])
+    shrunk = shrink_event(event, 100_000)
+    assert shrunk is not None and len(shrunk.to_json()) <= 100_000
+    messages = shrunk.messages
+    assert messages[:2] == [system, user] and messages[-8:] == turns[-8:]
+    assert messages[2].role == "assistant"  # no tool result left without its call
+    assert messages[2:] == turns[len(turns) - (len(messages) - 2) :]  # the newest turns, in order
+    flag = shrunk.metadata[TRUNCATED_KEY]
+    assert flag["dropped_messages"] == flag["dropped_after_last_user"] == len(turns) - (len(messages) - 2)
+    assert flag["dropped_from"] == 2
+
+
 def test_none_when_only_the_kept_messages_remain_too_large() -> None:
     # Nothing between the instructions and the last user message: nothing may be dropped.
     event = _event(messages=[ChatMessage(role="system", content="")] * 40_000 + [ChatMessage(role="user", content="")])
