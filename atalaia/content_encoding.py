@@ -21,6 +21,9 @@ def decompress(body: bytes, encoding: str | None, limit: int = MAX_BODY_BYTES) -
     b'{"a": 1}'
     >>> decompress(b"plain", None)
     b'plain'
+    >>> raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    >>> decompress(raw.compress(b"headerless") + raw.flush(), "deflate")
+    b'headerless'
     >>> decompress(b"x", "br")
     Traceback (most recent call last):
     ...
@@ -38,7 +41,13 @@ def decompress(body: bytes, encoding: str | None, limit: int = MAX_BODY_BYTES) -
     try:
         out = obj.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise ContentEncodingError(f"body is not valid {enc}: {exc}") from None
+        if enc != "deflate":
+            raise ContentEncodingError(f"body is not valid {enc}: {exc}") from None
+        # "deflate" is meant to be zlib-wrapped (RFC 9110), but many clients send raw deflate.
+        try:
+            out = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, limit + 1)
+        except zlib.error:
+            raise ContentEncodingError(f"body is not valid {enc}: {exc}") from None
     if len(out) > limit:
         raise ContentEncodingError(f"decompressed body exceeds {limit} bytes")
     return out

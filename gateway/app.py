@@ -20,6 +20,7 @@ upstream's connection broke) still makes an event, marked ``finish_reason: incom
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import json
@@ -148,7 +149,10 @@ def create_app(settings: Settings, hand_off: Callable[[FinishedCall], None]) -> 
         if kind is not None:
             try:
                 # A compressed body is forwarded as it came; its plain JSON is what the event reads.
-                body = decompress(body, headers.get("content-encoding"))
+                # Inflated off the event loop: a small gzip bomb must not stall every relayed stream.
+                encoding = headers.get("content-encoding")
+                if encoding:
+                    body = await asyncio.to_thread(decompress, body, encoding)
                 payload = json.loads(body)
                 if not isinstance(payload, dict):
                     raise ValueError("not an object")
