@@ -25,7 +25,7 @@ from collections.abc import Iterable
 #: spot-checked (Haiku 4.5, Gemini 2.5) against copies of those pages, and the newer Claude and
 #: Gemini families added from them (the official pages are not reachable from the build machine);
 #: on 2026-12-07 the siblings priced apart from their family (``o1-mini``, ``o1-pro``, ``o3-pro``,
-#: the deep-research and realtime models, ``gpt-5-pro``, ``gpt-4`` and its 32k and preview models,
+#: the deep-research and realtime models, ``gpt-5-pro``, ``gpt-4`` and its 32k, preview and vision models,
 #: the first ``gpt-4o`` snapshot, ``chatgpt-4o-latest``, ``gpt-4.5-preview``) added, so that the
 #: longest-prefix match below does not price them as the family; these come from copies of the
 #: OpenAI page and third-party listings, not the page itself.
@@ -53,6 +53,8 @@ _PER_MILLION: dict[str, tuple[float, float]] = {
     "gpt-4-32k": (60.0, 120.0),
     "gpt-4-1106-preview": (10.0, 30.0),
     "gpt-4-0125-preview": (10.0, 30.0),
+    "gpt-4-vision-preview": (10.0, 30.0),
+    "gpt-4-1106-vision-preview": (10.0, 30.0),
     "gpt-3.5-turbo": (0.50, 1.50),
     "o3": (2.0, 8.0),
     "o3-pro": (20.0, 80.0),
