@@ -91,13 +91,18 @@ def compare(
     max_latency_ratio: float,
     max_toxicity_increase: float,
     window_over: bool = False,
+    alpha: float = 0.05,
 ) -> CanaryVerdict:
     """Decide from live and baseline samples per metric.
 
     A quality metric regresses when its live mean falls more than ``max_drop`` (relative) below
     the baseline mean; toxicity when its mean rises more than ``max_toxicity_increase``
-    (absolute); a speed metric (``ttft_ms_per_prompt_token``, ``ms_per_output_token``) when its
-    live median exceeds ``max_latency_ratio`` × the baseline median. Latency (p95 against
+    (absolute); either only when the samples also show the live mean worse than the baseline's
+    with confidence (the confidence sequence of :func:`concurrent_compare`, level ``alpha`` over
+    the metrics): eight noisy samples a side that happen to differ by 12 % are no regression,
+    and rolling back on them would undo a better model by chance. A speed metric
+    (``ttft_ms_per_prompt_token``, ``ms_per_output_token``) regresses when its live median
+    exceeds ``max_latency_ratio`` × the baseline median. Latency (p95 against
     ``max_latency_ratio`` × the baseline p95) is judged only when the baseline has neither speed
     metric (events from before the time to first token was measured).
     A metric is judged once both sides have ``min_events`` samples; until every available metric
@@ -115,6 +120,13 @@ def compare(
     >>> compare({"rougeL": [0.41] * 5}, base, min_events=30, max_drop=0.1,
     ...         max_latency_ratio=1.5, max_toxicity_increase=0.05).decision
     'wait'
+
+    Eight noisy samples a side, 12 % apart: no evidence of a regression.
+
+    >>> noisy = [0.45, 0.70, 0.38, 0.62, 0.55, 0.41, 0.66, 0.53]
+    >>> compare({"similarity_reference": [v * 0.88 for v in noisy]}, {"similarity_reference": noisy},
+    ...         min_events=8, max_drop=0.1, max_latency_ratio=1.5, max_toxicity_increase=0.05).decision
+    'pass'
 
     Longer answers raise latency, not the time per token:
 
@@ -152,9 +164,18 @@ def compare(
             continue
         lv, bv = _mean(live_v), _mean(base_v)
         verdict.live[name], verdict.baseline[name] = lv, bv
-        if name in HIGHER_IS_BETTER and lv < bv * (1 - max_drop):
+        level = alpha / len(CANARY_METRICS)
+        if (
+            name in HIGHER_IS_BETTER
+            and lv < bv * (1 - max_drop)
+            and _confidently_worse(live_v, base_v, level, max_drop * abs(bv), higher_is_better=True)
+        ):
             verdict.reasons.append(f"{name} mean {lv:.3f} fell more than {100 * max_drop:.0f}% below baseline {bv:.3f}")
-        if name in LOWER_IS_BETTER_ABS and lv > bv + max_toxicity_increase:
+        if (
+            name in LOWER_IS_BETTER_ABS
+            and lv > bv + max_toxicity_increase
+            and _confidently_worse(live_v, base_v, level, max_toxicity_increase, higher_is_better=False)
+        ):
             verdict.reasons.append(
                 f"{name} mean {lv:.3f} rose more than {max_toxicity_increase:g} above baseline {bv:.3f}"
             )
@@ -230,6 +251,17 @@ SEQUENTIAL_METRICS: tuple[tuple[str, bool, str], ...] = (
 )
 #: Floor on a metric's per-sample variance: a handful of identical values is not certainty.
 _MIN_VARIANCE = 1e-6
+
+
+def _confidently_worse(
+    live: list[float], base: list[float], alpha: float, margin: float, *, higher_is_better: bool
+) -> bool:
+    """Whether ``live``'s mean is worse than ``base``'s with confidence ``1 - alpha`` (the interval
+    of the difference excludes 0 on the worse side; constant samples that differ always are)."""
+    spread = math.sqrt(max(mean_and_variance(live)[1], mean_and_variance(base)[1]))
+    tau = max(margin, 0.25 * spread, 1e-6)
+    interval = confidence_interval(live, base, alpha=alpha, tau=tau, min_variance=_MIN_VARIANCE)
+    return interval.upper < 0 if higher_is_better else interval.lower > 0
 
 
 def concurrent_compare(
@@ -405,6 +437,7 @@ def check_canary(engine: Engine, settings: Settings, version: str) -> CanaryVerd
         max_latency_ratio=settings.canary_max_latency_ratio,
         max_toxicity_increase=settings.canary_max_toxicity_increase,
         window_over=over,
+        alpha=settings.canary_alpha,
     )
 
 
