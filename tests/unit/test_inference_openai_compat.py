@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
 
@@ -60,7 +61,6 @@ def test_events_fill_the_top_level_finish_reason(served) -> None:  # type: ignor
 
 
 def test_the_openai_client_can_continue_a_tool_conversation(served) -> None:  # type: ignore[no-untyped-def]
-    openai = pytest.importorskip("openai")
     client, producer, settings, generator = served
     api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
     reply = api.chat.completions.create(model=settings.model_version, messages=TOOL_TURNS, max_tokens=4)  # type: ignore[arg-type]
@@ -159,7 +159,6 @@ def test_what_it_can_honour_is_answered(served, extra: dict[str, Any]) -> None: 
 
 
 def test_the_openai_client_sees_n_refused(served) -> None:  # type: ignore[no-untyped-def]
-    openai = pytest.importorskip("openai")
     client, _, settings, _ = served
     api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
     with pytest.raises(openai.BadRequestError, match="n > 1 is not supported"):

@@ -64,29 +64,3 @@ def test_prices_settings_override_the_table(tmp_path: Path) -> None:
     assert s.price_for("gpt-4o-mini-2024-07-18") == HOSTED_PRICES["gpt-4o-mini"]
     assert s.configured_price("gpt-4o-mini-2024-07-18") is None
     assert s.price_for("my-own-model") == (s.price_per_1k_prompt_tokens, s.price_per_1k_completion_tokens)
-
-
-def test_the_workers_cost_uses_the_configured_family_price(tmp_path: Path) -> None:
-    from atalaia.events import InferenceEvent
-    from atalaia.metrics.groups.operational import OperationalGroup
-    from atalaia.settings import Settings
-
-    s = Settings(home=tmp_path, prices={"gpt-4o-mini": (1.0, 1.0)})
-    event = InferenceEvent(
-        service="app",
-        model_version="gpt-4o-mini-2024-07-18",
-        messages=[],
-        response="hi",
-        latency_ms=10.0,
-        prompt_tokens=1000,
-        completion_tokens=1000,
-        cost=0.00075,
-    )
-    out: list[tuple[str, float]] = []
-
-    class Collect:
-        def add(self, _ev: object, name: str, value: float) -> None:
-            out.append((name, value))
-
-    OperationalGroup(s, None).score([event], Collect())  # type: ignore[arg-type]
-    assert dict(out)["cost"] == 2.0

@@ -314,3 +314,12 @@ def test_an_unfinished_call_keeps_its_prompt_metrics_but_no_answer_or_latency_va
     assert answer <= names[whole.event_id]
     kinds = {(e["event_id"], e["kind"]) for e in batch.embeddings}
     assert (str(cut.event_id), "response") not in kinds and (str(cut.event_id), "prompt") in kinds
+
+
+def test_the_workers_cost_uses_the_configured_family_price(tmp_path: Path) -> None:
+    # Providers answer with dated names: ATALAIA_PRICES' "gpt-4o-mini" prices them too.
+    dated = _event().model_copy(
+        update={"model_version": "gpt-4o-mini-2024-07-18", "prompt_tokens": 1000, "completion_tokens": 1000}
+    )
+    batch = _scorer(tmp_path, metric_groups="operational", prices={"gpt-4o-mini": (1.0, 1.0)}).score([dated])
+    assert {m.name: m.value for m in batch.metrics}["cost"] == 2.0
