@@ -179,6 +179,9 @@ class BatchScorer:
         # Groups that read text score only events with text (no content captured: operational only).
         sides = {str(ev.event_id): text_sides(ev) for ev in events}
         with_text = [ev for ev in events if sides[str(ev.event_id)]["prompt"] or sides[str(ev.event_id)]["response"]]
+        # Only events missing a side (or unfinished) can lose rows: most batches have none, and
+        # then no group's rows are walked again.
+        partial = {k: v for k, v in sides.items() if v["unfinished"] or not (v["prompt"] and v["response"])}
         for group in self.active:
             out.fraction = group.rate()
             n_metrics, n_vectors = len(batch.metrics), len(batch.embeddings)
@@ -190,7 +193,8 @@ class BatchScorer:
             scored = {str(m.source_event_id) for m in batch.metrics[n_metrics:]}
             scored.update(v["event_id"] for v in batch.embeddings[n_vectors:])
             batch.groups[group.name] = (round(wall, 4), len(scored))
-            _drop_empty_sides(batch, n_metrics, n_vectors, sides)
+            if partial:
+                _drop_empty_sides(batch, n_metrics, n_vectors, partial)
             # Cost per scored event: what one more sampled event would cost.
             self.budget.observe(group.name, cpu_s, len(scored))
         out.fraction = 1.0
@@ -215,8 +219,8 @@ def text_sides(event: InferenceEvent) -> dict[str, bool]:
 def _drop_empty_sides(batch: ScoredBatch, n_metrics: int, n_vectors: int, sides: dict[str, dict[str, bool]]) -> None:
     """Remove the rows a group just added (from ``n_metrics`` / ``n_vectors`` on) that measure an
     empty side of their event (:data:`TEXT_SIDES`; embeddings by their ``kind``; ``sides`` is
-    keyed by the event id as text, as embedding rows hold it), so a meaningless value reaches
-    neither the tables, the metrics topic nor the drift reference."""
+    keyed by the event id as text, as embedding rows hold it; events not in it keep every row),
+    so a meaningless value reaches neither the tables, the metrics topic nor the drift reference."""
     metrics = batch.metrics
     metrics[n_metrics:] = [
         m
