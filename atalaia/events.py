@@ -20,6 +20,7 @@ atalaia.events.EventError: invalid inference event: field 'schema_version': Fiel
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Version 2 adds optional fields (time to first token, provider, finish reason, caller, subject),
 # message content as a list of parts and events without captured messages; version-1 events stay
@@ -51,6 +52,30 @@ class EventError(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.field = field
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±Infinity) replaced by ``None``.
+
+    Python's JSON reads and writes ``NaN`` and ``Infinity``, but they are not JSON: PostgreSQL's
+    ``json`` columns refuse them, so an event holding one in its free-form metadata would be
+    retried forever by the worker. They become ``null``, as pydantic writes them when the SDK
+    serialises an event.
+
+    >>> finite_json({"score": float("nan"), "n": [1, float("inf"), 2.5], "s": "NaN"})
+    {'score': None, 'n': [1, None, 2.5], 's': 'NaN'}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item) for item in value]
+    return value
+
+
+#: Free-form metadata: any JSON object; non-finite numbers are kept as ``null`` (see finite_json).
+Metadata = Annotated[dict[str, Any], AfterValidator(finite_json)]
 
 
 def utcnow() -> datetime:
@@ -155,7 +180,7 @@ class InferenceEvent(_Event):
     cache_hit: bool = False
     reference: str | None = None
     request_id: str | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     # Schema version 2 (all optional, so version-1 events still parse):
     time_to_first_token_ms: float | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="time from request to the first generated token"
@@ -178,7 +203,7 @@ class FeedbackEvent(_Event):
     rating: int | None = Field(default=None, ge=-1, le=1, description="-1 bad, 0 neutral, 1 good")
     corrected_answer: str | None = None
     comment: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     caller: str | None = Field(default=None, max_length=200, description="the calling service or tenant (version 2)")
     subject_id: str | None = Field(default=None, max_length=200, description="keyed hash of the end user (version 2)")
 
@@ -515,7 +540,8 @@ WIRE_RULES = (
     "On the wire, `type`, `schema_version`, `event_id` and `ts` are required (the Python models "
     "fill them in code; the parser does not). Not expressible in JSON Schema, also enforced: no "
     "string (key or value) may hold NUL (U+0000) or a lone UTF-16 surrogate, and a message is at "
-    f"most {MAX_EVENT_BYTES} bytes of UTF-8 JSON; a timestamp must stay within years 1-9999 once converted to UTC."
+    f"most {MAX_EVENT_BYTES} bytes of UTF-8 JSON; a timestamp must stay within years 1-9999 once converted to UTC. "
+    "Numbers must be finite: NaN or Infinity in a typed field refuses the event, and in `metadata` is kept as null."
 )
 
 

@@ -83,3 +83,21 @@ def test_every_accepted_event_is_storable(engine: Any, data: st.DataObject) -> N
             tx.rollback()
     for metric in scored.metrics:
         metric.to_json()  # published on the metrics topic after the commit
+
+
+def test_non_finite_metadata_is_stored_as_null(engine: Any) -> None:
+    """The example hypothesis found: ``{"": Infinity}`` in metadata parsed, then PostgreSQL's json
+    column refused it on every retry. It is now stored, as null."""
+    raw = json.dumps(valid_inference() | {"metadata": {"": float("inf"), "nan": float("nan"), "ok": 1}}).encode()
+    event = parse_event(raw, InferenceEvent)
+    scored = BatchScorer(Settings(metric_groups="operational")).score([event])
+    with engine.connect() as conn:
+        tx = conn.begin()
+        try:
+            repository.store_inference_batch(conn, [event], scored.metrics)
+            stored = conn.exec_driver_sql(
+                "SELECT metadata FROM inference_events WHERE event_id = %s", (str(event.event_id),)
+            ).scalar_one()
+        finally:
+            tx.rollback()
+    assert stored == {"": None, "nan": None, "ok": 1}

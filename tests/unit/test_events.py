@@ -133,3 +133,20 @@ def test_metric_batch_round_trips_and_per_metric_messages_still_read() -> None:
             b'{"type": "deploy", "schema_version": 2, "event_id": "%s", "ts": "2026-01-01T00:00:00Z", '
             b'"model_version": "v"}' % str(uuid.uuid4()).encode()
         )
+
+
+def test_non_finite_metadata_is_kept_as_null_and_typed_fields_refuse_it() -> None:
+    """``NaN``/``Infinity`` are Python's JSON, not JSON: PostgreSQL's json columns refuse them, so
+    an event carrying one in its metadata would block its partition (a hypothesis example found
+    ``{"": Infinity}``). Metadata keeps them as null, as the SDK writes them; typed fields refuse."""
+    raw = json.dumps(_valid() | {"metadata": {"": float("inf"), "s": [float("nan"), 1.5], "k": "NaN"}})
+    assert "Infinity" in raw
+    ev = parse_event(raw.encode(), InferenceEvent)
+    assert ev.metadata == {"": None, "s": [None, 1.5], "k": "NaN"}
+    assert json.loads(ev.to_json())["metadata"] == {"": None, "s": [None, 1.5], "k": "NaN"}
+    feedback = json.loads(FeedbackEvent(inference_event_id=uuid.uuid4(), rating=1).to_json())
+    fb = parse_event(json.dumps(feedback | {"metadata": {"x": float("-inf")}}), FeedbackEvent)
+    assert fb.metadata == {"x": None}
+    with pytest.raises(EventError) as info:
+        parse_event(json.dumps(_valid() | {"latency_ms": float("inf")}).encode())
+    assert info.value.field == "latency_ms"
