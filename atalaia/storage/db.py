@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
+
+from atalaia.events import finite_json
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def storable_json(value: Any) -> str:
+    """JSON text for a JSON column: non-finite numbers (a NaN loss, an overflowed perplexity)
+    become ``null``, since PostgreSQL's ``json`` refuses Python's ``NaN``/``Infinity``.
+
+    >>> storable_json({"perplexity": float("inf"), "loss": 1.5})
+    '{"perplexity": null, "loss": 1.5}'
+    """
+    return json.dumps(finite_json(value), allow_nan=False)
 
 
 @functools.lru_cache(maxsize=8)
@@ -23,7 +37,7 @@ def get_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=storable_json)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -33,7 +47,7 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_serializer=storable_json)
 
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from atalaia.events import AlertEvent, FeedbackEvent, InferenceEvent, MetricEvent, utcnow
 from atalaia.storage import tables as t
+from atalaia.storage.db import storable_json
 
 
 def as_utc(value: datetime) -> datetime:
@@ -87,7 +88,7 @@ def copy_ignoring_duplicates(conn: Connection, table: Table, rows: Sequence[dict
         )
         with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols)) as copy:
             for row in rows:
-                copy.write_row([Json(row[n]) if n in json_cols else row[n] for n in names])
+                copy.write_row([Json(row[n], dumps=storable_json) if n in json_cols else row[n] for n in names])
         cur.execute(
             sql.SQL(
                 "WITH moved AS (DELETE FROM {stage} RETURNING {cols}) "

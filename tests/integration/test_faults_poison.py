@@ -101,3 +101,31 @@ def test_non_finite_metadata_is_stored_as_null(engine: Any) -> None:
         finally:
             tx.rollback()
     assert stored == {"": None, "nan": None, "ok": 1}
+
+
+def test_non_finite_run_metrics_are_stored_as_null(pg_url: str, engine: Any) -> None:
+    """A candidate whose loss went NaN, or whose perplexity overflowed, must still be recorded:
+    every engine Atalaia builds writes non-finite numbers in JSON columns as null."""
+    from sqlalchemy import insert, select
+
+    from atalaia.events import utcnow
+    from atalaia.storage import tables as t
+    from atalaia.storage.db import get_engine
+
+    with get_engine(pg_url).connect() as conn:
+        tx = conn.begin()
+        try:
+            conn.execute(
+                insert(t.model_versions).values(
+                    version="nan-candidate@1",
+                    status="candidate",
+                    metrics={"holdout_perplexity": float("inf"), "train_loss": float("nan"), "rouge_l": 0.2},
+                    created_at=utcnow(),
+                )
+            )
+            stored = conn.execute(
+                select(t.model_versions.c.metrics).where(t.model_versions.c.version == "nan-candidate@1")
+            ).scalar_one()
+        finally:
+            tx.rollback()
+    assert stored == {"holdout_perplexity": None, "train_loss": None, "rouge_l": 0.2}
