@@ -176,6 +176,9 @@ class Generator:
         Folder the model was loaded from (for logs and error messages).
     """
 
+    #: The runtime that generates (``/healthz`` reports it): transformers on torch here.
+    backend = "transformers"
+
     def __init__(self, model: Any, tokenizer: Any, path: Path | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer

@@ -218,6 +218,8 @@ class OrtGenerator(Generator):
     Use ``Generator.load`` on an ORT folder rather than the constructor.
     """
 
+    backend = "onnxruntime-genai"
+
     def __init__(self, og_model: Any, tokenizer: Any, path: Path, context_length: int, precision: str) -> None:
         super().__init__(_OrtLogits(og_model, context_length), tokenizer, path)
         self._og_model = og_model

@@ -29,6 +29,8 @@ async def healthz(service: ServiceDep) -> JSONResponse:
             "version": models.active.version,
             "loaded": models.active.generator is not None,
             "context_length": models.active.generator.context_length,
+            # transformers or onnxruntime-genai: which runtime a hot swap put in place.
+            "backend": getattr(models.active.generator, "backend", None),
             "previous": models.previous.version if models.previous else None,
             "canary": (
                 {

@@ -11,6 +11,7 @@ mechanics are under test here; whether training helps is measured in ``bench/ret
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -271,3 +272,77 @@ def test_a_run_killed_mid_training_is_recovered_and_a_strict_gate_rejects(
         versions = [r[0] for r in conn.execute(select(t.model_versions.c.version))]
     assert versions == [settings.model_version]  # nothing half-registered, nothing rejected registered
     assert not [p for p in settings.models_dir.iterdir() if p.name != settings.generator_model]  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(900)
+def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
+    isolated_settings: Settings, fresh_pg: str, models_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 17's loop on the second backend: with ``ATALAIA_QUANTIZATION_METHOD=ort-int4`` the
+    merged candidate is exported to ONNX Runtime GenAI int4, its holdout reference perplexity is
+    checked against the float32 merge, the gate generates with it, the registry records the format,
+    the running inference service (on the transformers base) hot-swaps to it, answers with the ORT
+    backend, and a canary regression swaps it back.
+
+    The speed choice (``quantize_for_host``) and the gate's speed guard decide int4 against float32
+    on a host, and int4's prefill is slower than float32's on the CPUs measured (BENCHMARKS.md);
+    both are opened wide here (``quantized_max_slowdown``, ``gate_max_prefill_slowdown``) so that the
+    ORT path runs on any CPU: the choice itself is tested in the test above and in
+    ``tests/unit/test_speed.py``.
+    """
+    from openai import OpenAI
+
+    from atalaia.models.ortgenai import is_ort_dir, read_ort_manifest
+
+    settings = _loop_settings(
+        isolated_settings,
+        fresh_pg,
+        tmp_path,
+        models_dir,
+        canary_min_events=5,
+        quantization_method="ort-int4",
+        quantized_max_slowdown=100.0,
+        gate_max_prefill_slowdown=100.0,
+    )
+    ensure_topics(settings)
+    _seed_feedback(settings)
+    base = f"http://127.0.0.1:{settings.inference_port}"
+    engine = get_engine(settings.database_url)
+    with service("serve", settings):
+        wait_until(lambda: _served(base), 180, "the inference service")
+        assert _served(base) == settings.model_version
+        outcome = run_retrain(settings, trigger="manual", force=True)
+        assert outcome.status == "deployed", outcome
+        run = get_run(engine, outcome.run_id)
+        assert run is not None
+        steps = {s["name"]: s for s in run["steps"]}
+        assert list(steps) == ["dataset", "train", "quantize", "gate", "register", "deploy"]
+        assert steps["quantize"]["details"]["method"] == "ort-int4"
+        check = steps["gate"]["details"]["reference_perplexity"]
+        assert math.isfinite(check["quantized"]) and check["ratio"] <= 1 + settings.quantized_ppl_tolerance
+        assert set(steps["gate"]["details"]["speed"]["ratios"]["candidate"]) == {"prefill_ratio", "decode_ratio"}
+
+        version = str(outcome.candidate_version)
+        row = registry.get_version(engine, version)
+        assert row is not None and row["status"] == "active" and row["quantization"] == "ort-int4"
+        folder = Path(row["artefact_path"])
+        assert is_ort_dir(folder) and read_ort_manifest(folder)["precision"] == "int4"
+
+        wait_until(lambda: _served(base) == version, 180, f"inference to serve {version}")
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120)
+        reply = client.chat.completions.create(
+            model=version, messages=[{"role": "user", "content": "How many vacation days?"}], max_tokens=4
+        )
+        assert reply.model == version and reply.usage is not None and reply.usage.completion_tokens >= 1
+        assert httpx.get(f"{base}/healthz", timeout=10).json()["model"]["backend"] == "onnxruntime-genai"
+
+        _seed_regression(settings, version, settings.model_version)
+        verdict = settle_canary(settings, version)
+        assert verdict.decision == "rollback", verdict
+        wait_until(lambda: _served(base) == settings.model_version, 120, "inference to serve the parent again")
+        back = client.chat.completions.create(
+            model=settings.model_version, messages=[{"role": "user", "content": "Hello"}], max_tokens=2
+        )
+        assert back.model == settings.model_version
+        assert httpx.get(f"{base}/healthz", timeout=10).json()["model"]["backend"] == "transformers"
+        assert registry.get_version(engine, version)["status"] == "rolled_back"  # type: ignore[index]
