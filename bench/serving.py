@@ -39,6 +39,38 @@ from bench.common import pct
 TARGETS = {"decode": 4.0, "prefill": 1.0, "request": 2.0, "ppl": 1.05}
 
 
+def ratios_to_base(
+    row: dict[str, Any], base: dict[str, Any], ppl: float | None, base_ppl: float | None
+) -> tuple[float, float, float, float]:
+    """A format's prefill, decode and request speed-ups and its perplexity ratio against ``base``.
+
+    >>> ratios_to_base({"prefill_tps_p50": 200, "decode_p50": 40, "request_p50": 2.0},
+    ...                {"prefill_tps_p50": 400, "decode_p50": 10, "request_p50": 4.0}, 42.0, 40.0)
+    (0.5, 4.0, 2.0, 1.05)
+    """
+    nan = float("nan")
+    return (
+        row["prefill_tps_p50"] / base["prefill_tps_p50"],
+        row["decode_p50"] / base["decode_p50"],
+        base["request_p50"] / row["request_p50"],
+        (ppl if ppl is not None else nan) / (base_ppl if base_ppl is not None else nan),
+    )
+
+
+def target_checks(prefill_x: float, decode_x: float, request_x: float, ppl_x: float) -> list[str]:
+    """``ok`` or ``MISS`` per issue 17 target, from a format's ratios against float32.
+
+    >>> target_checks(1.2, 3.0, 2.5, 1.02)
+    ['decode MISS', 'prefill ok', 'request ok', 'ppl ok']
+    """
+    return [
+        f"decode {'ok' if decode_x >= TARGETS['decode'] else 'MISS'}",
+        f"prefill {'ok' if prefill_x >= TARGETS['prefill'] else 'MISS'}",
+        f"request {'ok' if request_x >= TARGETS['request'] else 'MISS'}",
+        f"ppl {'ok' if ppl_x <= TARGETS['ppl'] else 'MISS'}",
+    ]
+
+
 def _folder(fmt: str, settings: Any, tmp: Path) -> Path:
     from atalaia.models.ortgenai import ort_dir_for, prepare_ort
 
@@ -198,16 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         print("|" + "---|" * 15)
         for fmt in formats:
             r = res[fmt]
-            pre_x = r["prefill_tps_p50"] / base["prefill_tps_p50"]
-            dec_x = r["decode_p50"] / base["decode_p50"]
-            req_x = base["request_p50"] / r["request_p50"]
-            ppl_x = ppl.get(fmt, float("nan")) / ppl.get(formats[0], float("nan"))
-            met = [
-                f"decode {'ok' if dec_x >= TARGETS['decode'] else 'MISS'}",
-                f"prefill {'ok' if pre_x >= TARGETS['prefill'] else 'MISS'}",
-                f"request {'ok' if req_x >= TARGETS['request'] else 'MISS'}",
-                f"ppl {'ok' if ppl_x <= TARGETS['ppl'] else 'MISS'}",
-            ]
+            pre_x, dec_x, req_x, ppl_x = ratios_to_base(r, base, ppl.get(fmt), ppl.get(formats[0]))
+            met = target_checks(pre_x, dec_x, req_x, ppl_x)
             r.update(prefill_x=pre_x, decode_x=dec_x, request_x=req_x, ppl=ppl.get(fmt), ppl_x=ppl_x)
             print(
                 f"| {fmt} | {r['size_mb']:.0f} | {r['load_s']:.2f} | {r['rss_mb']:.0f} | {r['ttft_p50']:.2f} "
