@@ -23,9 +23,12 @@ def initial_model(settings: Settings) -> tuple[str, Path]:
         log.warning("model registry unreachable; serving the configured model", extra={"error": str(exc)})
         row = None
     if row is not None:
-        path = Path(row["artefact_path"] or "")
-        if row["artefact_path"] and path.is_dir():
-            return str(row["version"]), path
+        from atalaia.models.serving_choice import registered_folder
+
+        # The base version is served in ATALAIA_SERVING_FORMAT, whatever its row recorded.
+        folder = registered_folder(settings, row)
+        if folder is not None:
+            return str(row["version"]), folder
         log.error(
             "active model version has no loadable folder; serving the configured model",
             extra={"version": row["version"], "artefact_path": row["artefact_path"]},

@@ -42,11 +42,24 @@ def folder_size(path: Path) -> int:
 
 
 def served_version(engine: Engine, settings: Settings) -> ServedVersion:
-    """The active registry row when it has a folder, else the configured base model."""
+    """The active registry row when it has a folder, else the configured base model; the base
+    version is served in ``ATALAIA_SERVING_FORMAT`` (:func:`atalaia.models.serving_choice.registered_folder`)."""
+    from atalaia.models.ortgenai import served_base_path
+    from atalaia.models.serving_choice import registered_folder
+
     row = active_model_version(engine)
-    if row is not None and row["artefact_path"] and Path(row["artefact_path"]).is_dir():
-        return ServedVersion(str(row["version"]), Path(row["artefact_path"]), True, dict(row["metrics"] or {}))
-    return ServedVersion(settings.model_version, settings.generator_path, False, {})
+    folder = registered_folder(settings, row) if row is not None else None
+    if row is not None and folder is not None:
+        return ServedVersion(str(row["version"]), folder, True, dict(row["metrics"] or {}))
+    return ServedVersion(settings.model_version, served_base_path(settings), False, {})
+
+
+def base_quantization(path: Path) -> str | None:
+    """The ``model_versions.quantization`` of a base-model folder: ``ort-<precision>`` for an ONNX
+    Runtime GenAI export, ``None`` for the float32 folder."""
+    from atalaia.models.ortgenai import is_ort_dir, quantization_label, read_ort_manifest
+
+    return quantization_label(str(read_ort_manifest(path)["precision"])) if is_ort_dir(path) else None
 
 
 def ensure_base_registered(engine: Engine, settings: Settings) -> ServedVersion:
@@ -57,6 +70,15 @@ def ensure_base_registered(engine: Engine, settings: Settings) -> ServedVersion:
     """
     current = served_version(engine, settings)
     if current.registered:
+        if current.version == settings.model_version:
+            # The base row follows ATALAIA_SERVING_FORMAT: record the folder and format served now.
+            with engine.begin() as conn:
+                conn.execute(
+                    update(t.model_versions)
+                    .where(t.model_versions.c.version == current.version)
+                    .where(t.model_versions.c.parent.is_(None))
+                    .values(artefact_path=str(current.path), quantization=base_quantization(current.path))
+                )
         return current
     now = utcnow()
     with engine.begin() as conn:
@@ -67,6 +89,8 @@ def ensure_base_registered(engine: Engine, settings: Settings) -> ServedVersion:
             "status": "active",
             "artefact_path": str(current.path),
             "activated_at": now,
+            # The format it is served in now (None: float32 transformers, as before ORT existed).
+            "quantization": base_quantization(current.path),
         }
         if exists:
             conn.execute(update(t.model_versions).where(t.model_versions.c.version == current.version).values(**values))
@@ -75,7 +99,6 @@ def ensure_base_registered(engine: Engine, settings: Settings) -> ServedVersion:
                 insert(t.model_versions).values(
                     version=current.version,
                     parent=None,
-                    quantization=None,
                     dataset_hash=None,
                     metrics={},
                     size_bytes=folder_size(current.path) if current.path.is_dir() else None,

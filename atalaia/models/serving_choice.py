@@ -299,3 +299,26 @@ def choose_serving_format(
     tmp.replace(target)
     logger.info("serving format chosen on this host: %s", reason)
     return ServingChoice(fmt, folders[fmt], reason, measurements)
+
+
+def registered_folder(settings: Settings, row: Mapping[str, Any]) -> Path | None:
+    """The folder a ``model_versions`` row is served from, or ``None`` when it has none on disk.
+
+    The configured base version (``ATALAIA_MODEL_VERSION``, no parent) is the base model *in the
+    serving format* (``ATALAIA_SERVING_FORMAT``, :func:`atalaia.models.ortgenai.served_base_path`),
+    whatever folder its row recorded when it was registered: a run registers the base with the
+    format of that moment, and changing the setting afterwards must still change what is served.
+    Every other version is its own ``artefact_path``.
+
+    Raises
+    ------
+    GeneratorNotPreparedError
+        When the base version's export for the serving format is missing (the message says how
+        to prepare it).
+    """
+    if str(row["version"]) == settings.model_version and not row.get("parent"):
+        from atalaia.models.ortgenai import served_base_path
+
+        return served_base_path(settings)
+    path = Path(row.get("artefact_path") or "")
+    return path if row.get("artefact_path") and path.is_dir() else None
