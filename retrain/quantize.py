@@ -64,6 +64,9 @@ _CARRIED = (
 
 #: Record of the format decision in a deployed folder (written by :func:`quantize_for_host`).
 FORMAT_RECORD = "atalaia-format.json"
+#: Inside an ONNX Runtime GenAI version: the float32 merge it was exported from, hard-linked, so
+#: that the next run can fine-tune it (ONNX weights cannot be trained; int8 ones are dequantized).
+FLOAT_MERGE_DIR = "float32-merge"
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,34 @@ def quantize_model(merged_dir: Path, out_dir: Path, method: str = INT8_WEIGHT_ON
     return QuantizedModel(path=out_dir, method=method, size_bytes=size)
 
 
+def training_folder(model_dir: Path) -> Path:
+    """The float weights to fine-tune a served version from: the folder itself, or for an ONNX
+    Runtime GenAI export its kept float32 merge (:data:`FLOAT_MERGE_DIR`) or, for the base model's
+    export, the folder it was exported from.
+
+    Raises
+    ------
+    ValueError
+        For an ORT export with neither (made before versions kept their merge), with the fix.
+    """
+    from atalaia.models.ortgenai import is_ort_dir, read_ort_manifest
+
+    model_dir = Path(model_dir)
+    if not is_ort_dir(model_dir):
+        return model_dir
+    merge = model_dir / FLOAT_MERGE_DIR
+    if (merge / "config.json").is_file():
+        return merge
+    source = Path(str(read_ort_manifest(model_dir).get("source") or ""))
+    if str(source) not in ("", ".") and (source / "config.json").is_file() and not is_ort_dir(source):
+        return source
+    raise ValueError(
+        f"{model_dir} is an ONNX Runtime GenAI export without float weights to fine-tune (no {FLOAT_MERGE_DIR}/ "
+        "and its source folder is gone). Fix: roll back to a version with float weights, or deploy the float32 "
+        "merge of this version, before retraining."
+    )
+
+
 def _link_or_copy_tree(src: Path, dst: Path) -> None:
     """Copy a model folder, hard-linking files where the file system allows (no 0.5 GB copy)."""
 
@@ -265,6 +296,8 @@ def quantize_for_host(
             f"{method} prefill {ratios['prefill_ratio']:.2f}x and decoding {ratios['decode_ratio']:.2f}x the time of "
             f"float32 {on} (limit {limit:.2f}x): deploying {method}"
         )
+        if method.startswith("ort-"):
+            _link_or_copy_tree(merged_dir, out_dir / FLOAT_MERGE_DIR)
     record = {"format": chosen, "tried": method, "reason": reason, "max_slowdown": limit, "speed": speed}
     (out_dir / FORMAT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("serving format for %s: %s (%s)", merged_dir, chosen, reason)

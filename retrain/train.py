@@ -418,8 +418,9 @@ def train_lora(
     ----------
     base_model_dir
         The model to fine-tune: a float model folder (``settings.generator_path`` or a
-        registered version's merged folder), or a quantized folder, whose int8 weights are
-        dequantized to float32 first.
+        registered version's merged folder), a quantized folder, whose int8 weights are
+        dequantized to float32 first, or an ONNX Runtime GenAI version, trained from its float32
+        merge (:func:`retrain.quantize.training_folder`).
     dataset
         From :func:`retrain.dataset.build_dataset`.
     out_dir
@@ -451,9 +452,11 @@ def train_lora(
 
     from atalaia.models.prepare import _quiet_transformers_bars, write_manifest
     from atalaia.models.quantized import is_quantized_dir, load_dequantized_model
+    from retrain.quantize import training_folder
 
     t0 = time.perf_counter()
-    base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
+    # An ONNX Runtime version is trained from the float32 merge it keeps (ONNX weights cannot be).
+    base_model_dir, out_dir = training_folder(Path(base_model_dir)), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device, dtype_name = select_device()
     if threads > 0:

@@ -281,8 +281,9 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
     """Issue 17's loop on the second backend: with ``ATALAIA_QUANTIZATION_METHOD=ort-int4`` the
     merged candidate is exported to ONNX Runtime GenAI int4, its holdout reference perplexity is
     checked against the float32 merge, the gate generates with it, the registry records the format,
-    the running inference service (on the transformers base) hot-swaps to it, answers with the ORT
-    backend, and a canary regression swaps it back.
+    the running inference service (on the transformers base) hot-swaps to it and answers with the
+    ORT backend; a second run fine-tunes that version (from the float32 merge it keeps) into another
+    ORT version, and a canary regression rolls the second back to the first.
 
     The speed choice (``quantize_for_host``) and the gate's speed guard decide int4 against float32
     on a host, and int4's prefill is slower than float32's on the CPUs measured (BENCHMARKS.md);
@@ -293,6 +294,7 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
     from openai import OpenAI
 
     from atalaia.models.ortgenai import is_ort_dir, read_ort_manifest
+    from retrain.quantize import FLOAT_MERGE_DIR
 
     settings = _loop_settings(
         isolated_settings,
@@ -336,13 +338,24 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
         assert reply.model == version and reply.usage is not None and reply.usage.completion_tokens >= 1
         assert httpx.get(f"{base}/healthz", timeout=10).json()["model"]["backend"] == "onnxruntime-genai"
 
-        _seed_regression(settings, version, settings.model_version)
-        verdict = settle_canary(settings, version)
+        # ONNX weights cannot be fine-tuned: the version keeps its float32 merge, and the next run
+        # trains from it (retrain.quantize.training_folder) into a second ORT version.
+        assert (folder / FLOAT_MERGE_DIR / "config.json").is_file()
+        again = run_retrain(settings, trigger="manual", force=True)
+        assert again.status == "deployed", again
+        second = str(again.candidate_version)
+        row2 = registry.get_version(engine, second)
+        assert row2 is not None and row2["parent"] == version and row2["quantization"] == "ort-int4"
+        wait_until(lambda: _served(base) == second, 180, f"inference to serve {second}")
+
+        # A canary regression rolls the second version back to the first: ORT to ORT.
+        _seed_regression(settings, second, version)
+        verdict = settle_canary(settings, second)
         assert verdict.decision == "rollback", verdict
-        wait_until(lambda: _served(base) == settings.model_version, 120, "inference to serve the parent again")
+        wait_until(lambda: _served(base) == version, 120, "inference to serve the parent again")
         back = client.chat.completions.create(
-            model=settings.model_version, messages=[{"role": "user", "content": "Hello"}], max_tokens=2
+            model=version, messages=[{"role": "user", "content": "Hello"}], max_tokens=2
         )
-        assert back.model == settings.model_version
-        assert httpx.get(f"{base}/healthz", timeout=10).json()["model"]["backend"] == "transformers"
-        assert registry.get_version(engine, version)["status"] == "rolled_back"  # type: ignore[index]
+        assert back.model == version
+        assert httpx.get(f"{base}/healthz", timeout=10).json()["model"]["backend"] == "onnxruntime-genai"
+        assert registry.get_version(engine, second)["status"] == "rolled_back"  # type: ignore[index]

@@ -138,3 +138,31 @@ def test_the_generator_notes_when_the_first_token_came_out(tiny_model_dir: Path)
     with torch.inference_mode():
         model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False, streamer=clock, pad_token_id=0)
     assert clock.first_token_at is not None and t0 < clock.first_token_at < time.perf_counter()
+
+
+def test_training_folder_of_an_onnx_runtime_version(tmp_path: Path) -> None:
+    """ONNX weights cannot be fine-tuned: a retrained ORT version is trained from the float32 merge
+    it keeps, the base model's export from the folder it was exported from; neither is an error."""
+    from atalaia.models.ortgenai import ORT_FORMAT, ORT_MANIFEST
+    from retrain.quantize import FLOAT_MERGE_DIR, training_folder
+
+    plain = tmp_path / "float"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    assert training_folder(plain) == plain
+
+    def ort(name: str, source: Path | None) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        manifest = {"format": ORT_FORMAT, "precision": "int4", "source": str(source) if source else None}
+        (folder / ORT_MANIFEST).write_text(json.dumps(manifest))
+        return folder
+
+    with_merge = ort("v2", tmp_path / "gone")
+    (with_merge / FLOAT_MERGE_DIR).mkdir()
+    (with_merge / FLOAT_MERGE_DIR / "config.json").write_text("{}")
+    assert training_folder(with_merge) == with_merge / FLOAT_MERGE_DIR
+    assert training_folder(ort("base-ort", plain)) == plain
+    with pytest.raises(ValueError, match="without float weights"):
+        training_folder(ort("old", tmp_path / "gone"))
