@@ -7,10 +7,14 @@ the environment variable and how to fix it (see :func:`load_settings`).
 from __future__ import annotations
 
 import functools
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from atalaia.metrics.groups.registry import default_group_names, group_names, sampled_group_names
@@ -37,7 +41,12 @@ class Settings(BaseSettings):
     'atalaia.inference'
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+    # enable_decoding=False: the JSON of list/dict settings is parsed by `_decode_json` below, so a value
+    # that is not JSON is a validation error naming the variable (pydantic-settings' own decoding
+    # raises a SettingsError that names neither the variable nor the fix).
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, enable_decoding=False
+    )
 
     home: Path = Field(Path("./.atalaia"), description="Working directory for data, models, spool, logs.")
     cache_dir: Path = Field(
@@ -118,6 +127,7 @@ class Settings(BaseSettings):
         description="JSON map of model version (or family: a name that dated versions extend, e.g. gpt-4o-mini) to "
         "[USD per 1k prompt tokens, USD per 1k completion tokens]; overrides the shipped table of hosted models; "
         "versions in neither use the two default prices.",
+        examples=[{"gpt-4o-mini": [0.00015, 0.0006]}],
     )
     metric_groups: str = Field(
         ",".join(default_group_names()),
@@ -127,6 +137,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON map of expensive metric group to the fraction of events scored, e.g. {"perplexity": 0.2}; '
         "groups not listed are scored on every event.",
+        examples=[{"perplexity": 0.2}],
     )
     scoring_budget: Annotated[float, Field(ge=0)] = Field(
         0.8,
@@ -200,7 +211,9 @@ class Settings(BaseSettings):
         90, description="Delete events, metrics, embeddings and feedback older than this many days; 0 keeps them."
     )
     retention_table_days: dict[str, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict, description='JSON per-table override of ATALAIA_RETENTION_DAYS, e.g. {"metrics": 30}.'
+        default_factory=dict,
+        description='JSON per-table override of ATALAIA_RETENTION_DAYS, e.g. {"metrics": 30}.',
+        examples=[{"metrics": 30}],
     )
     retention_cron: str = Field(
         "15 2 * * *", description="Crontab (UTC) of the retention job in the scheduler; empty disables it."
@@ -275,6 +288,7 @@ class Settings(BaseSettings):
         description='JSON map of upstream name to {"base_url", "protocol" (openai|anthropic), "prices" '
         "(optional {model: [prompt, completion]} USD per 1k tokens)}; callers pick one with the path "
         "/<name>/v1/... (see docs/integrations.md).",
+        examples=[{"openai": {"base_url": "https://api.openai.com/v1", "protocol": "openai"}}],
     )
     gateway_timeout_s: Annotated[float, Field(gt=0)] = Field(
         600.0, description="Longest wait for an upstream's answer (streams: between two chunks)."
@@ -543,6 +557,17 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool | None = Field(None, description="JSON log lines; default: JSON unless stderr is a TTY.")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _decode_json(cls, value: object, info: ValidationInfo) -> object:
+        # A list/dict setting given as text (an environment variable, a compose file) is JSON.
+        if isinstance(value, str) and info.field_name in json_setting_names():
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"the value is not JSON ({_json_hint(value, exc)})") from None
+        return value
+
     @field_validator(
         "rules_file",
         "regulations_dir",
@@ -750,6 +775,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="JSON map of caller name to the SHA-256 hex of its API key (several: comma-separated); "
         "when any key is configured, chat and feedback need one.",
+        examples=[{"billing": "<SHA-256 hex of its key>"}],
     )
     api_keys_file: Path | None = Field(
         None, description="JSON file of the same map, re-read when it changes (key rotation without restart)."
@@ -877,24 +903,79 @@ def load_settings(**overrides: object) -> Settings:
     ...     print(str(exc).replace(". Fix:", ".\nFix:"))
     ATALAIA_TOPIC_PARTITIONS=0 is invalid: Input should be greater than or equal to 1.
     Fix: set ATALAIA_TOPIC_PARTITIONS to a valid value (see docs/configuration.md).
+
+    A list or dict setting is JSON; the fix shows the form it takes:
+
+    >>> try:
+    ...     load_settings(home="/tmp/x", serving_auto_candidates="ort-int4,ort-int8")
+    ... except ConfigError as exc:
+    ...     problem, fix = str(exc).split(" Fix: ")
+    >>> print(problem.replace(" is invalid: ", " is invalid:\n"))
+    ATALAIA_SERVING_AUTO_CANDIDATES=ort-int4,ort-int8 is invalid:
+    the value is not JSON (Expecting value: line 1 column 1 (char 0)).
+    >>> print(fix.replace(", e.g. ", ", e.g.\n"))
+    set ATALAIA_SERVING_AUTO_CANDIDATES to JSON, e.g.
+    ATALAIA_SERVING_AUTO_CANDIDATES='["ort-int4", "ort-int8"]' (see docs/configuration.md).
     """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
-            value = err.get("input")
-            shown = f"={value}" if value is not None and not isinstance(value, dict) else ""
-            if (
-                "TOKEN" in key or "SECRET" in key or "PASSWORD" in key or "WEBHOOK_URL" in key
-            ):  # webhook URLs embed credentials
-                shown = "=<hidden>"
-            problems.append(
-                f"{key}{shown} is invalid: {str(err['msg']).removeprefix('Value error, ')}. "
-                f"Fix: set {key} to a valid value (see docs/configuration.md)."
-            )
-        raise ConfigError("\n".join(problems)) from None
+        raise ConfigError("\n".join(config_problem(err) for err in exc.errors())) from None
+
+
+def config_problem(err: Mapping[str, Any]) -> str:
+    """One line of a :class:`ConfigError`: the variable, its value, what is wrong and the fix.
+
+    The variable is the setting's (``loc[0]``); in a JSON setting the rest of ``loc`` says which
+    item is wrong, and the fix shows a valid value.
+    """
+    loc = tuple(err.get("loc", ()))
+    name = str(loc[0]) if loc else ""
+    key = ENV_PREFIX + name.upper()
+    value = err.get("input")
+    shown = f"={value}" if value is not None and not isinstance(value, dict | list) else ""
+    hidden = any(word in key for word in ("TOKEN", "SECRET", "PASSWORD", "WEBHOOK_URL"))  # URLs embed credentials
+    if hidden or (shown and name == "api_keys"):  # api_keys: a plain key put where its hash belongs
+        shown = "=<hidden>"
+    msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    if name not in json_setting_names():
+        return f"{key}{shown} is invalid: {msg}. Fix: set {key} to a valid value (see docs/configuration.md)."
+    where = "".join(f"[{json.dumps(part)}]" for part in loc[1:])
+    if where:  # one item of the list or map
+        problem = f"{key} is invalid at {where}" + (f" ({shown.removeprefix('=')})" if shown else "")
+    else:
+        problem = f"{key}{shown} is invalid"
+    return f"{problem}: {msg}. Fix: set {key} to JSON, e.g. {key}='{json_example(name)}' (see docs/configuration.md)."
+
+
+@functools.cache
+def json_setting_names() -> frozenset[str]:
+    """Settings whose environment value is JSON: those of a list, dict, tuple, set or model type."""
+    return frozenset(name for name, field in Settings.model_fields.items() if _is_json_type(field.annotation))
+
+
+def json_example(name: str) -> str:
+    """A valid JSON value of setting ``name``: its example, else its default."""
+    field = Settings.model_fields[name]
+    value = field.examples[0] if field.examples else field.get_default(call_default_factory=True)
+    return json.dumps(value)
+
+
+def _is_json_type(annotation: object) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _is_json_type(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_is_json_type(arg) for arg in typing.get_args(annotation) if arg is not type(None))
+    if origin is not None:
+        return (
+            isinstance(origin, type) and issubclass(origin, Mapping | Sequence | set | frozenset) and origin is not str
+        )
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel | Mapping | list | tuple | set | frozenset)
+
+
+def _json_hint(value: str, exc: ValueError) -> str:
+    return f"{exc}; JSON strings take double quotes" if "'" in value else str(exc)
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from atalaia.settings import ConfigError, Settings, load_settings
@@ -44,7 +45,8 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        console.print(f"[red]configuration error[/red]\n{exc}")
+        # soft_wrap: long lines stay whole, so the fix (an example value) can be copied as printed
+        console.print(f"[red]configuration error[/red]\n{escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     from atalaia.logs import configure_logging
 
