@@ -16,7 +16,9 @@ request, ``prompt_tokens x prefill + eval_max_tokens / decode``; float32 when no
 faster. The decision, its reason and the measurements are written to
 ``<models_dir>/<model>-serving-choice.json``; the service reads that record at start
 (:func:`chosen_path`) and never measures itself (a probe takes tens of seconds). The record is
-redone when the base preparation or the candidate list changes, or with ``--force``.
+redone when the base preparation or the candidate list changes, or with ``--force``; a change of
+the rule's settings (``ATALAIA_QUANTIZED_PPL_TOLERANCE``, ``ATALAIA_EVAL_MAX_TOKENS``) decides
+again from the recorded measurements at the next ``atalaia models prepare``.
 
 Why measure instead of fixing the answer: on this project's AVX2 host the ORT int4 export decoded
 more than 10x faster than float32 but its prefill was at times slower, and its holdout perplexity
@@ -188,6 +190,47 @@ def read_choice(settings: Settings) -> dict[str, Any] | None:
     return record
 
 
+def _rule(settings: Settings) -> dict[str, Any]:
+    """The settings :func:`pick_format` decides with (a change re-decides from the measurements)."""
+    return {"ppl_tolerance": settings.quantized_ppl_tolerance, "answer_tokens": settings.eval_max_tokens}
+
+
+def _write_choice(settings: Settings, record: dict[str, Any]) -> None:
+    target = choice_file(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.replace(target)
+
+
+def _apply_rule(settings: Settings, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` decided again with today's ``ATALAIA_QUANTIZED_PPL_TOLERANCE`` and
+    ``ATALAIA_EVAL_MAX_TOKENS`` from its own measurements (no new export or probe), and saved
+    when that changes the format. Records without the measurements needed are returned as they are.
+    """
+    rule = _rule(settings)
+    speed, ppl = record.get("speed"), record.get("perplexity")
+    if record.get("rule") == rule or not isinstance(speed, dict) or not isinstance(ppl, dict):
+        return record
+    fmt, reason, measurements = pick_format(
+        speed["reports"],
+        {name: float(value) for name, value in ppl.items()},
+        prompt_tokens=int(speed.get("prompt_tokens") or speed["reports"][FLOAT32]["prompt_tokens"]),
+        answer_tokens=settings.eval_max_tokens,
+        ppl_tolerance=settings.quantized_ppl_tolerance,
+    )
+    cpu = speed.get("cpu", {})
+    reason += f" on this host (ATen {cpu.get('aten', '?')}, {speed.get('threads', '?')} thread(s))"
+    updated = record | {"format": fmt, "reason": reason, "measurements": measurements, "rule": rule}
+    _write_choice(settings, updated)
+    if fmt != record.get("format"):
+        logger.warning(
+            "serving format re-decided from the recorded measurements after a settings change",
+            extra={"was": record.get("format"), "now": fmt, "rule": rule},
+        )
+    return updated
+
+
 def chosen_path(settings: Settings) -> Path:
     """The folder ``auto`` serves on this host (the recorded decision).
 
@@ -210,7 +253,7 @@ def chosen_path(settings: Settings) -> Path:
     if record["format"] != FLOAT32 and not is_ort_dir(path):
         raise GeneratorNotPreparedError(
             f"ATALAIA_SERVING_FORMAT=auto chose {record['format']} but {path} is not prepared. "
-            "Fix: run `atalaia models prepare --force`."
+            "Fix: run `atalaia models prepare` (it exports and measures again)."
         )
     return path
 
@@ -255,12 +298,16 @@ def choose_serving_format(
     stamp = _base_stamp(settings)
     record = read_choice(settings)
     if not force and record is not None and record.get("base") == stamp and record.get("candidates") == candidates:
+        record = _apply_rule(settings, record)
         try:
-            return ServingChoice(
+            choice = ServingChoice(
                 str(record["format"]), chosen_path(settings), str(record["reason"]), record.get("measurements", {})
             )
         except FileNotFoundError:  # the chosen export was deleted: measure again
             pass
+        else:
+            logger.info("serving format on this host, from the recorded measurements: %s", choice.reason)
+            return choice
 
     def _export(s: Settings, fmt: str) -> Path:
         return prepare_ort(s.generator_path, _folder_for(s, fmt), precision=fmt.removeprefix("ort-"), force=force)
@@ -290,13 +337,11 @@ def choose_serving_format(
         "base": stamp,
         "measurements": measurements,
         "speed": speed,
+        "perplexity": ppl,
+        "rule": _rule(settings),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    target = choice_file(settings)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    tmp.replace(target)
+    _write_choice(settings, out)
     logger.info("serving format chosen on this host: %s", reason)
     return ServingChoice(fmt, folders[fmt], reason, measurements)
 

@@ -141,7 +141,7 @@ def test_chosen_export_missing_or_record_corrupt_is_not_prepared(tmp_path: Path)
         settings, perplexity=_ppl({"int4": 10.0, "int8": 10.0, FLOAT32: 10.0}), probe=probe, export=_fake_export
     )
     (choice.path / ORT_MANIFEST).unlink()
-    with pytest.raises(GeneratorNotPreparedError, match="--force"):
+    with pytest.raises(GeneratorNotPreparedError, match="run `atalaia models prepare`"):
         served_base_path(settings)
     choice_file(settings).write_text("{not json", encoding="utf-8")
     assert read_choice(settings) is None
@@ -163,3 +163,21 @@ def test_probe_uses_a_backends_own_speed_sample() -> None:
             return f"own {decode_tokens}"
 
     assert sample_speed(OwnLoop(), None, 3) == "own 3"
+
+
+def test_a_changed_rule_setting_re_decides_from_the_recorded_measurements(tmp_path: Path) -> None:
+    """A reviewer's repro: the decision was reused after ATALAIA_QUANTIZED_PPL_TOLERANCE changed.
+    It is decided again from the recorded speed and perplexity, without a new probe."""
+    settings = _settings(tmp_path)
+    probe = FakeProbe({FLOAT32: _report(2.0, 15.0), "ort-int4": _report(1.0, 120.0), "ort-int8": _report(2.0, 60.0)})
+    ppl = _ppl({"int4": 13.0, "int8": 10.1, FLOAT32: 10.0})  # int4 is 30 % worse: refused at 5 %
+    assert choose_serving_format(settings, perplexity=ppl, probe=probe, export=_fake_export).format == "ort-int8"
+    lenient = _settings(tmp_path, quantized_ppl_tolerance=0.5)
+    again = choose_serving_format(lenient, perplexity=ppl, probe=probe, export=_fake_export)
+    assert again.format == "ort-int4" and len(probe.calls) == 1
+    assert served_base_path(lenient) == again.path
+    record = read_choice(lenient)
+    assert record is not None and record["rule"]["ppl_tolerance"] == 0.5
+    # And back: the strict rule refuses int4 again, still without measuring.
+    assert choose_serving_format(settings, perplexity=ppl, probe=probe, export=_fake_export).format == "ort-int8"
+    assert len(probe.calls) == 1
