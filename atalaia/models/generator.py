@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Generator as PyGenerator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,11 @@ class ChatStream:
 
     Generation starts on the first ``next()``. To stop early, call :meth:`close` (or iterate
     inside ``with stream:``): generation is cancelled at the next token and the model is freed.
-    A bare ``break`` leaves generation running until the stream is garbage-collected.
+    :meth:`close` may be called from another thread while ``next()`` runs (an HTTP server
+    closing the stream on disconnect): the pieces are then closed as that ``next()`` returns.
+    Dropping the last reference to the stream also closes it at once: the pieces iterator
+    hands its :class:`ChatResult` back as its return value instead of holding a reference to
+    the stream, so no reference cycle waits for the garbage collector.
 
     Examples
     --------
@@ -105,20 +110,51 @@ class ChatStream:
     """
 
     def __init__(self, pieces: Iterator[str]) -> None:
+        #: The text pieces; a generator may ``return`` the :class:`ChatResult` at its end.
         self._pieces = pieces
         self.result: ChatResult | None = None
+        self._closed = False
+        # Held while next() runs: a generator cannot be closed while it executes in another
+        # thread ("generator already executing"), so close() then leaves it to next().
+        self._busy = threading.Lock()
 
     def __iter__(self) -> ChatStream:
         return self
 
     def __next__(self) -> str:
-        return next(self._pieces)
+        try:
+            with self._busy:
+                if self._closed:
+                    raise StopIteration
+                try:
+                    return next(self._pieces)
+                except StopIteration as end:
+                    if isinstance(end.value, ChatResult):
+                        self.result = end.value
+                    raise StopIteration from None
+        finally:
+            # close() from another thread while next() ran could not close the pieces itself.
+            # close() sets the flag before it tries the lock, so one of the two always closes.
+            if self._closed:
+                self._close_pieces()
 
     def close(self) -> None:
-        """Stop generating; ``result`` stays ``None`` unless the stream had already finished."""
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
+        """Stop generating; ``result`` stays ``None`` unless the stream had already finished.
+
+        Safe to call more than once and from any thread; never waits for a token.
+        """
+        self._closed = True
+        self._close_pieces()
+
+    def _close_pieces(self) -> None:
+        if not self._busy.acquire(blocking=False):
+            return  # next() is running in another thread: it closes the pieces as it returns
+        try:
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._busy.release()
 
     def __enter__(self) -> ChatStream:
         return self
@@ -159,6 +195,54 @@ def _find_stop(text: str, stop: list[str]) -> int | None:
     """Index of the earliest stop string in ``text``, or ``None``."""
     hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return min(hits) if hits else None
+
+
+def _stop_list(stop: list[str] | None) -> list[str]:
+    """The stop strings that can match: an empty string is ignored (it would match everywhere)."""
+    return [s for s in stop or [] if s]
+
+
+def _drop_partial_char(text: str) -> str:
+    """``text`` without the U+FFFD a reply cut by ``max_tokens`` ends with when its last token
+    stopped inside a multi-byte UTF-8 character (the token that completes it never came)."""
+    return text.rstrip("\ufffd")
+
+
+def _stop_text_criteria(tokenizer: Any, stop: list[str] | None, start: int) -> list[Any]:
+    """A transformers stopping criterion that ends a row once its decoded reply contains a stop
+    string, or ``[]`` without (non-empty) stop strings.
+
+    The same text match as the ONNX Runtime backend (and as the cut in ``_result``), rather than
+    transformers' ``stop_strings``: those are mapped to token sequences up front, which fails
+    with a ValueError for strings its byte-level vocabulary walk cannot place (emoji, most
+    non-ASCII text), so a request that ORT serves would be refused.
+
+    Parameters
+    ----------
+    tokenizer
+        Decodes the generated ids.
+    stop
+        Stop strings; empty ones are ignored.
+    start
+        Column where the generated tokens begin (the prompt width, padding included).
+    """
+    stops = _stop_list(stop)
+    if not stops:
+        return []
+    import torch
+    from transformers import StoppingCriteria
+
+    class _StopText(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            # The whole reply is decoded each step: a stop string may span tokens, and a
+            # multi-byte character only decodes once its last token is there.
+            done = [
+                _find_stop(tokenizer.decode(row[start:].tolist(), **_DECODE_KWARGS), stops) is not None
+                for row in input_ids
+            ]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return [_StopText()]
 
 
 class Generator:
@@ -311,7 +395,7 @@ class Generator:
         if prompt_tokens + max_tokens > self.context_length:
             raise PromptTooLongError(prompt_tokens, max_tokens, self.context_length)
 
-    def _generation_config(self, max_tokens: int, temperature: float, top_p: float, stop: list[str] | None) -> Any:
+    def _generation_config(self, max_tokens: int, temperature: float, top_p: float) -> Any:
         from transformers import GenerationConfig
 
         sample = temperature > 0
@@ -324,10 +408,7 @@ class Generator:
         if sample:
             # Only set sampling knobs when sampling: transformers warns about them otherwise.
             kwargs.update(temperature=temperature, top_p=top_p)
-        if stop:
-            # Lets generate() stop as soon as a stop string appears instead of running to
-            # max_tokens; the text is cut at the stop string afterwards.
-            kwargs["stop_strings"] = [s for s in stop if s]
+        # Stop strings are a stopping criterion (_stop_text_criteria), not stop_strings here.
         return GenerationConfig(**kwargs)
 
     def _result(
@@ -342,12 +423,21 @@ class Generator:
         hit_eos = self.eos_token_id in new
         if hit_eos:
             new = new[: new.index(self.eos_token_id) + 1]
-        completion_tokens = len(new)
         text = self.tokenizer.decode(new, **_DECODE_KWARGS)
-        cut = _find_stop(text, stop) if stop else None
+        stops = _stop_list(stop)
+        cut = _find_stop(text, stops) if stops else None
         if cut is not None:
             text = text[:cut]
+            # Count up to the token that completed the stop string: in a batch, a row that
+            # stopped early was padded with <|im_end|> while the others went on, and that
+            # padding is no work of this row's. Alone, this is one extra decode.
+            while len(new) > 1 and _find_stop(self.tokenizer.decode(new[:-1], **_DECODE_KWARGS), stops) is not None:
+                new = new[:-1]
+        completion_tokens = len(new)
         finish: FinishReason = "length" if (cut is None and not hit_eos and completion_tokens >= max_tokens) else "stop"
+        if finish == "length":
+            # Only a length cut can split a character; usage still counts every token.
+            text = _drop_partial_char(text)
         return ChatResult(
             text=text,
             prompt_tokens=prompt_len,
@@ -393,14 +483,22 @@ class Generator:
             Prompt tokens plus ``max_tokens`` exceed :attr:`context_length`.
         """
         import torch
+        from transformers import StoppingCriteriaList
 
         inputs = self._encode(messages)
         prompt_len = int(inputs["input_ids"].shape[1])
         self._check(prompt_len, max_tokens, temperature, top_p)
-        config = self._generation_config(max_tokens, temperature, top_p, stop)
+        config = self._generation_config(max_tokens, temperature, top_p)
+        criteria = StoppingCriteriaList(_stop_text_criteria(self.tokenizer, stop, prompt_len))
         clock = _FirstTokenClock()
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**inputs, generation_config=config, tokenizer=self.tokenizer, streamer=clock)
+            out = self.model.generate(
+                **inputs,
+                generation_config=config,
+                tokenizer=self.tokenizer,
+                streamer=clock,
+                stopping_criteria=criteria,
+            )
         return self._result(out, prompt_len, max_tokens, stop, clock.first_token_at)
 
     #: Whether :meth:`chat_batch` really batches (one ``generate`` over padded prompts) on this backend.
@@ -435,6 +533,7 @@ class Generator:
             In the order of ``conversations``.
         """
         import torch
+        from transformers import StoppingCriteriaList
 
         if not conversations:
             return []
@@ -447,10 +546,16 @@ class Generator:
         for row, ids in enumerate(encoded):
             input_ids[row, width - ids.shape[0] :] = ids
             mask[row, width - ids.shape[0] :] = 1
-        config = self._generation_config(max_tokens, temperature, top_p, stop)
+        config = self._generation_config(max_tokens, temperature, top_p)
+        # Left padding: every row's generated tokens start at column `width`.
+        criteria = StoppingCriteriaList(_stop_text_criteria(self.tokenizer, stop, width))
         with self._lock, torch.inference_mode():
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, generation_config=config, tokenizer=self.tokenizer
+                input_ids=input_ids,
+                attention_mask=mask,
+                generation_config=config,
+                tokenizer=self.tokenizer,
+                stopping_criteria=criteria,
             )
         results = []
         for row, ids in enumerate(encoded):
@@ -494,23 +599,23 @@ class Generator:
         inputs = self._encode(messages)
         prompt_len = int(inputs["input_ids"].shape[1])
         self._check(prompt_len, max_tokens, temperature, top_p)
-        config = self._generation_config(max_tokens, temperature, top_p, stop)
-        stream = ChatStream(iter(()))
-        stream._pieces = self._stream_pieces(stream, inputs, prompt_len, config, max_tokens, stop)
-        return stream
+        config = self._generation_config(max_tokens, temperature, top_p)
+        return ChatStream(self._stream_pieces(inputs, prompt_len, config, max_tokens, stop))
 
     def _stream_pieces(
         self,
-        stream: ChatStream,
         inputs: dict[str, torch.Tensor],
         prompt_len: int,
         config: Any,
         max_tokens: int,
         stop: list[str] | None,
-    ) -> Iterator[str]:
+    ) -> PyGenerator[str, None, ChatResult]:
+        """The pieces of :meth:`chat_stream`; returns the :class:`ChatResult` (no reference to
+        the :class:`ChatStream`, so dropping the stream closes this generator at once)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+        stops = _stop_list(stop)
         cancel = threading.Event()
 
         class _Cancelled(StoppingCriteria):
@@ -539,7 +644,9 @@ class Generator:
                         generation_config=config,
                         tokenizer=self.tokenizer,
                         streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                        stopping_criteria=StoppingCriteriaList(
+                            [_Cancelled(), *_stop_text_criteria(self.tokenizer, stops, prompt_len)]
+                        ),
                     )
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
                 outcome["error"] = exc
@@ -557,27 +664,29 @@ class Generator:
             raise
 
         # Longest text that could be the beginning of a stop string: held back until resolved.
-        hold = max((len(s) for s in stop or [] if s), default=1) - 1
+        hold = max((len(s) for s in stops), default=1) - 1
         received = ""
         sent = 0
         try:
             for piece in streamer:
                 received += piece
-                cut = _find_stop(received, stop) if stop else None
+                cut = _find_stop(received, stops) if stops else None
                 if cut is not None:
                     if cut > sent:
                         yield received[sent:cut]
                         sent = cut
                     cancel.set()
                     break
-                safe = len(received) - hold
+                # A trailing U+FFFD is a character whose last token has not come yet (or never
+                # will, at a length cut): never emit text that may still change.
+                safe = len(received.rstrip("\ufffd")) - hold
                 if safe > sent:
                     chunk, sent = received[sent:safe], safe
                     yield chunk
             worker.join()
             if "error" in outcome:
                 raise RuntimeError(f"generation failed: {outcome['error']}") from outcome["error"]
-            result = self._result(outcome["ids"], prompt_len, max_tokens, stop, streamer.first_token_at)
+            result = self._result(outcome["ids"], prompt_len, max_tokens, stops, streamer.first_token_at)
             # The streamer decodes line by line; the result decodes all tokens at once. Emit
             # whatever the streamed text lacks (held-back text, final flush) so pieces == text.
             emitted = received[:sent]
@@ -586,7 +695,7 @@ class Generator:
                     yield result.text[len(emitted) :]
             else:
                 logger.warning("streamed text diverged from the decoded reply: %r vs %r", emitted, result.text)
-            stream.result = result
+            return result
         finally:
             cancel.set()
 

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Generator as PyGenerator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ from atalaia.models.generator import (
     ChatStream,
     Generator,
     _find_stop,
+    _stop_list,
 )
 from atalaia.models.manifest import read_format_manifest
 
@@ -358,7 +360,7 @@ class OrtGenerator(Generator):
         """As :meth:`Generator.chat`, on ONNX Runtime GenAI."""
         ids = self._prompt_ids(messages)
         self._check(len(ids), max_tokens, temperature, top_p)
-        stops = [s for s in stop or [] if s]
+        stops = _stop_list(stop)
         new: list[int] = []
         first_token_at: float | None = None  # the end of the prefill, for time to first token
         with self._lock:
@@ -366,7 +368,7 @@ class OrtGenerator(Generator):
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 new.append(token)
-                # Stop as soon as a stop string appears, as transformers' stop_strings does.
+                # Stop as soon as a stop string appears, as the transformers backend does.
                 if stops and _find_stop(self.tokenizer.decode(new, **_DECODE_KWARGS), stops) is not None:
                     break
         return self._finish(ids, new, max_tokens, stop, first_token_at)
@@ -397,25 +399,28 @@ class OrtGenerator(Generator):
     ) -> ChatStream:
         """As :meth:`Generator.chat_stream`, on ONNX Runtime GenAI.
 
-        Generation runs in the consumer's thread, one token per ``next()`` at most; closing the
-        stream (or garbage-collecting it) stops generation and frees the model.
+        Generation runs in the consumer's thread, one token per ``next()`` at most, and holds the
+        model's lock between ``next()`` calls; closing the stream (or dropping it) stops
+        generation and frees the model at once.
         """
         ids = self._prompt_ids(messages)
         self._check(len(ids), max_tokens, temperature, top_p)
-        stream = ChatStream(iter(()))
-        stream._pieces = self._stream_pieces_ort(stream, ids, max_tokens, temperature, top_p, stop)
-        return stream
+        return ChatStream(self._stream_pieces_ort(ids, max_tokens, temperature, top_p, stop))
 
     def _stream_pieces_ort(
         self,
-        stream: ChatStream,
         ids: list[int],
         max_tokens: int,
         temperature: float,
         top_p: float,
         stop: list[str] | None,
-    ) -> Iterator[str]:
-        stops = [s for s in stop or [] if s]
+    ) -> PyGenerator[str, None, ChatResult]:
+        """The pieces of :meth:`chat_stream`; returns the :class:`ChatResult`.
+
+        It holds no reference to its :class:`ChatStream` (a cycle would keep this frame, and the
+        lock held in it, alive until the garbage collector ran after a dropped stream).
+        """
+        stops = _stop_list(stop)
         # Longest text that could be the beginning of a stop string: held back until resolved.
         hold = max((len(s) for s in stops), default=1) - 1
         new: list[int] = []
@@ -445,12 +450,13 @@ class OrtGenerator(Generator):
                 cancel.set()
         result = self._finish(ids, new, max_tokens, stop, first_token_at)
         emitted = self.tokenizer.decode(new, **_DECODE_KWARGS)[:sent]
+        # The final flush is result.text's tail, which drops a character a length cut split.
         if result.text.startswith(emitted):
             if len(result.text) > len(emitted):
                 yield result.text[len(emitted) :]
         else:
             logger.warning("streamed text diverged from the decoded reply: %r vs %r", emitted, result.text)
-        stream.result = result
+        return result
 
 
 def ort_dir_for(models_dir: Path, model_name: str, precision: str) -> Path:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Send
 
 from atalaia.events import RetrievedPassage
 from atalaia.models.generator import ChatResult, PromptTooLongError
 from atalaia.rag import build_prompt
 from inference.auth import current_caller
 from inference.cache import KeyParts, cacheable
-from inference.errors import APIError
+from inference.errors import APIError, error_body
 from inference.routing import Route, choose, sticky_key
 from inference.schemas import ChatCompletionRequest
 from inference.service import Service, get_service
@@ -68,6 +70,28 @@ def check_supported(req: ChatCompletionRequest) -> None:
             "tool_choice",
             "unsupported_value",
         )
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that calls ``on_close`` as soon as streaming ends, however it ends.
+
+    Starlette cancels the streaming task when the client disconnects but neither closes the
+    body iterator nor the generator stream behind it; they would be closed only when the
+    garbage collector reached them (their frames can sit in reference cycles), and an
+    ONNX Runtime stream holds the model's lock until then, so the next request would wait.
+    ``on_close`` runs before any background task, once the thread that ran the last ``next()``
+    has returned (Starlette's thread pool waits for it even when cancelled), and must not block.
+    """
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            self._on_close()
 
 
 def _cached_sse(
@@ -178,9 +202,18 @@ async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> A
     def sse() -> Iterator[str]:
         with stream:
             yield sse_chunk(event_id, created, version, {"role": "assistant"}, None)
-            for piece in stream:
-                if piece:
-                    yield sse_chunk(event_id, created, version, {"content": piece}, None)
+            try:
+                for piece in stream:
+                    if piece:
+                        yield sse_chunk(event_id, created, version, {"content": piece}, None)
+            except Exception:
+                # The headers are sent: raising here would drop the connection mid-body with no
+                # word to the client. End the stream with an OpenAI-style error event instead
+                # (no [DONE]: the reply failed); the details go to the log, not to the client.
+                log.exception("streamed generation failed", extra={"version": version, "event_id": str(event_id)})
+                body = error_body("The server failed while generating the reply.", "server_error")
+                yield f"data: {json.dumps(body)}\n\n"
+                return
             final = stream.result
         if final is not None:
             yield sse_chunk(event_id, created, version, {}, final.finish_reason)
@@ -194,11 +227,13 @@ async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> A
             service.emit_inference(version, req, final, latency_ms, event_id, context, started=started)
         yield DONE
 
-    return StreamingResponse(
+    return _ClosingStreamingResponse(
         sse(),
         media_type="text/event-stream",
         headers={"x-atalaia-event-id": str(event_id)},
         background=_shadow_task(service, route, req, messages, max_tokens, stop, context),
+        # A client that hangs up frees the model now, not when the garbage collector runs.
+        on_close=stream.close,
     )
 
 
