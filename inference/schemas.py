@@ -107,10 +107,17 @@ class ChatCompletionRequest(_Request):
     stream_options: dict[str, Any] | None = None  # {"include_usage": true}: a last chunk with the usage
     stop: str | list[str] | None = None
     # Read only to refuse what this service cannot honour (a 400, never silently ignored; see
-    # inference/routes/chat.py): several choices, a JSON output format, a forced tool call.
+    # inference/routes/chat.py): several choices, a JSON output format, a forced tool call,
+    # log probabilities, penalties, a logit bias, a sampling seed.
     n: int | None = Field(default=None, ge=1, le=128)
     response_format: dict[str, Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    seed: int | None = None
     # The end user: stored only as the event's subject_id, a keyed hash (atalaia.privacy).
     user: str | None = Field(None, max_length=200)
     metadata: dict[str, Any] | None = None

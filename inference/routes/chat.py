@@ -70,6 +70,22 @@ def check_supported(req: ChatCompletionRequest) -> None:
             "tool_choice",
             "unsupported_value",
         )
+    # Sent at their neutral values (many clients send the defaults), they change nothing: accepted.
+    unsupported = {
+        "logprobs": (bool(req.logprobs), "log probabilities are not returned"),
+        "top_logprobs": (bool(req.top_logprobs), "log probabilities are not returned"),
+        "frequency_penalty": (bool(req.frequency_penalty), "repetition penalties are not applied"),
+        "presence_penalty": (bool(req.presence_penalty), "repetition penalties are not applied"),
+        "logit_bias": (bool(req.logit_bias), "a logit bias is not applied"),
+        # Greedy answers (temperature 0) are the same on every call, seed or not.
+        "seed": (
+            req.seed is not None and req.temperature > 0,
+            "sampling is not seeded here; use temperature 0 for reproducible answers",
+        ),
+    }
+    for field, (sent, why) in unsupported.items():
+        if sent:
+            raise APIError(400, f"{field} is not supported: {why}", field, "unsupported_value")
 
 
 class _ClosingStreamingResponse(StreamingResponse):

@@ -133,6 +133,12 @@ def test_malformed_tool_turns_are_400(served, message: dict[str, Any], needle: s
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tool_choice": {"type": "function", "function": {"name": "days"}}}, "tool_choice"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"presence_penalty": -0.3}, "presence_penalty"),
+        ({"logit_bias": {"1234": -100}}, "logit_bias"),
+        ({"seed": 1, "temperature": 0.8}, "seed"),
     ],
 )
 def test_what_cannot_be_honoured_is_refused_not_ignored(served, extra: dict[str, Any], param: str) -> None:  # type: ignore[no-untyped-def]
@@ -148,7 +154,15 @@ def test_what_cannot_be_honoured_is_refused_not_ignored(served, extra: dict[str,
 
 @pytest.mark.parametrize(
     "extra",
-    [{"n": 1}, {"response_format": {"type": "text"}}, {"tool_choice": "auto"}, {"tool_choice": "none"}],
+    [
+        {"n": 1},
+        {"response_format": {"type": "text"}},
+        {"tool_choice": "auto"},
+        {"tool_choice": "none"},
+        # The neutral values many clients send by default change nothing; a seed of a greedy answer neither.
+        {"logprobs": False, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}},
+        {"seed": 7, "temperature": 0},
+    ],
 )
 def test_what_it_can_honour_is_answered(served, extra: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     client, producer, settings, _ = served
