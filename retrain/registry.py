@@ -57,9 +57,10 @@ def served_version(engine: Engine, settings: Settings) -> ServedVersion:
 def base_quantization(path: Path) -> str | None:
     """The ``model_versions.quantization`` of a base-model folder: ``ort-<precision>`` for an ONNX
     Runtime GenAI export, ``None`` for the float32 folder."""
-    from atalaia.models.ortgenai import is_ort_dir, quantization_label, read_ort_manifest
+    from atalaia.models.ortgenai import is_ort_dir
+    from atalaia.models.serving_choice import folder_format
 
-    return quantization_label(str(read_ort_manifest(path)["precision"])) if is_ort_dir(path) else None
+    return folder_format(path) if is_ort_dir(path) else None
 
 
 def ensure_base_registered(engine: Engine, settings: Settings) -> ServedVersion:

@@ -367,3 +367,25 @@ def registered_folder(settings: Settings, row: Mapping[str, Any]) -> Path | None
         return served_base_path(settings)
     path = Path(row.get("artefact_path") or "")
     return path if row.get("artefact_path") and path.is_dir() else None
+
+
+def folder_format(path: Path | str | None) -> str | None:
+    """The serving format of a model folder: ``ort-<precision>`` (ONNX Runtime GenAI export), the
+    torch quantization method (``int8-weight-only``), or ``float32``; ``None`` without a folder.
+
+    >>> folder_format(None) is None
+    True
+    """
+    if not path:
+        return None
+    from atalaia.models.ortgenai import is_ort_dir, quantization_label, read_ort_manifest
+    from atalaia.models.quantized import is_quantized_dir, read_quant_manifest
+
+    try:
+        if is_ort_dir(path):
+            return quantization_label(str(read_ort_manifest(path)["precision"]))
+        if is_quantized_dir(path):
+            return str(read_quant_manifest(path)["method"])
+    except ValueError:  # an unreadable manifest: the loader has already refused or accepted it
+        return None
+    return FLOAT32

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from atalaia.models.serving_choice import folder_format
 from inference.service import Service, get_service
 
 router = APIRouter()
@@ -31,6 +32,8 @@ async def healthz(service: ServiceDep) -> JSONResponse:
             "context_length": models.active.generator.context_length,
             # transformers or onnxruntime-genai: which runtime a hot swap put in place.
             "backend": getattr(models.active.generator, "backend", None),
+            # float32, int8-weight-only or ort-int4 (etc.): the precision the answers come from.
+            "format": folder_format(models.active.path),
             "previous": models.previous.version if models.previous else None,
             "canary": (
                 {

@@ -336,7 +336,8 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
             model=version, messages=[{"role": "user", "content": "How many vacation days?"}], max_tokens=4
         )
         assert reply.model == version and reply.usage is not None and reply.usage.completion_tokens >= 1
-        assert httpx.get(f"{base}/healthz", timeout=10).json()["model"]["backend"] == "onnxruntime-genai"
+        health = httpx.get(f"{base}/healthz", timeout=10).json()["model"]
+        assert health["backend"] == "onnxruntime-genai" and health["format"] == "ort-int4", health
 
         # ONNX weights cannot be fine-tuned: the version keeps its float32 merge, and the next run
         # trains from it (retrain.quantize.training_folder) into a second ORT version.
@@ -357,5 +358,6 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
             model=version, messages=[{"role": "user", "content": "Hello"}], max_tokens=2
         )
         assert back.model == version
-        assert httpx.get(f"{base}/healthz", timeout=10).json()["model"]["backend"] == "onnxruntime-genai"
+        health = httpx.get(f"{base}/healthz", timeout=10).json()["model"]
+        assert health["backend"] == "onnxruntime-genai" and health["format"] == "ort-int4", health
         assert registry.get_version(engine, second)["status"] == "rolled_back"  # type: ignore[index]

@@ -181,3 +181,19 @@ def test_a_changed_rule_setting_re_decides_from_the_recorded_measurements(tmp_pa
     # And back: the strict rule refuses int4 again, still without measuring.
     assert choose_serving_format(settings, perplexity=ppl, probe=probe, export=_fake_export).format == "ort-int8"
     assert len(probe.calls) == 1
+
+
+def test_folder_format_names_the_precision_served(tmp_path: Path) -> None:
+    from atalaia.models.ortgenai import ORT_FORMAT
+    from atalaia.models.quantized import QUANT_FORMAT, QUANT_MANIFEST
+    from atalaia.models.serving_choice import folder_format
+
+    ort, int8, plain = tmp_path / "ort", tmp_path / "int8", tmp_path / "plain"
+    for folder in (ort, int8, plain):
+        folder.mkdir()
+    (ort / ORT_MANIFEST).write_text(json.dumps({"format": ORT_FORMAT, "precision": "int8"}))
+    (int8 / QUANT_MANIFEST).write_text(json.dumps({"format": QUANT_FORMAT, "method": "int8-weight-only"}))
+    assert folder_format(ort) == "ort-int8"
+    assert folder_format(int8) == "int8-weight-only"
+    assert folder_format(plain) == FLOAT32
+    assert folder_format(None) is None
