@@ -113,6 +113,16 @@ def models_dir() -> Path:
     return MAIN_SETTINGS.models_dir
 
 
+@pytest.fixture(scope="session")
+def ort_int4_dir(models_dir: Path) -> Path:
+    """The prepared base model's ONNX Runtime GenAI int4 export (made once, about half a minute,
+    and cached next to the model, as `atalaia models prepare` caches it)."""
+    from atalaia.models.ortgenai import ort_dir_for, prepare_ort
+
+    out = ort_dir_for(models_dir, MAIN_SETTINGS.generator_model, "int4")
+    return prepare_ort(MAIN_SETTINGS.generator_path, out, precision="int4")
+
+
 @pytest.fixture
 def isolated_settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
     """Settings on the real broker with a topic namespace, group ids and ports of their own."""

@@ -10,28 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from atalaia.models.generator import Generator, PromptTooLongError
-from tests.conftest import MAIN_SETTINGS
+from tests.unit.tiny_models import tiny_chat_generator
 
 
 @pytest.fixture(scope="module")
 def tiny_generator(models_dir: Path) -> Generator:
-    tokenizer = AutoTokenizer.from_pretrained(MAIN_SETTINGS.generator_path, local_files_only=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    return Generator(LlamaForCausalLM(config).eval(), tokenizer)
+    return tiny_chat_generator()
 
 
 CONVERSATIONS = [

@@ -12,8 +12,6 @@ emoji, several tokens each, which is what both defects need.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from atalaia.models.generator import ChatResult, Generator, _drop_partial_char, _stop_list, _stop_text_criteria
@@ -22,21 +20,11 @@ from tests.conftest import MAIN_SETTINGS
 EMOJI = [{"role": "user", "content": "Reply only with three emoji about happiness 😀🎉"}]
 
 
-def _ort_path(models_dir: Path) -> Path:
-    from atalaia.models.ortgenai import is_ort_dir, ort_dir_for
-
-    path = ort_dir_for(models_dir, MAIN_SETTINGS.generator_model, "int4")
-    if not is_ort_dir(path):
-        pytest.skip(f"no ORT int4 export at {path} (atalaia.models.ortgenai.prepare_ort makes one)")
-    return path
-
-
 @pytest.fixture(scope="module", params=["transformers", "onnxruntime-genai"])
-def generator(request: pytest.FixtureRequest, models_dir: Path) -> Generator:
+def generator(request: pytest.FixtureRequest) -> Generator:
     if request.param == "transformers":
         return Generator.load(MAIN_SETTINGS.generator_path)
-    pytest.importorskip("onnxruntime_genai")
-    return Generator.load(_ort_path(models_dir))
+    return Generator.load(request.getfixturevalue("ort_int4_dir"))
 
 
 def _streamed(gen: Generator, **kwargs: object) -> tuple[list[str], ChatResult]:

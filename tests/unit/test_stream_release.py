@@ -21,7 +21,7 @@ import pytest
 
 from atalaia.models.generator import ChatResult, ChatStream, Generator
 from atalaia.settings import Settings
-from tests.conftest import MAIN_SETTINGS
+from tests.unit.tiny_models import tiny_chat_generator
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}]
 
@@ -37,14 +37,8 @@ def no_gc() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def ort_generator(models_dir: Path) -> Generator:
-    pytest.importorskip("onnxruntime_genai")
-    from atalaia.models.ortgenai import is_ort_dir, ort_dir_for
-
-    path = ort_dir_for(models_dir, MAIN_SETTINGS.generator_model, "int4")
-    if not is_ort_dir(path):
-        pytest.skip(f"no ORT int4 export at {path} (atalaia.models.ortgenai.prepare_ort makes one)")
-    return Generator.load(path)
+def ort_generator(ort_int4_dir: Path) -> Generator:
+    return Generator.load(ort_int4_dir)
 
 
 def _lock_is_free(gen: Generator) -> bool:
@@ -86,22 +80,8 @@ def test_ort_stream_sets_its_result(ort_generator: Generator) -> None:
 def slow_tiny_generator(models_dir: Path) -> Generator:
     """A tiny random Llama with the real tokenizer, slowed to 5 ms a step so that an
     uncancelled generation of 400 tokens visibly outlasts a cancelled one."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(MAIN_SETTINGS.generator_path, local_files_only=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
+    gen = tiny_chat_generator(layers=1, max_positions=512)
+    model = gen.model
     forward = model.forward
 
     def slow_forward(*args: Any, **kwargs: Any) -> Any:
@@ -109,7 +89,7 @@ def slow_tiny_generator(models_dir: Path) -> Generator:
         return forward(*args, **kwargs)
 
     model.forward = slow_forward  # type: ignore[method-assign]
-    return Generator(model, tokenizer)
+    return gen
 
 
 @pytest.mark.usefixtures("no_gc")
