@@ -71,6 +71,35 @@ def target_checks(prefill_x: float, decode_x: float, request_x: float, ppl_x: fl
     ]
 
 
+def print_table(
+    res: dict[str, dict[str, Any]], formats: list[str], ppl: dict[str, float], hints: dict[str, str] | None = None
+) -> None:
+    """Print one thread count's Markdown table, ratios against ``formats[0]``, and record the ratios
+    (and ``hint``, the precision hint column, when ``hints`` is given) in each format's row."""
+    base = res[formats[0]]
+    hint_head, hint_rule = ("| hint ", "---|") if hints is not None else ("", "")
+    print(
+        f"| format {hint_head}| size MB | load s | RSS MB | TTFT p50 s | TTFT p95 s | prefill tok/s | decode tok/s "
+        "| request p50 s (tokens) | ppl | prefill x | decode x | request x | ppl x | targets |"
+    )
+    print("|" + hint_rule + "---|" * 15)
+    for fmt in formats:
+        r = res[fmt]
+        pre_x, dec_x, req_x, ppl_x = ratios_to_base(r, base, ppl.get(fmt), ppl.get(formats[0]))
+        met = target_checks(pre_x, dec_x, req_x, ppl_x)
+        r.update(prefill_x=pre_x, decode_x=dec_x, request_x=req_x, ppl=ppl.get(fmt), ppl_x=ppl_x)
+        hint_cell = ""
+        if hints is not None:
+            r["hint"] = hints.get(fmt, "-")
+            hint_cell = f"| {r['hint']} "
+        print(
+            f"| {fmt} {hint_cell}| {r['size_mb']:.0f} | {r['load_s']:.2f} | {r['rss_mb']:.0f} | {r['ttft_p50']:.2f} "
+            f"| {r['ttft_p95']:.2f} | {r['prefill_tps_p50']:.0f} | {r['decode_p50']:.1f} "
+            f"| {r['request_p50']:.2f} ({r['tokens_p50']:.0f}) | {ppl.get(fmt, float('nan')):.3f} "
+            f"| {pre_x:.2f} | {dec_x:.2f} | {req_x:.2f} | {ppl_x:.3f} | {', '.join(met)} |"
+        )
+
+
 def _folder(fmt: str, settings: Any, tmp: Path) -> Path:
     from atalaia.models.ortgenai import ort_dir_for, prepare_ort
 
@@ -223,22 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             f"\n{threads} thread(s); served RAG requests, prompts of {min(pt)}-{max(pt)} tokens, "
             f"up to {args.new_tokens} new tokens, n={len(questions)} per format; ratios vs {formats[0]}"
         )
-        print(
-            "| format | size MB | load s | RSS MB | TTFT p50 s | TTFT p95 s | prefill tok/s | decode tok/s "
-            "| request p50 s (tokens) | ppl | prefill x | decode x | request x | ppl x | targets |"
-        )
-        print("|" + "---|" * 15)
-        for fmt in formats:
-            r = res[fmt]
-            pre_x, dec_x, req_x, ppl_x = ratios_to_base(r, base, ppl.get(fmt), ppl.get(formats[0]))
-            met = target_checks(pre_x, dec_x, req_x, ppl_x)
-            r.update(prefill_x=pre_x, decode_x=dec_x, request_x=req_x, ppl=ppl.get(fmt), ppl_x=ppl_x)
-            print(
-                f"| {fmt} | {r['size_mb']:.0f} | {r['load_s']:.2f} | {r['rss_mb']:.0f} | {r['ttft_p50']:.2f} "
-                f"| {r['ttft_p95']:.2f} | {r['prefill_tps_p50']:.0f} | {r['decode_p50']:.1f} "
-                f"| {r['request_p50']:.2f} ({r['tokens_p50']:.0f}) | {ppl.get(fmt, float('nan')):.3f} "
-                f"| {pre_x:.2f} | {dec_x:.2f} | {req_x:.2f} | {ppl_x:.3f} | {', '.join(met)} |"
-            )
+        print_table(res, formats, ppl)
         report["threads"][str(threads)] = res
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")

@@ -58,7 +58,7 @@ from typing import Any
 
 from atalaia.models.generator import ChatResult, Generator
 from atalaia.settings import get_settings
-from bench.serving import _folder, measure, ratios_to_base, target_checks
+from bench.serving import _folder, measure, print_table
 
 DEFAULT_FORMATS = "float32,ort-int4,ov-int4,ov-int4-f32,ov-int8,ov-int8-f32,ov-fp16,ov-fp16-f32,ov-fp32-f32"
 #: LLMPipeline's prefix cache (its default: on); ``--prefix-caching`` turns it back on.
@@ -301,26 +301,14 @@ def main(argv: list[str] | None = None) -> None:
             f"\n{threads} thread(s); served RAG requests, prompts of {min(pt)}-{max(pt)} tokens (identical ids in "
             f"every format), up to {args.new_tokens} new tokens, n={len(questions)} per format; ratios vs {formats[0]}"
         )
-        print(
-            "| format | hint | size MB | load s | RSS MB | TTFT p50 s | TTFT p95 s | prefill tok/s | decode tok/s "
-            "| request p50 s (tokens) | ppl | prefill x | decode x | request x | ppl x | targets |"
-        )
-        print("|" + "---|" * 16)
-        for fmt in formats:
-            r = res[fmt]
-            pre_x, dec_x, req_x, ppl_x = ratios_to_base(r, base, ppl.get(fmt), ppl.get(formats[0]))
-            met = target_checks(pre_x, dec_x, req_x, ppl_x)
-            hint = "-"
-            if fmt.startswith("ov-"):
-                hint = compiled.get(fmt, {}).get("INFERENCE_PRECISION_HINT") or getattr(folders[fmt], "hint", None)
-                hint = hint or default_hint
-            r.update(prefill_x=pre_x, decode_x=dec_x, request_x=req_x, ppl=ppl.get(fmt), ppl_x=ppl_x, hint=hint)
-            print(
-                f"| {fmt} | {hint} | {r['size_mb']:.0f} | {r['load_s']:.2f} | {r['rss_mb']:.0f} | {r['ttft_p50']:.2f} "
-                f"| {r['ttft_p95']:.2f} | {r['prefill_tps_p50']:.0f} | {r['decode_p50']:.1f} "
-                f"| {r['request_p50']:.2f} ({r['tokens_p50']:.0f}) | {ppl.get(fmt, float('nan')):.3f} "
-                f"| {pre_x:.2f} | {dec_x:.2f} | {req_x:.2f} | {ppl_x:.3f} | {', '.join(met)} |"
-            )
+        hints = {
+            fmt: compiled.get(fmt, {}).get("INFERENCE_PRECISION_HINT")
+            or getattr(folders[fmt], "hint", None)
+            or default_hint
+            for fmt in formats
+            if fmt.startswith("ov-")
+        }
+        print_table(res, formats, ppl, hints)
         report["threads"][str(threads)] = res
     if compiled:
         print("\ncompiled IR properties (perplexity pass):")
