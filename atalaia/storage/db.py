@@ -24,7 +24,12 @@ def storable_json(value: Any) -> str:
     >>> storable_json({"perplexity": float("inf"), "loss": 1.5})
     '{"perplexity": null, "loss": 1.5}'
     """
-    return json.dumps(finite_json(value), allow_nan=False)
+    try:
+        # Every inference row's messages and context pass here: walk the value only when it holds
+        # a non-finite number (rare), not on every row.
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(finite_json(value), allow_nan=False)
 
 
 @functools.lru_cache(maxsize=8)
