@@ -264,6 +264,9 @@ class Generator:
     backend = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, path: Path | None = None) -> None:
+        #: The folder's serving format (float32, int8-weight-only, ort-int4...), set by :meth:`load`
+        #: from the folder's manifest once, so ``/healthz`` reads no file.
+        self.format: str | None = None
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
@@ -306,12 +309,15 @@ class Generator:
                 f"(or set ATALAIA_HOME / ATALAIA_GENERATOR_MODEL to where it was prepared)."
             )
         from atalaia.models.ortgenai import is_ort_dir
+        from atalaia.models.serving_choice import folder_format
 
         if is_ort_dir(path):
             # An ONNX Runtime GenAI version (atalaia.models.ortgenai): same interface.
             from atalaia.models.ortgenai import OrtGenerator
 
-            return OrtGenerator.load_ort(path, threads=threads)
+            ort = OrtGenerator.load_ort(path, threads=threads)
+            ort.format = folder_format(path)
+            return ort
         from atalaia.models.prepare import _quiet_transformers_bars, require_module
 
         require_module("torch", "torch", "run the generator")
@@ -338,7 +344,9 @@ class Generator:
             time.perf_counter() - t0,
             torch.get_num_threads(),
         )
-        return cls(model, tokenizer, path)
+        generator = cls(model, tokenizer, path)
+        generator.format = folder_format(path)
+        return generator
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Generator:

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from atalaia.models.serving_choice import folder_format
 from inference.service import Service, get_service
 
 router = APIRouter()
@@ -33,7 +32,7 @@ async def healthz(service: ServiceDep) -> JSONResponse:
             # transformers or onnxruntime-genai: which runtime a hot swap put in place.
             "backend": getattr(models.active.generator, "backend", None),
             # float32, int8-weight-only or ort-int4 (etc.): the precision the answers come from.
-            "format": folder_format(models.active.path),
+            "format": getattr(models.active.generator, "format", None),
             "previous": models.previous.version if models.previous else None,
             "canary": (
                 {
