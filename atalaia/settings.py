@@ -420,21 +420,27 @@ class Settings(BaseSettings):
         description="JSON map of guard metric to the largest regression allowed: absolute for similarity, toxicity "
         "and rouge_l; relative (0.25 = 25 %) for perplexity, latency_p50_ms and tokens_per_s.",
     )
-    quantization_method: Literal["int8-weight-only", "ort-int4", "ort-int8", "ort-fp32"] = Field(
+    quantization_method: Literal[
+        "int8-weight-only", "ort-int4", "ort-int8", "ort-fp32", "ov-int8", "ov-int4", "ov-fp32"
+    ] = Field(
         "int8-weight-only",
-        description="How retrained models are quantized for serving: torch weight-only int8, or an ONNX Runtime "
-        "GenAI export (ort-int4, ort-int8, ort-fp32; atalaia.models.ortgenai).",
+        description="How retrained models are quantized for serving: torch weight-only int8, an ONNX Runtime "
+        "GenAI export (ort-int4, ort-int8, ort-fp32; atalaia.models.ortgenai) or an OpenVINO GenAI export "
+        "(ov-int8, ov-int4, ov-fp32; atalaia.models.ovgenai).",
     )
-    serving_format: Literal["float32", "ort-int4", "ort-int8", "ort-fp32", "auto"] = Field(
-        "float32",
-        description="Format the base model is served in: float32 transformers, or an ONNX Runtime GenAI export "
-        "made by `atalaia models prepare` (ort-int4, ort-int8, ort-fp32); auto: the one `atalaia models prepare` "
-        "measured fastest on this host among float32 and ATALAIA_SERVING_AUTO_CANDIDATES with holdout perplexity "
-        "within ATALAIA_QUANTIZED_PPL_TOLERANCE (atalaia.models.serving_choice).",
+    serving_format: Literal["float32", "ort-int4", "ort-int8", "ort-fp32", "ov-int8", "ov-int4", "ov-fp32", "auto"] = (
+        Field(
+            "float32",
+            description="Format the base model is served in: float32 transformers, or an ONNX Runtime GenAI or "
+            "OpenVINO GenAI export made by `atalaia models prepare` (ort-int4, ort-int8, ort-fp32, ov-int8, ov-int4, "
+            "ov-fp32); auto: the one `atalaia models prepare` "
+            "measured fastest on this host among float32 and ATALAIA_SERVING_AUTO_CANDIDATES with holdout perplexity "
+            "within ATALAIA_QUANTIZED_PPL_TOLERANCE (atalaia.models.serving_choice).",
+        )
     )
-    serving_auto_candidates: list[Literal["ort-int4", "ort-int8", "ort-fp32"]] = Field(
-        default_factory=lambda: ["ort-int4", "ort-int8"],  # type: ignore[arg-type]
-        description="JSON list of ORT formats ATALAIA_SERVING_FORMAT=auto measures against float32.",
+    serving_auto_candidates: list[Literal["ort-int4", "ort-int8", "ort-fp32", "ov-int8", "ov-int4", "ov-fp32"]] = Field(
+        default_factory=lambda: ["ort-int4", "ort-int8", "ov-int8"],  # type: ignore[arg-type]
+        description="JSON list of exported formats ATALAIA_SERVING_FORMAT=auto measures against float32.",
     )
     serving_auto_ppl_items: Annotated[int, Field(ge=1, le=1000)] = Field(
         12, description="Holdout items whose reference perplexity ATALAIA_SERVING_FORMAT=auto compares per format."
@@ -915,7 +921,7 @@ def load_settings(**overrides: object) -> Settings:
     the value is not JSON (Expecting value: line 1 column 1 (char 0)).
     >>> print(fix.replace(", e.g. ", ", e.g.\n"))
     set ATALAIA_SERVING_AUTO_CANDIDATES to JSON, e.g.
-    ATALAIA_SERVING_AUTO_CANDIDATES='["ort-int4", "ort-int8"]' (see docs/configuration.md).
+    ATALAIA_SERVING_AUTO_CANDIDATES='["ort-int4", "ort-int8", "ov-int8"]' (see docs/configuration.md).
     """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ def initial_model(settings: Settings) -> tuple[str, Path]:
             "active model version has no loadable folder; serving the configured model",
             extra={"version": row["version"], "artefact_path": row["artefact_path"]},
         )
-    from atalaia.models.ortgenai import served_base_path
+    from atalaia.models.exports import served_base_path
 
     return settings.model_version, served_base_path(settings)
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atalaia.models.exports import backend_of, export_manifest, export_model, is_export_dir
 from atalaia.models.quantized import (
     INT8_WEIGHT_ONLY,
     METHODS,
@@ -64,7 +65,7 @@ _CARRIED = (
 
 #: Record of the format decision in a deployed folder (written by :func:`quantize_for_host`).
 FORMAT_RECORD = "atalaia-format.json"
-#: Inside an ONNX Runtime GenAI version: the float32 merge it was exported from, hard-linked, so
+#: Inside an exported (ONNX Runtime or OpenVINO GenAI) version: the float32 merge it was exported from, hard-linked, so
 #: that the next run can fine-tune it (ONNX weights cannot be trained; int8 ones are dequantized).
 FLOAT_MERGE_DIR = "float32-merge"
 
@@ -120,8 +121,9 @@ def quantize_model(merged_dir: Path, out_dir: Path, method: str = INT8_WEIGHT_ON
     out_dir
         Destination folder.
     method
-        ``"int8-weight-only"``, or ``"ort-int4"`` / ``"ort-int8"`` / ``"ort-fp32"`` for an ONNX
-        Runtime GenAI export (``ATALAIA_QUANTIZATION_METHOD``).
+        ``"int8-weight-only"``, ``"ort-int4"`` / ``"ort-int8"`` / ``"ort-fp32"`` for an ONNX
+        Runtime GenAI export, or ``"ov-int8"`` / ``"ov-int4"`` / ``"ov-fp32"`` for an OpenVINO
+        GenAI export (``ATALAIA_QUANTIZATION_METHOD``).
 
     Returns
     -------
@@ -134,11 +136,9 @@ def quantize_model(merged_dir: Path, out_dir: Path, method: str = INT8_WEIGHT_ON
     FileNotFoundError
         When ``merged_dir`` has no ``config.json``.
     """
-    if method.startswith("ort-"):
-        # ONNX Runtime GenAI export (atalaia.models.ortgenai), e.g. "ort-int4".
-        from atalaia.models.ortgenai import export_ort
-
-        export_ort(Path(merged_dir), Path(out_dir), precision=method.removeprefix("ort-"))
+    if backend_of(method) is not None:
+        # An ONNX Runtime GenAI or OpenVINO GenAI export (atalaia.models.exports), e.g. "ov-int8".
+        export_model(Path(merged_dir), Path(out_dir), method)
         return QuantizedModel(path=Path(out_dir), method=method, size_bytes=dir_size(Path(out_dir)))
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose from {list(METHODS)}")
@@ -204,21 +204,19 @@ def training_folder(model_dir: Path) -> Path:
     ValueError
         For an ORT export with neither (made before versions kept their merge), with the fix.
     """
-    from atalaia.models.ortgenai import is_ort_dir, read_ort_manifest
-
     model_dir = Path(model_dir)
-    if not is_ort_dir(model_dir):
+    if not is_export_dir(model_dir):
         return model_dir
     merge = model_dir / FLOAT_MERGE_DIR
     if (merge / "config.json").is_file():
         return merge
-    source = Path(str(read_ort_manifest(model_dir).get("source") or ""))
-    if str(source) not in ("", ".") and (source / "config.json").is_file() and not is_ort_dir(source):
+    source = Path(str(export_manifest(model_dir)[1].get("source") or ""))
+    if str(source) not in ("", ".") and (source / "config.json").is_file() and not is_export_dir(source):
         return source
     raise ValueError(
-        f"{model_dir} is an ONNX Runtime GenAI export without float weights to fine-tune (no {FLOAT_MERGE_DIR}/ "
-        "and its source folder is gone). Fix: roll back to a version with float weights, or deploy the float32 "
-        "merge of this version, before retraining."
+        f"{model_dir} is an exported model (ONNX Runtime or OpenVINO GenAI) without float weights to fine-tune "
+        f"(no {FLOAT_MERGE_DIR}/ and its source folder is gone). Fix: roll back to a version with float weights, "
+        "or deploy the float32 merge of this version, before retraining."
     )
 
 
@@ -296,7 +294,7 @@ def quantize_for_host(
             f"{method} prefill {ratios['prefill_ratio']:.2f}x and decoding {ratios['decode_ratio']:.2f}x the time of "
             f"float32 {on} (limit {limit:.2f}x): deploying {method}"
         )
-        if method.startswith("ort-"):
+        if backend_of(method) is not None:
             _link_or_copy_tree(merged_dir, out_dir / FLOAT_MERGE_DIR)
     record = {"format": chosen, "tried": method, "reason": reason, "max_slowdown": limit, "speed": speed}
     (out_dir / FORMAT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")

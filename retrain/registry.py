@@ -44,7 +44,7 @@ def folder_size(path: Path) -> int:
 def served_version(engine: Engine, settings: Settings) -> ServedVersion:
     """The active registry row when it has a folder, else the configured base model; the base
     version is served in ``ATALAIA_SERVING_FORMAT`` (:func:`atalaia.models.serving_choice.registered_folder`)."""
-    from atalaia.models.ortgenai import served_base_path
+    from atalaia.models.exports import served_base_path
     from atalaia.models.serving_choice import registered_folder
 
     row = active_model_version(engine)
@@ -55,12 +55,12 @@ def served_version(engine: Engine, settings: Settings) -> ServedVersion:
 
 
 def base_quantization(path: Path) -> str | None:
-    """The ``model_versions.quantization`` of a base-model folder: ``ort-<precision>`` for an ONNX
-    Runtime GenAI export, ``None`` for the float32 folder."""
-    from atalaia.models.ortgenai import is_ort_dir
+    """The ``model_versions.quantization`` of a base-model folder: ``ort-<precision>`` / ``ov-<precision>``
+    for an ONNX Runtime or OpenVINO GenAI export, ``None`` for the float32 folder."""
+    from atalaia.models.exports import is_export_dir
     from atalaia.models.serving_choice import folder_format
 
-    return folder_format(path) if is_ort_dir(path) else None
+    return folder_format(path) if is_export_dir(path) else None
 
 
 def ensure_base_registered(engine: Engine, settings: Settings) -> ServedVersion:

@@ -93,11 +93,10 @@ class VersionedPerplexity:
 
     def _load(self, folder: Path) -> PerplexityScorer:
         from atalaia.models.generator import Generator
-        from atalaia.models.ortgenai import OrtGenerator
 
         gen = Generator.load(folder, threads=self.settings.torch_threads)
-        # An ONNX Runtime GenAI version's logits shim scores one unpadded sequence per call.
-        batch = 1 if isinstance(gen, OrtGenerator) else 8
+        # An exported version's logits shim (ONNX Runtime or OpenVINO GenAI) scores one unpadded sequence per call.
+        batch = 8 if gen.batches else 1
         return PerplexityScorer(gen.model, gen.tokenizer, self.settings.perplexity_max_tokens, batch_size=batch)
 
     @property

@@ -282,7 +282,7 @@ class Generator:
     @classmethod
     def load(cls, path: Path | str, threads: int = 0) -> Generator:
         """Load a prepared generator folder on CPU: float32, int8 when the folder is quantized, or
-        ONNX Runtime GenAI when it was exported by :func:`atalaia.models.ortgenai.export_ort`.
+        ONNX Runtime GenAI or OpenVINO GenAI when it was exported to one (:mod:`atalaia.models.exports`).
 
         Parameters
         ----------
@@ -309,15 +309,23 @@ class Generator:
                 f"(or set ATALAIA_HOME / ATALAIA_GENERATOR_MODEL to where it was prepared)."
             )
         from atalaia.models.ortgenai import is_ort_dir
+        from atalaia.models.ovgenai import is_ov_dir
         from atalaia.models.serving_choice import folder_format
 
+        exported: Generator | None = None
         if is_ort_dir(path):
             # An ONNX Runtime GenAI version (atalaia.models.ortgenai): same interface.
             from atalaia.models.ortgenai import OrtGenerator
 
-            ort = OrtGenerator.load_ort(path, threads=threads)
-            ort.format = folder_format(path)
-            return ort
+            exported = OrtGenerator.load_ort(path, threads=threads)
+        elif is_ov_dir(path):
+            # An OpenVINO GenAI version (atalaia.models.ovgenai): same interface.
+            from atalaia.models.ovgenai import OvGenerator
+
+            exported = OvGenerator.load_ov(path, threads=threads)
+        if exported is not None:
+            exported.format = folder_format(path)
+            return exported
         from atalaia.models.prepare import _quiet_transformers_bars, require_module
 
         require_module("torch", "torch", "run the generator")

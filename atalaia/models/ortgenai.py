@@ -31,24 +31,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from collections.abc import Generator as PyGenerator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from atalaia.models.generator import (
-    _DECODE_KWARGS,
-    ChatResult,
-    ChatStream,
-    Generator,
-    _find_stop,
-    _stop_list,
-)
 from atalaia.models.manifest import read_format_manifest
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from atalaia.settings import Settings
+from atalaia.models.token_loop import TokenLoopGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +206,7 @@ class _OrtLogits:
         return self
 
 
-class OrtGenerator(Generator):
+class OrtGenerator(TokenLoopGenerator):
     """A :class:`Generator` whose model runs on ONNX Runtime GenAI.
 
     ``self.model`` is a logits shim (see :class:`_OrtLogits`); generation uses the ORT model.
@@ -280,13 +269,9 @@ class OrtGenerator(Generator):
         """Largest number of tokens (prompt + completion) the model accepts."""
         return self._context_length
 
-    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        enc = self._encode(messages)
-        return [int(i) for i in enc["input_ids"][0].tolist()]
-
     def _tokens(
         self, ids: list[int], max_tokens: int, temperature: float, top_p: float, cancel: threading.Event
-    ) -> Iterator[int]:
+    ) -> PyGenerator[int, None, None]:
         """Generated token ids, one at a time, until ``<|im_end|>``, ``max_tokens`` or ``cancel``."""
         import onnxruntime_genai as og
 
@@ -346,223 +331,16 @@ class OrtGenerator(Generator):
             decode_tokens=max(steps, 1),
         )
 
-    def _finish(
-        self, ids: list[int], new: list[int], max_tokens: int, stop: list[str] | None, first_token_at: float | None
-    ) -> ChatResult:
-        import torch
-
-        return self._result(torch.tensor([ids + new]), len(ids), max_tokens, stop, first_token_at)
-
-    def chat(
-        self,
-        messages: list[dict[str, str]],
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: list[str] | None = None,
-    ) -> ChatResult:
-        """As :meth:`Generator.chat`, on ONNX Runtime GenAI."""
-        ids = self._prompt_ids(messages)
-        self._check(len(ids), max_tokens, temperature, top_p)
-        stops = _stop_list(stop)
-        new: list[int] = []
-        first_token_at: float | None = None  # the end of the prefill, for time to first token
-        with self._lock:
-            for token in self._tokens(ids, max_tokens, temperature, top_p, threading.Event()):
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                new.append(token)
-                # Stop as soon as a stop string appears, as the transformers backend does.
-                if stops and _find_stop(self.tokenizer.decode(new, **_DECODE_KWARGS), stops) is not None:
-                    break
-        return self._finish(ids, new, max_tokens, stop, first_token_at)
-
-    #: ORT GenAI derives its attention mask from the pad token, which is ``<|im_end|>`` here and
-    #: also closes every turn inside a prompt: a padded batch would mask real tokens. So chats of
-    #: a batch run one after another.
-    batches = False
-
-    def chat_batch(
-        self,
-        conversations: list[list[dict[str, str]]],
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: list[str] | None = None,
-    ) -> list[ChatResult]:
-        """As :meth:`Generator.chat_batch`, one chat at a time (see :attr:`batches`)."""
-        return [self.chat(m, max_tokens, temperature, top_p, stop) for m in conversations]
-
-    def chat_stream(
-        self,
-        messages: list[dict[str, str]],
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: list[str] | None = None,
-    ) -> ChatStream:
-        """As :meth:`Generator.chat_stream`, on ONNX Runtime GenAI.
-
-        Generation runs in the consumer's thread, one token per ``next()`` at most, and holds the
-        model's lock between ``next()`` calls; closing the stream (or dropping it) stops
-        generation and frees the model at once.
-        """
-        ids = self._prompt_ids(messages)
-        self._check(len(ids), max_tokens, temperature, top_p)
-        return ChatStream(self._stream_pieces_ort(ids, max_tokens, temperature, top_p, stop))
-
-    def _stream_pieces_ort(
-        self,
-        ids: list[int],
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        stop: list[str] | None,
-    ) -> PyGenerator[str, None, ChatResult]:
-        """The pieces of :meth:`chat_stream`; returns the :class:`ChatResult`.
-
-        It holds no reference to its :class:`ChatStream` (a cycle would keep this frame, and the
-        lock held in it, alive until the garbage collector ran after a dropped stream).
-        """
-        stops = _stop_list(stop)
-        # Longest text that could be the beginning of a stop string: held back until resolved.
-        hold = max((len(s) for s in stops), default=1) - 1
-        new: list[int] = []
-        sent = 0
-        first_token_at: float | None = None
-        cancel = threading.Event()
-        with self._lock:
-            try:
-                for token in self._tokens(ids, max_tokens, temperature, top_p, cancel):
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
-                    new.append(token)
-                    text = self.tokenizer.decode(new, **_DECODE_KWARGS)
-                    cut = _find_stop(text, stops) if stops else None
-                    if cut is not None:
-                        if cut > sent:
-                            yield text[sent:cut]
-                            sent = cut
-                        break
-                    # A token that ends inside a multi-byte character decodes to U+FFFD until
-                    # the next token completes it: never emit text that may still change.
-                    safe = len(text.rstrip("\ufffd")) - hold
-                    if safe > sent:
-                        chunk, sent = text[sent:safe], safe
-                        yield chunk
-            finally:
-                cancel.set()
-        result = self._finish(ids, new, max_tokens, stop, first_token_at)
-        emitted = self.tokenizer.decode(new, **_DECODE_KWARGS)[:sent]
-        # The final flush is result.text's tail, which drops a character a length cut split.
-        if result.text.startswith(emitted):
-            if len(result.text) > len(emitted):
-                yield result.text[len(emitted) :]
-        else:
-            logger.warning("streamed text diverged from the decoded reply: %r vs %r", emitted, result.text)
-        return result
-
 
 def ort_dir_for(models_dir: Path, model_name: str, precision: str) -> Path:
     """Where the prepared base model's ORT export lives: ``<models_dir>/<name>-ort-<precision>``."""
-    return Path(models_dir) / f"{model_name}-{quantization_label(precision)}"
+    from atalaia.models.exports import export_dir_for
+
+    return export_dir_for(models_dir, model_name, quantization_label(precision))
 
 
 def prepare_ort(base_dir: Path | str, out_dir: Path | str, *, precision: str = "int4", force: bool = False) -> Path:
-    """Export the prepared base model to ORT once and reuse it while the base is unchanged.
+    """Export the prepared base model to ORT once (:func:`atalaia.models.exports.prepare_export`)."""
+    from atalaia.models.exports import prepare_export
 
-    The export is redone when ``out_dir`` has no complete manifest, when it was exported from
-    another base preparation (the base manifest's ``gguf_sha256`` and ``created`` are recorded),
-    or with ``force``.
-
-    Parameters
-    ----------
-    base_dir
-        The prepared float32 folder (``settings.generator_path``).
-    out_dir
-        Destination, normally :func:`ort_dir_for`.
-    precision
-        As for :func:`export_ort`.
-    force
-        Export again even if a matching export exists.
-
-    Returns
-    -------
-    Path
-        ``out_dir``.
-    """
-    from atalaia.models.prepare import read_manifest
-
-    base, out = Path(base_dir), Path(out_dir)
-    base_manifest = read_manifest(base) or {}
-    stamp = {k: base_manifest.get(k) for k in ("gguf_sha256", "created")}
-    if not force and is_ort_dir(out):
-        try:
-            current = read_ort_manifest(out)
-        except ValueError:
-            current = {}
-        if current.get("precision") == precision and current.get("base") == stamp:
-            return out
-    export_ort(base, out, precision=precision)
-    # Record which base preparation this export came from (the cache key above).
-    manifest = read_ort_manifest(out)
-    manifest["base"] = stamp
-    (out / ORT_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return out
-
-
-def _ort_precision(serving_format: str) -> str | None:
-    """``'int4'`` for ``'ort-int4'``; ``None`` for ``'float32'`` (served by transformers)."""
-    return serving_format.removeprefix("ort-") if serving_format.startswith("ort-") else None
-
-
-def prepare_serving_format(
-    settings: Settings, *, force: bool = False, perplexity: Callable[[Path], float] | None = None
-) -> Path:
-    """Prepare the base model in ``settings.serving_format`` (``ATALAIA_SERVING_FORMAT``).
-
-    Returns ``settings.generator_path`` for ``float32``, else the cached ORT export of it
-    (see :func:`prepare_ort`). For ``auto`` the formats are measured on this host and the choice
-    recorded (:func:`atalaia.models.serving_choice.choose_serving_format`, which needs
-    ``perplexity``: holdout perplexity of a model folder).
-    """
-    if settings.serving_format == "auto":
-        from atalaia.models.serving_choice import choose_serving_format
-
-        if perplexity is None:
-            raise ValueError("ATALAIA_SERVING_FORMAT=auto needs a perplexity function to check each format's quality")
-        return choose_serving_format(settings, perplexity=perplexity, force=force).path
-    precision = _ort_precision(settings.serving_format)
-    if precision is None:
-        return settings.generator_path
-    assert settings.models_dir is not None  # resolved by Settings
-    out = ort_dir_for(settings.models_dir, settings.generator_model, precision)
-    return prepare_ort(settings.generator_path, out, precision=precision, force=force)
-
-
-def served_base_path(settings: Settings) -> Path:
-    """The folder the base model is served from in ``settings.serving_format``.
-
-    Raises
-    ------
-    GeneratorNotPreparedError
-        When the format's export is missing (it is made by ``atalaia models prepare``, not at
-        service start: an export takes minutes).
-    """
-    from atalaia.models.generator import GeneratorNotPreparedError
-
-    if settings.serving_format == "auto":
-        from atalaia.models.serving_choice import chosen_path
-
-        return chosen_path(settings)
-    precision = _ort_precision(settings.serving_format)
-    if precision is None:
-        return settings.generator_path
-    assert settings.models_dir is not None  # resolved by Settings
-    out = ort_dir_for(settings.models_dir, settings.generator_model, precision)
-    if not is_ort_dir(out):
-        raise GeneratorNotPreparedError(
-            f"ATALAIA_SERVING_FORMAT={settings.serving_format} but {out} is not prepared. "
-            "Fix: run `atalaia models prepare` (or set ATALAIA_SERVING_FORMAT=float32)."
-        )
-    return out
+    return prepare_export(base_dir, out_dir, quantization_label(precision), force=force)

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 #: Formats ``auto`` may choose among besides float32.
-CANDIDATES = ("ort-int4", "ort-int8", "ort-fp32")
+CANDIDATES = ("ort-int4", "ort-int8", "ort-fp32", "ov-int8", "ov-int4", "ov-fp32")
 CHOICE_FORMAT = 1
 
 
@@ -169,12 +169,12 @@ def _base_stamp(settings: Settings) -> dict[str, Any]:
 
 
 def _folder_for(settings: Settings, fmt: str) -> Path:
-    from atalaia.models.ortgenai import ort_dir_for
+    from atalaia.models.exports import export_dir_for
 
     if fmt == FLOAT32:
         return Path(settings.generator_path)
     assert settings.models_dir is not None  # resolved by Settings
-    return ort_dir_for(settings.models_dir, settings.generator_model, fmt.removeprefix("ort-"))
+    return export_dir_for(settings.models_dir, settings.generator_model, fmt)
 
 
 def read_choice(settings: Settings) -> dict[str, Any] | None:
@@ -240,8 +240,8 @@ def chosen_path(settings: Settings) -> Path:
         When no decision is recorded or its folder is missing: ``atalaia models prepare`` makes
         it (measuring takes tens of seconds, so the service does not do it at start).
     """
+    from atalaia.models.exports import is_export_dir
     from atalaia.models.generator import GeneratorNotPreparedError
-    from atalaia.models.ortgenai import is_ort_dir
 
     record = read_choice(settings)
     if record is None:
@@ -250,7 +250,7 @@ def chosen_path(settings: Settings) -> Path:
             "is missing). Fix: run `atalaia models prepare` (or set ATALAIA_SERVING_FORMAT=float32)."
         )
     path = _folder_for(settings, str(record["format"]))
-    if record["format"] != FLOAT32 and not is_ort_dir(path):
+    if record["format"] != FLOAT32 and not is_export_dir(path):
         raise GeneratorNotPreparedError(
             f"ATALAIA_SERVING_FORMAT=auto chose {record['format']} but {path} is not prepared. "
             "Fix: run `atalaia models prepare` (it exports and measures again)."
@@ -291,7 +291,7 @@ def choose_serving_format(
     -------
     ServingChoice
     """
-    from atalaia.models.ortgenai import prepare_ort
+    from atalaia.models.exports import prepare_export
     from atalaia.models.speed import probe_folders
 
     candidates: list[str] = [str(c) for c in settings.serving_auto_candidates]
@@ -310,7 +310,7 @@ def choose_serving_format(
             return choice
 
     def _export(s: Settings, fmt: str) -> Path:
-        return prepare_ort(s.generator_path, _folder_for(s, fmt), precision=fmt.removeprefix("ort-"), force=force)
+        return prepare_export(s.generator_path, _folder_for(s, fmt), fmt, force=force)
 
     export = export or _export
     probe = probe or probe_folders
@@ -350,7 +350,7 @@ def registered_folder(settings: Settings, row: Mapping[str, Any]) -> Path | None
     """The folder a ``model_versions`` row is served from, or ``None`` when it has none on disk.
 
     The configured base version (``ATALAIA_MODEL_VERSION``, no parent) is the base model *in the
-    serving format* (``ATALAIA_SERVING_FORMAT``, :func:`atalaia.models.ortgenai.served_base_path`),
+    serving format* (``ATALAIA_SERVING_FORMAT``, :func:`atalaia.models.exports.served_base_path`),
     whatever folder its row recorded when it was registered: a run registers the base with the
     format of that moment, and changing the setting afterwards must still change what is served.
     Every other version is its own ``artefact_path``.
@@ -362,7 +362,7 @@ def registered_folder(settings: Settings, row: Mapping[str, Any]) -> Path | None
         to prepare it).
     """
     if str(row["version"]) == settings.model_version and not row.get("parent"):
-        from atalaia.models.ortgenai import served_base_path
+        from atalaia.models.exports import served_base_path
 
         return served_base_path(settings)
     path = Path(row.get("artefact_path") or "")
@@ -370,7 +370,7 @@ def registered_folder(settings: Settings, row: Mapping[str, Any]) -> Path | None
 
 
 def folder_format(path: Path | str | None) -> str | None:
-    """The serving format of a model folder: ``ort-<precision>`` (ONNX Runtime GenAI export), the
+    """The serving format of a model folder: ``ort-<precision>`` or ``ov-<precision>`` (an export), the
     torch quantization method (``int8-weight-only``), or ``float32``; ``None`` without a folder.
 
     >>> folder_format(None) is None
@@ -378,12 +378,12 @@ def folder_format(path: Path | str | None) -> str | None:
     """
     if not path:
         return None
-    from atalaia.models.ortgenai import is_ort_dir, quantization_label, read_ort_manifest
+    from atalaia.models.exports import export_manifest, is_export_dir
     from atalaia.models.quantized import is_quantized_dir, read_quant_manifest
 
     try:
-        if is_ort_dir(path):
-            return quantization_label(str(read_ort_manifest(path)["precision"]))
+        if is_export_dir(path):
+            return export_manifest(path)[0]
         if is_quantized_dir(path):
             return str(read_quant_manifest(path)["method"])
     except ValueError:  # an unreadable manifest: the loader has already refused or accepted it

@@ -364,6 +364,16 @@ def _demo_workspace(settings: Settings) -> tuple[Settings, dict[str, str]]:
     assert settings.models_dir is not None  # resolved by Settings
     if (settings.models_dir / ONNX_DIRNAME).is_dir():  # the ONNX embedder, so the demo's worker uses it
         (models / ONNX_DIRNAME).symlink_to(settings.models_dir / ONNX_DIRNAME)
+    # The base model's exports (ATALAIA_SERVING_FORMAT) and auto's recorded choice, read-only too.
+    from atalaia.models.exports import export_dir_for
+    from atalaia.models.serving_choice import CANDIDATES, choice_file
+
+    for fmt in CANDIDATES:
+        export = export_dir_for(settings.models_dir, settings.generator_model, fmt)
+        if export.is_dir():
+            (models / export.name).symlink_to(export)
+    if choice_file(settings).is_file():
+        (models / choice_file(settings).name).symlink_to(choice_file(settings))
     rules_path = demo_dir / "closed_loop_rules.yaml"
     rules_path.write_text(resources.files("monitors").joinpath("closed_loop_rules.yaml").read_text())
     assert settings.qa_holdout_file is not None  # resolved by Settings
@@ -420,6 +430,12 @@ def run_demo(settings: Settings, console: Console, out: Console, quick: bool = F
     console.print("2/5 models")
     prepare_generator(settings, console=console)
     prepare_embedder(settings, console=console)
+    if settings.serving_format != "float32":
+        from atalaia.models.exports import prepare_serving_format
+        from composition.cli.main import holdout_perplexity
+
+        served = prepare_serving_format(settings, perplexity=holdout_perplexity(settings))
+        console.print(f"   serving the base model from {served} (ATALAIA_SERVING_FORMAT={settings.serving_format})")
     settings, workspace_env = _demo_workspace(settings)
     env = {**workspace_env, **plan.env}
     console.print(f"3/5 database {redact_url(settings.database_url)}")

@@ -139,9 +139,9 @@ def models_prepare(force: Annotated[bool, typer.Option(help="Convert again even 
         gen = prepare_generator(settings, console=console, force=force)
         emb = prepare_embedder(settings, console=console)
         if settings.serving_format != "float32":
-            from atalaia.models.ortgenai import prepare_serving_format
+            from atalaia.models.exports import prepare_serving_format
 
-            served = prepare_serving_format(settings, force=force, perplexity=_holdout_perplexity(settings))
+            served = prepare_serving_format(settings, force=force, perplexity=holdout_perplexity(settings))
             from atalaia.models.serving_choice import folder_format
 
             chosen = f"{folder_format(served)}; ATALAIA_SERVING_FORMAT={settings.serving_format}"
@@ -151,7 +151,7 @@ def models_prepare(force: Annotated[bool, typer.Option(help="Convert again even 
     console.print(f"generator: {gen}\nembedder:  {emb}")
 
 
-def _holdout_perplexity(settings: Settings) -> Callable[[Path], float]:
+def holdout_perplexity(settings: Settings) -> Callable[[Path], float]:
     """Holdout reference perplexity of a model folder, for ``ATALAIA_SERVING_FORMAT=auto``'s quality check."""
 
     def score(folder: Path) -> float:

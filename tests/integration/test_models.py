@@ -20,8 +20,10 @@ from rich.console import Console
 
 from atalaia.models.embedder import load_embedder
 from atalaia.models.embedder_onnx import OnnxEmbedder
+from atalaia.models.exports import export_dir_for, prepare_export
 from atalaia.models.generator import ChatResult, Generator, PromptTooLongError
-from atalaia.models.ortgenai import OrtGenerator, ort_dir_for, prepare_ort
+from atalaia.models.ortgenai import OrtGenerator
+from atalaia.models.ovgenai import OvGenerator
 from atalaia.models.prepare import EMBEDDING_DIM, prepare_embedder, prepare_generator, read_manifest
 from atalaia.settings import Settings
 
@@ -43,15 +45,17 @@ def generator_path(settings: Settings) -> Path:
     return prepare_generator(settings, console=Console(file=io.StringIO()))
 
 
-@pytest.fixture(scope="session", params=["transformers", "ort-int4"])
+@pytest.fixture(scope="session", params=["transformers", "ort-int4", "ov-int8"])
 def generator(request: pytest.FixtureRequest, generator_path: Path, settings: Settings) -> Generator:
-    """The same suite runs on both backends: transformers float32 and ONNX Runtime GenAI int4."""
+    """The same suite runs on every backend: transformers float32, ONNX Runtime GenAI int4 and
+    OpenVINO GenAI int8."""
     if request.param == "transformers":
         return Generator.load(generator_path, threads=settings.torch_threads)
     assert settings.models_dir is not None
-    out = ort_dir_for(settings.models_dir, settings.generator_model, "int4")
-    gen = Generator.load(prepare_ort(generator_path, out, precision="int4"), threads=settings.torch_threads)
-    assert isinstance(gen, OrtGenerator)
+    out = export_dir_for(settings.models_dir, settings.generator_model, request.param)
+    gen = Generator.load(prepare_export(generator_path, out, request.param), threads=settings.torch_threads)
+    assert isinstance(gen, OrtGenerator if request.param.startswith("ort-") else OvGenerator)
+    assert gen.format == request.param
     return gen
 
 

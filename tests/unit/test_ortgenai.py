@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from atalaia.models.exports import served_base_path
 from atalaia.models.generator import GeneratorNotPreparedError
 from atalaia.models.ortgenai import (
     ORT_MANIFEST,
@@ -18,7 +19,6 @@ from atalaia.models.ortgenai import (
     ort_dir_for,
     quantization_label,
     read_ort_manifest,
-    served_base_path,
 )
 from atalaia.settings import Settings
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from atalaia.models.exports import prepare_serving_format, served_base_path
 from atalaia.models.generator import GeneratorNotPreparedError
-from atalaia.models.ortgenai import ORT_MANIFEST, ort_dir_for, prepare_serving_format, served_base_path
+from atalaia.models.ortgenai import ORT_MANIFEST, ort_dir_for
 from atalaia.models.serving_choice import (
     choice_file,
     choose_serving_format,

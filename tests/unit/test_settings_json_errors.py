@@ -99,7 +99,7 @@ def test_a_bad_item_names_the_variable_and_the_item(monkeypatch: pytest.MonkeyPa
     message = _config_error(monkeypatch, tmp_path, {"ATALAIA_SERVING_AUTO_CANDIDATES": '["ort-int4", "float32"]'})
     assert "ATALAIA_SERVING_AUTO_CANDIDATES_" not in message  # no such variable
     assert message.startswith("ATALAIA_SERVING_AUTO_CANDIDATES is invalid at [1] (float32): "), message
-    assert "'ort-int4', 'ort-int8' or 'ort-fp32'" in message
+    assert "'ort-int4', 'ort-int8', 'ort-fp32', 'ov-int8', 'ov-int4' or 'ov-fp32'" in message
     assert "Fix: set ATALAIA_SERVING_AUTO_CANDIDATES to JSON" in message
 
     message = _config_error(monkeypatch, tmp_path, {"ATALAIA_PRICES": '{"m@1": ["cheap", 1]}'})
@@ -144,5 +144,5 @@ def test_the_cli_prints_the_fix_and_exits_2(tmp_path: Path, command: list[str]) 
     assert "Traceback" not in output and "SettingsError" not in output
     assert "configuration error" in output
     # not wrapped at 80 columns: the example is copied whole
-    assert """ATALAIA_SERVING_AUTO_CANDIDATES='["ort-int4", "ort-int8"]'""" in output
+    assert """ATALAIA_SERVING_AUTO_CANDIDATES='["ort-int4", "ort-int8", "ov-int8"]'""" in output
     assert len(output.strip().splitlines()) == 2, output

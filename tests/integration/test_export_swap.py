@@ -1,8 +1,9 @@
-"""Hot swap and roll back between the transformers and ONNX Runtime GenAI backends under load.
+"""Hot swap and roll back between transformers and the ONNX Runtime / OpenVINO GenAI backends under load.
 
 On real Kafka and PostgreSQL: the service starts on the float32 base (transformers), a deploy
 event from the models topic swaps in the base model's int4 ORT export
-(:mod:`atalaia.models.ortgenai`), a rollback event swaps back to the transformers version; no
+(:mod:`atalaia.models.ortgenai`) or int8 OpenVINO export (:mod:`atalaia.models.ovgenai`), a
+rollback event swaps back to the transformers version; no
 request of the steady load fails, and answers come from each version in turn. Both versions are
 registered first: inference obeys model events only for registered versions
 (``inference/authority.py``).
@@ -23,7 +24,7 @@ from kafka import KafkaProducer
 from sqlalchemy import create_engine, delete
 
 from atalaia.events import ModelEvent, utcnow
-from atalaia.models.ortgenai import ort_dir_for, prepare_ort
+from atalaia.models.exports import export_dir_for, prepare_export
 from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.storage.db import upgrade
@@ -32,8 +33,6 @@ from tests.conftest import MAIN_SETTINGS
 from tests.integration.services import log_text, service, wait_until
 
 pytestmark = pytest.mark.integration
-
-ORT_VERSION = "smollm2-135m-instruct@ort-int4-swap"
 
 
 def _ask(base: str, question: str) -> httpx.Response:
@@ -73,15 +72,21 @@ def _register(url: str, versions: dict[str, tuple[str, str | None]]) -> None:
 
 # Two model loads and three waits for answers: over the default 600 s on a saturated shared host.
 @pytest.mark.timeout(1500)
-def test_swap_to_ort_and_roll_back_to_transformers_under_load(isolated_settings: Settings, models_dir) -> None:  # type: ignore[no-untyped-def]
-    ort_dir = prepare_ort(
-        MAIN_SETTINGS.generator_path, ort_dir_for(models_dir, MAIN_SETTINGS.generator_model, "int4"), precision="int4"
+@pytest.mark.parametrize("fmt", ["ort-int4", "ov-int8"])
+def test_swap_to_an_export_and_roll_back_to_transformers_under_load(
+    isolated_settings: Settings,
+    models_dir,  # type: ignore[no-untyped-def]
+    fmt: str,
+) -> None:
+    ORT_VERSION = f"smollm2-135m-instruct@{fmt}-swap"
+    ort_dir = prepare_export(
+        MAIN_SETTINGS.generator_path, export_dir_for(models_dir, MAIN_SETTINGS.generator_model, fmt), fmt
     )
     settings = isolated_settings.model_copy(update={"cache_enabled": False, "rag_enabled": False})
     ensure_topics(settings)
     _register(
         settings.database_url,
-        {ORT_VERSION: (str(ort_dir), "ort-int4"), settings.model_version: (str(MAIN_SETTINGS.generator_path), None)},
+        {ORT_VERSION: (str(ort_dir), fmt), settings.model_version: (str(MAIN_SETTINGS.generator_path), None)},
     )
     base = f"http://127.0.0.1:{settings.inference_port}"
     statuses: list[tuple[int, str]] = []
@@ -120,7 +125,7 @@ def test_swap_to_ort_and_roll_back_to_transformers_under_load(isolated_settings:
             producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
             deploy = ModelEvent(type="deploy", model_version=ORT_VERSION, artefact_path=str(ort_dir), reason="test")
             wait(lambda: serving(ORT_VERSION, deploy, producer), "the swap")
-            wait(lambda: any(m == ORT_VERSION for _, m in statuses[-3:]), "answers from the ORT version")
+            wait(lambda: any(m == ORT_VERSION for _, m in statuses[-3:]), f"answers from the {fmt} version")
             back = ModelEvent(
                 type="rollback",
                 model_version=settings.model_version,
