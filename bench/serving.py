@@ -1,4 +1,4 @@
-"""Serving formats side by side: float32 transformers, torch int8, ONNX Runtime GenAI exports.
+"""Serving formats side by side: float32 transformers, torch int8, ONNX Runtime and OpenVINO GenAI exports.
 
 Every format is loaded through :meth:`atalaia.models.generator.Generator.load` (as the service
 and the gate load a version) and measured on the served workload, in one run, the formats
@@ -14,10 +14,10 @@ alternating request by request so that all see the same background load:
 
 Every ratio is against float32 transformers measured in the same run; the last columns check the
 issue 17 targets (decode >= 4x, prefill no slower, request >= 2x faster, perplexity within +5 %).
-ORT exports are made once with :func:`atalaia.models.ortgenai.prepare_ort` and cached next to the
-prepared model; the int8 folder is quantized into a temporary folder.
+ORT and OpenVINO exports are made once with :func:`atalaia.models.exports.prepare_export` and
+cached next to the prepared model; the int8 folder is quantized into a temporary folder.
 
-    .venv/bin/python -m bench.serving [--formats float32,int8,ort-int4,ort-int8] [--threads 1,2]
+    .venv/bin/python -m bench.serving [--formats float32,int8,ort-int4,ort-int8,ov-int8] [--threads 1,2]
         [--prompts 6] [--new-tokens 64] [--ppl-items 12] [--json out.json]
 """
 
@@ -101,7 +101,7 @@ def print_table(
 
 
 def _folder(fmt: str, settings: Any, tmp: Path) -> Path:
-    from atalaia.models.ortgenai import ort_dir_for, prepare_ort
+    from atalaia.models.exports import backend_of, export_dir_for, prepare_export
 
     base = settings.generator_path
     if fmt == "float32":
@@ -110,12 +110,9 @@ def _folder(fmt: str, settings: Any, tmp: Path) -> Path:
         from retrain.quantize import quantize_model
 
         return quantize_model(Path(base), tmp / "int8").path
-    if fmt.startswith("ort-"):
-        precision = fmt.removeprefix("ort-")
-        return prepare_ort(
-            base, ort_dir_for(settings.models_dir, settings.generator_model, precision), precision=precision
-        )
-    raise SystemExit(f"unknown format {fmt!r}: float32, int8, ort-int4, ort-int8, ort-fp32")
+    if backend_of(fmt) is not None:
+        return prepare_export(base, export_dir_for(settings.models_dir, settings.generator_model, fmt), fmt)
+    raise SystemExit(f"unknown format {fmt!r}: float32, int8, ort-int4, ort-int8, ort-fp32, ov-int8, ov-int4, ov-fp32")
 
 
 def _size(path: Path) -> int:
@@ -206,7 +203,7 @@ def measure(
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print one table per thread count (and the JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--formats", default="float32,int8,ort-int4,ort-int8")
+    parser.add_argument("--formats", default="float32,int8,ort-int4,ort-int8,ov-int8")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--prompts", type=int, default=6, help="served RAG requests per format and thread count")
     parser.add_argument("--new-tokens", type=int, default=64)

@@ -1,4 +1,12 @@
-"""OpenVINO GenAI beside the project's serving formats, on the workload of :mod:`bench.serving`.
+"""OpenVINO GenAI exports made by optimum-intel beside the project's serving formats, on the workload of
+:mod:`bench.serving`.
+
+Since this bench was written the project exports and serves OpenVINO itself
+(:mod:`atalaia.models.ov_convert`, :mod:`atalaia.models.ovgenai`; ``ov-int8`` etc. in
+``python -m bench.serving --formats``). This bench stays to compare those exports with
+optimum-intel's (``--ov-dir`` holding an optimum export and the project's, e.g. ``int8opt/`` and
+``int8own/`` as ``ov-int8opt-f32,ov-int8own-f32``); on the prepared SmolLM2 both int8 IRs gave the
+same holdout perplexity (33.860) and speed within 2 % (BENCHMARKS.md).
 
 Issue 17 chose ONNX Runtime GenAI as the second generation backend without measuring OpenVINO
 GenAI, because its exporter (``optimum-intel``) pins an older transformers than the project's.

@@ -11,6 +11,7 @@ traffic then scores better and alerts resolve. At the end an HTML report is writ
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
@@ -101,6 +102,11 @@ SERVICE_ENV = {
     "monitor": {"ATALAIA_TORCH_THREADS": "1"},
     "scheduler": {"ATALAIA_TORCH_THREADS": "0"},
 }
+
+#: The demo serves and retrains in OpenVINO GenAI int8, the format measured fastest on this
+#: project's CPUs (BENCHMARKS.md, *Serving formats*); ATALAIA_SERVING_FORMAT and
+#: ATALAIA_QUANTIZATION_METHOD set in the environment win.
+DEMO_FORMATS = {"ATALAIA_SERVING_FORMAT": "ov-int8", "ATALAIA_QUANTIZATION_METHOD": "ov-int8"}
 
 PLANS = {
     "full": DemoPlan("full", 45, 900.0, 40, 60.0, 32, 128, _env(32, 16, 30, 20, 2)),
@@ -428,6 +434,9 @@ def run_demo(settings: Settings, console: Console, out: Console, quick: bool = F
         started_kafka = broker.start(settings, console=console).started
     ensure_topics(settings)
     console.print("2/5 models")
+    formats = {k: v for k, v in DEMO_FORMATS.items() if k not in os.environ}
+    # Both values are among the settings' Literal choices, so no validation is skipped here.
+    settings = settings.model_copy(update={k.removeprefix("ATALAIA_").lower(): v for k, v in formats.items()})
     prepare_generator(settings, console=console)
     prepare_embedder(settings, console=console)
     if settings.serving_format != "float32":
@@ -437,7 +446,7 @@ def run_demo(settings: Settings, console: Console, out: Console, quick: bool = F
         served = prepare_serving_format(settings, perplexity=holdout_perplexity(settings))
         console.print(f"   serving the base model from {served} (ATALAIA_SERVING_FORMAT={settings.serving_format})")
     settings, workspace_env = _demo_workspace(settings)
-    env = {**workspace_env, **plan.env}
+    env = {**workspace_env, **plan.env, **formats}
     console.print(f"3/5 database {redact_url(settings.database_url)}")
     upgrade(settings.database_url)
     engine = get_engine(settings.database_url)

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from atalaia.models.exports import prepare_serving_format, served_base_path
+from atalaia.models.exports import export_dir_for, is_export_dir, precision_of, prepare_serving_format, served_base_path
 from atalaia.models.generator import GeneratorNotPreparedError
-from atalaia.models.ortgenai import ORT_MANIFEST, ort_dir_for
+from atalaia.models.ortgenai import ORT_MANIFEST
+from atalaia.models.ovgenai import OV_MANIFEST
 from atalaia.models.serving_choice import (
     choice_file,
     choose_serving_format,
@@ -50,21 +51,25 @@ class FakeProbe:
 
 
 def _settings(tmp_path: Path, **kw: Any) -> Settings:
-    return Settings(home=tmp_path, serving_format="auto", **kw)
+    """``auto`` among the two ORT formats (the rule's tests), unless ``kw`` says otherwise."""
+    return Settings(
+        home=tmp_path, serving_format="auto", **({"serving_auto_candidates": ["ort-int4", "ort-int8"]} | kw)
+    )
 
 
 def _fake_export(settings: Settings, fmt: str) -> Path:
     assert settings.models_dir is not None
-    out = ort_dir_for(settings.models_dir, settings.generator_model, fmt.removeprefix("ort-"))
+    out = export_dir_for(settings.models_dir, settings.generator_model, fmt)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ORT_MANIFEST).write_text(json.dumps({"format": 1, "precision": fmt.removeprefix("ort-")}), encoding="utf-8")
+    manifest = ORT_MANIFEST if fmt.startswith("ort-") else OV_MANIFEST
+    (out / manifest).write_text(json.dumps({"format": 1, "precision": precision_of(fmt)}), encoding="utf-8")
     return out
 
 
 def _ppl(values: dict[str, float]) -> Any:
     def score(folder: Path) -> float:
         for name, value in values.items():
-            if folder.name.endswith(name) or (name == FLOAT32 and "-ort-" not in folder.name):
+            if folder.name.endswith(name) or (name == FLOAT32 and not is_export_dir(folder)):
                 return value
         raise AssertionError(folder)
 
@@ -198,3 +203,20 @@ def test_folder_format_names_the_precision_served(tmp_path: Path) -> None:
     assert folder_format(int8) == "int8-weight-only"
     assert folder_format(plain) == FLOAT32
     assert folder_format(None) is None
+
+
+def test_default_candidates_include_openvino_and_it_wins_when_measured_fastest(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, serving_format="auto")
+    assert "ov-int8" in settings.serving_auto_candidates
+    probe = FakeProbe(
+        {
+            FLOAT32: _report(2.0, 15.0),
+            "ort-int4": _report(2.1, 120.0),
+            "ort-int8": _report(2.0, 60.0),
+            "ov-int8": _report(1.0, 80.0),
+        }
+    )
+    ppl = _ppl({"ort-int4": 13.0, "ort-int8": 10.1, "ov-int8": 10.2, FLOAT32: 10.0})
+    choice = choose_serving_format(settings, perplexity=ppl, probe=probe, export=_fake_export)
+    assert choice.format == "ov-int8" and choice.path.name.endswith("-ov-int8")
+    assert served_base_path(settings) == choice.path
