@@ -9,7 +9,7 @@ time), alternating the variants round by round, and reports the answering time p
 gate time for ``--versions`` versions; the target of issue 17 is a gate <= 60 s for 16 questions x
 2 versions.
 
-    .venv/bin/python -m bench.gate [--variants float32:1,float32:8,ort-int4:1] [--limit 16] [--rounds 1]
+    .venv/bin/python -m bench.gate [--variants float32:1,float32:8,ort-int4:1,ov-int8:1] [--limit 16] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch/ORT threads (0: settings.torch_threads)")
     args = parser.parse_args(argv)
 
-    from atalaia.models.ortgenai import ort_dir_for, prepare_ort
+    from atalaia.models.exports import backend_of, export_dir_for, prepare_export
     from retrain.evaluate import EvalResources, evaluate_model, load_holdout
 
     settings = get_settings()
@@ -47,11 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         fmt = v.split(":")[0]
         if fmt == "float32":
             folders[fmt] = Path(settings.generator_path)
-        elif fmt.startswith("ort-"):
-            precision = fmt.removeprefix("ort-")
+        elif backend_of(fmt) is not None:
             assert settings.models_dir is not None
-            out = ort_dir_for(settings.models_dir, settings.generator_model, precision)
-            folders[fmt] = prepare_ort(settings.generator_path, out, precision=precision)
+            out = export_dir_for(settings.models_dir, settings.generator_model, fmt)
+            folders[fmt] = prepare_export(settings.generator_path, out, fmt)
         else:
             raise SystemExit(f"unknown format {fmt!r}")
     per_q: dict[str, list[float]] = {v: [] for v in variants}

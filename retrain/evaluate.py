@@ -270,12 +270,21 @@ def answer_perplexities(
     total_nll, total_tokens = 0.0, 0
     per_item: list[float] = []
     limit = int(model.config.max_position_embeddings)
+    # A backend that reads token log-probabilities faster than full logits (OpenVINO) offers them.
+    token_logprobs = getattr(model, "token_logprobs", None)
     for messages, answer in zip(prompts, answers, strict=True):
         encoded = encode_example(tokenizer, messages, answer, limit)
         if encoded is None:
             per_item.append(math.nan)
             continue
         ids, labels = encoded
+        if token_logprobs is not None:
+            logprobs = token_logprobs(ids)
+            picked = [-lp for lp, label in zip(logprobs, labels[1:], strict=True) if label != -100]
+            total_nll += sum(picked)
+            total_tokens += len(picked)
+            per_item.append(math.exp(sum(picked) / len(picked)))
+            continue
         with torch.inference_mode():
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
         target = torch.tensor(labels[1:])

@@ -165,9 +165,10 @@ def _properties(threads: int) -> dict[str, Any]:
 class _OvLogits:
     """Full-sequence logits of the folder's IR, shaped like a transformers forward pass.
 
-    Lets code written for ``generator.model(input_ids=...).logits`` (holdout perplexity in
-    ``retrain.evaluate`` and the perplexity metric) score an OpenVINO version too. The IR is
-    compiled on first use: serving alone never pays for this second copy.
+    Lets code written for ``generator.model(input_ids=...).logits`` (the perplexity metric)
+    score an OpenVINO version too. The IR is compiled on first use: serving alone never pays for
+    this second copy. :meth:`token_logprobs` is the fast path for long prompts (holdout
+    perplexity in ``retrain.evaluate``).
     """
 
     def __init__(self, path: Path, properties: dict[str, Any], context_length: int) -> None:
@@ -175,7 +176,36 @@ class _OvLogits:
         self.properties = properties
         self.config = SimpleNamespace(max_position_embeddings=context_length)
         self._request: Any = None
+        self._scorer: Any = None
         self._lock = threading.Lock()
+
+    def token_logprobs(self, ids: list[int]) -> list[float]:
+        """``log p(ids[j] | ids[:j])`` for ``j = 1 .. len(ids) - 1``.
+
+        Read from OpenVINO GenAI's continuous-batching pipeline with ``echo`` (it returns the
+        prompt's token log-probabilities), which runs the prompt through PagedAttention: a
+        700-token RAG prompt takes about 0.8-1.5 s at one thread, where the plain compiled IR
+        takes 3.5 s (its attention over a long query falls back to a slow kernel; BENCHMARKS.md).
+        """
+        import numpy as np
+        import openvino as ov
+        import openvino_genai
+
+        with self._lock:
+            if self._scorer is None:
+                scheduler = openvino_genai.SchedulerConfig()
+                scheduler.enable_prefix_caching = False
+                self._scorer = openvino_genai.ContinuousBatchingPipeline(
+                    str(self.path), scheduler, "CPU", self.properties
+                )
+            config = openvino_genai.GenerationConfig()
+            config.max_new_tokens, config.echo, config.logprobs, config.do_sample = 1, True, 1, False
+            handle = self._scorer.add_request(0, ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
+            while self._scorer.has_non_finished_requests():
+                self._scorer.step()
+            out = handle.read_all()[0]
+        # The first entry stands for the first prompt token, which has no log-probability.
+        return [float(v) for v in list(out.generated_log_probs)[1 : len(ids)]]
 
     def __call__(self, input_ids: Any, **_: Any) -> SimpleNamespace:
         import numpy as np

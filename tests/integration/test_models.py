@@ -223,3 +223,22 @@ def test_embedder_two_sentences(settings: Settings) -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
     other = model.encode(["Quarterly tax filing deadlines for companies."], convert_to_numpy=True)[0]
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ other)
+
+
+def test_openvino_token_logprobs_agree_with_its_full_logits(generator_path: Path, settings: Settings) -> None:
+    """The gate's fast perplexity path on OpenVINO (PagedAttention with echo) against the plain
+    IR's full logits, on a RAG-length prompt: same tokens, within the int8 KV cache's noise."""
+    import torch
+
+    assert settings.models_dir is not None
+    out = prepare_export(
+        generator_path, export_dir_for(settings.models_dir, settings.generator_model, "ov-int8"), "ov-int8"
+    )
+    gen = Generator.load(out, threads=settings.torch_threads)
+    ids = gen._encode([{"role": "user", "content": "Quantos dias de férias tenho por ano? " * 40}])["input_ids"]
+    fast = torch.tensor(gen.model.token_logprobs(ids[0].tolist()))
+    logits = gen.model(input_ids=ids).logits[0, :-1]
+    full = torch.log_softmax(logits.float(), dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+    assert fast.shape == full.shape and ids.shape[1] > 400
+    # Mean log-probability (what perplexity exponentiates) within 2 %.
+    assert abs(fast.mean().item() - full.mean().item()) < 0.02 * abs(full.mean().item())
