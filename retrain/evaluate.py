@@ -281,10 +281,12 @@ def answer_perplexities(
         if token_logprobs is not None:
             logprobs = token_logprobs(ids)
             picked = [-lp for lp, label in zip(logprobs, labels[1:], strict=True) if label != -100]
-            total_nll += sum(picked)
-            total_tokens += len(picked)
-            per_item.append(math.exp(sum(picked) / len(picked)))
-            continue
+            # NaN: a position the backend's prefix cache skipped; score the item from full logits.
+            if not any(math.isnan(v) for v in picked):
+                total_nll += sum(picked)
+                total_tokens += len(picked)
+                per_item.append(math.exp(sum(picked) / len(picked)))
+                continue
         with torch.inference_mode():
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
         target = torch.tensor(labels[1:])
@@ -398,7 +400,10 @@ def evaluate_model(
     tokens: list[int] = []
     # Batched where the backend batches (transformers: one padded generate per batch; ORT runs
     # them one by one): prompts sorted by length so a batch pads little; answers back in order.
+    # A backend that batches without padding (OpenVINO's continuous batching) gets them all.
     size = max(1, settings.eval_batch_size) if getattr(generator, "batches", False) else 1
+    if getattr(generator, "batches", False) and not getattr(generator, "pads_batches", True):
+        size = len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: generator.count_prompt_tokens(prompts[i]))
     batches = [order[i : i + size] for i in range(0, len(order), size)]
     answers: dict[int, Any] = {}

@@ -519,6 +519,9 @@ class Generator:
 
     #: Whether :meth:`chat_batch` really batches (one ``generate`` over padded prompts) on this backend.
     batches = True
+    #: Whether a batch is padded to its longest prompt (so that large batches of unequal prompts
+    #: waste work; ``ATALAIA_EVAL_BATCH_SIZE`` sizes them) or runs unpadded (continuous batching).
+    pads_batches = True
 
     def chat_batch(
         self,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -37,6 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from atalaia.models.generator import ChatResult
 from atalaia.models.manifest import read_format_manifest
 from atalaia.models.ov_convert import IR_NAME, PRECISIONS
 from atalaia.models.token_loop import TokenLoopGenerator
@@ -168,7 +170,8 @@ class _OvLogits:
     Lets code written for ``generator.model(input_ids=...).logits`` (the perplexity metric)
     score an OpenVINO version too. The IR is compiled on first use: serving alone never pays for
     this second copy. :meth:`token_logprobs` is the fast path for long prompts (holdout
-    perplexity in ``retrain.evaluate``).
+    perplexity in ``retrain.evaluate``), on the continuous-batching pipeline that also answers
+    :meth:`OvGenerator.chat_batch` (:meth:`batch_pipeline`).
     """
 
     def __init__(self, path: Path, properties: dict[str, Any], context_length: int) -> None:
@@ -179,33 +182,45 @@ class _OvLogits:
         self._scorer: Any = None
         self._lock = threading.Lock()
 
-    def token_logprobs(self, ids: list[int]) -> list[float]:
-        """``log p(ids[j] | ids[:j])`` for ``j = 1 .. len(ids) - 1``.
+    def batch_pipeline(self) -> Any:
+        """The continuous-batching pipeline for offline work (the gate's answers and scores),
+        created on first use, with its prefix cache on: scoring a reference answer after the
+        same prompt was answered reuses the prompt's KV blocks instead of computing them again.
+        Serving keeps its own pipeline, without the cache (see :meth:`OvGenerator.load_ov`)."""
+        import openvino_genai
 
-        Read from OpenVINO GenAI's continuous-batching pipeline with ``echo`` (it returns the
-        prompt's token log-probabilities), which runs the prompt through PagedAttention: a
-        700-token RAG prompt takes about 0.8-1.5 s at one thread, where the plain compiled IR
-        takes 3.5 s (its attention over a long query falls back to a slow kernel; BENCHMARKS.md).
+        if self._scorer is None:
+            scheduler = openvino_genai.SchedulerConfig()
+            scheduler.enable_prefix_caching = True
+            self._scorer = openvino_genai.ContinuousBatchingPipeline(str(self.path), scheduler, "CPU", self.properties)
+        return self._scorer
+
+    def token_logprobs(self, ids: list[int]) -> list[float]:
+        """``log p(ids[j] | ids[:j])`` for ``j = 1 .. len(ids) - 1``; NaN where not computed.
+
+        Read from the continuous-batching pipeline with ``echo`` (it returns the prompt's token
+        log-probabilities), which runs the prompt through PagedAttention: a 700-token RAG prompt
+        takes about 0.8-1.5 s at one thread, where the plain compiled IR takes 3.5 s (its
+        attention over a long query falls back to a slow kernel; BENCHMARKS.md). Positions whose
+        KV blocks came from the prefix cache are not computed again and have no log-probability:
+        they are NaN here (the front of the list; the entries are aligned from the end).
         """
         import numpy as np
         import openvino as ov
         import openvino_genai
 
         with self._lock:
-            if self._scorer is None:
-                scheduler = openvino_genai.SchedulerConfig()
-                scheduler.enable_prefix_caching = False
-                self._scorer = openvino_genai.ContinuousBatchingPipeline(
-                    str(self.path), scheduler, "CPU", self.properties
-                )
+            pipeline = self.batch_pipeline()
             config = openvino_genai.GenerationConfig()
             config.max_new_tokens, config.echo, config.logprobs, config.do_sample = 1, True, 1, False
-            handle = self._scorer.add_request(0, ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
-            while self._scorer.has_non_finished_requests():
-                self._scorer.step()
+            handle = pipeline.add_request(0, ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
+            while pipeline.has_non_finished_requests():
+                pipeline.step()
             out = handle.read_all()[0]
-        # The first entry stands for the first prompt token, which has no log-probability.
-        return [float(v) for v in list(out.generated_log_probs)[1 : len(ids)]]
+        # The last entry is the generated token's; before it, one per computed prompt position
+        # up to the last prompt token (the very first token never has a log-probability).
+        computed = [float(v) for v in list(out.generated_log_probs)[:-1]][-(len(ids) - 1) :]
+        return [math.nan] * (len(ids) - 1 - len(computed)) + computed
 
     def __call__(self, input_ids: Any, **_: Any) -> SimpleNamespace:
         import numpy as np
@@ -379,6 +394,37 @@ class OvGenerator(TokenLoopGenerator):
         finally:
             cancel.set()
             worker.join()
+
+    #: :meth:`chat_batch` runs the chats together on the continuous-batching pipeline, unpadded.
+    batches = True
+    pads_batches = False
+
+    def chat_batch(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+    ) -> list[ChatResult]:
+        """As :meth:`Generator.chat_batch`: every chat at once on the continuous-batching
+        pipeline (:meth:`_OvLogits.batch_pipeline`), each prompt unpadded; stop strings cut each
+        reply afterwards, as a batched transformers reply is cut."""
+        import numpy as np
+        import openvino as ov
+
+        prompts = [self._prompt_ids(m) for m in conversations]
+        for ids in prompts:
+            self._check(len(ids), max_tokens, temperature, top_p)
+        configs = [self._config(max_tokens, temperature, top_p) for _ in prompts]
+        with self._lock, self.model._lock:
+            pipeline = self.model.batch_pipeline()
+            outputs = pipeline.generate([ov.Tensor(np.asarray([ids], dtype=np.int64)) for ids in prompts], configs)
+        results = []
+        for ids, out in zip(prompts, outputs, strict=True):
+            new = [int(t) for t in list(out.m_generation_ids[0])]
+            results.append(self._finish(ids, new, max_tokens, stop, None))
+        return results
 
     def speed_sample(self, input_ids: Any, decode_tokens: int) -> Any:
         """One run of the speed probe (:mod:`atalaia.models.speed`) on OpenVINO GenAI.
