@@ -451,8 +451,9 @@ class Settings(BaseSettings):
     eval_batch_size: Annotated[int, Field(ge=1, le=64)] = Field(
         1,
         description="Holdout questions answered per batched generate call when the gate evaluates a model "
-        "(transformers versions; ORT versions answer one at a time); 1: one question at a time. 1 by default: "
-        "batches of left-padded 700-token RAG prompts measured slower here (BENCHMARKS.md, bench/gate.py).",
+        "(transformers versions; ORT versions answer one at a time, OpenVINO versions all at once, unpadded); 1: "
+        "one question at a time. 1 by default: batches of left-padded 700-token RAG prompts measured slower here "
+        "(BENCHMARKS.md, bench/gate.py).",
     )
 
     # -- serving speed on this host: quantized format choice, gate speed probe (issue 12) --
