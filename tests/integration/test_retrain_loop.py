@@ -275,15 +275,17 @@ def test_a_run_killed_mid_training_is_recovered_and_a_strict_gate_rejects(
 
 
 @pytest.mark.timeout(900)
-def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
-    isolated_settings: Settings, fresh_pg: str, models_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(("fmt", "backend"), [("ort-int4", "onnxruntime-genai"), ("ov-int8", "openvino-genai")])
+def test_a_run_retrains_into_an_export_gates_serves_and_rolls_back(
+    isolated_settings: Settings, fresh_pg: str, models_dir: Path, tmp_path: Path, fmt: str, backend: str
 ) -> None:
-    """Issue 17's loop on the second backend: with ``ATALAIA_QUANTIZATION_METHOD=ort-int4`` the
-    merged candidate is exported to ONNX Runtime GenAI int4, its holdout reference perplexity is
+    """Issue 17's loop on the exported backends: with ``ATALAIA_QUANTIZATION_METHOD=ort-int4`` (or
+    ``ov-int8``) the merged candidate is exported to ONNX Runtime GenAI int4 (OpenVINO GenAI int8),
+    its holdout reference perplexity is
     checked against the float32 merge, the gate generates with it, the registry records the format,
-    the running inference service (on the transformers base) hot-swaps to it and answers with the
-    ORT backend; a second run fine-tunes that version (from the float32 merge it keeps) into another
-    ORT version, and a canary regression rolls the second back to the first.
+    the running inference service (on the transformers base) hot-swaps to it and answers with that
+    backend; a second run fine-tunes that version (from the float32 merge it keeps) into another
+    exported version, and a canary regression rolls the second back to the first.
 
     The speed choice (``quantize_for_host``) and the gate's speed guard decide int4 against float32
     on a host, and int4's prefill is slower than float32's on the CPUs measured (BENCHMARKS.md);
@@ -293,7 +295,7 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
     """
     from openai import OpenAI
 
-    from atalaia.models.ortgenai import is_ort_dir, read_ort_manifest
+    from atalaia.models.exports import export_manifest, is_export_dir
     from retrain.quantize import FLOAT_MERGE_DIR
 
     settings = _loop_settings(
@@ -302,7 +304,7 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
         tmp_path,
         models_dir,
         canary_min_events=5,
-        quantization_method="ort-int4",
+        quantization_method=fmt,
         quantized_max_slowdown=100.0,
         gate_max_prefill_slowdown=100.0,
     )
@@ -319,16 +321,16 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
         assert run is not None
         steps = {s["name"]: s for s in run["steps"]}
         assert list(steps) == ["dataset", "train", "quantize", "gate", "register", "deploy"]
-        assert steps["quantize"]["details"]["method"] == "ort-int4"
+        assert steps["quantize"]["details"]["method"] == fmt
         check = steps["gate"]["details"]["reference_perplexity"]
         assert math.isfinite(check["quantized"]) and check["ratio"] <= 1 + settings.quantized_ppl_tolerance
         assert set(steps["gate"]["details"]["speed"]["ratios"]["candidate"]) == {"prefill_ratio", "decode_ratio"}
 
         version = str(outcome.candidate_version)
         row = registry.get_version(engine, version)
-        assert row is not None and row["status"] == "active" and row["quantization"] == "ort-int4"
+        assert row is not None and row["status"] == "active" and row["quantization"] == fmt
         folder = Path(row["artefact_path"])
-        assert is_ort_dir(folder) and read_ort_manifest(folder)["precision"] == "int4"
+        assert is_export_dir(folder) and export_manifest(folder)[0] == fmt
 
         wait_until(lambda: _served(base) == version, 180, f"inference to serve {version}")
         client = OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120)
@@ -337,19 +339,19 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
         )
         assert reply.model == version and reply.usage is not None and reply.usage.completion_tokens >= 1
         health = httpx.get(f"{base}/healthz", timeout=10).json()["model"]
-        assert health["backend"] == "onnxruntime-genai" and health["format"] == "ort-int4", health
+        assert health["backend"] == backend and health["format"] == fmt, health
 
-        # ONNX weights cannot be fine-tuned: the version keeps its float32 merge, and the next run
-        # trains from it (retrain.quantize.training_folder) into a second ORT version.
+        # ONNX and OpenVINO IR weights cannot be fine-tuned: the version keeps its float32 merge, and
+        # the next run trains from it (retrain.quantize.training_folder) into a second exported version.
         assert (folder / FLOAT_MERGE_DIR / "config.json").is_file()
         again = run_retrain(settings, trigger="manual", force=True)
         assert again.status == "deployed", again
         second = str(again.candidate_version)
         row2 = registry.get_version(engine, second)
-        assert row2 is not None and row2["parent"] == version and row2["quantization"] == "ort-int4"
+        assert row2 is not None and row2["parent"] == version and row2["quantization"] == fmt
         wait_until(lambda: _served(base) == second, 180, f"inference to serve {second}")
 
-        # A canary regression rolls the second version back to the first: ORT to ORT.
+        # A canary regression rolls the second version back to the first: export to export.
         _seed_regression(settings, second, version)
         verdict = settle_canary(settings, second)
         assert verdict.decision == "rollback", verdict
@@ -359,5 +361,5 @@ def test_a_run_retrains_into_onnx_runtime_int4_gates_serves_and_rolls_back(
         )
         assert back.model == version
         health = httpx.get(f"{base}/healthz", timeout=10).json()["model"]
-        assert health["backend"] == "onnxruntime-genai" and health["format"] == "ort-int4", health
+        assert health["backend"] == backend and health["format"] == fmt, health
         assert registry.get_version(engine, second)["status"] == "rolled_back"  # type: ignore[index]
