@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 HIGHER_IS_BETTER = frozenset({"rouge_l", "similarity", "tokens_per_s"})
 #: Guards whose limit is a fraction of the active value; the others are absolute (0..1 scores).
 RELATIVE_GUARDS = frozenset({"perplexity", "latency_p50_ms", "tokens_per_s"})
+#: Guards on the evaluation's own timings (see :func:`_gate_values` on batched answers).
+TIMED_GUARDS = frozenset({"latency_p50_ms", "tokens_per_s"})
 METRICS = ("rouge_l", "similarity", "perplexity", "toxicity", "latency_p50_ms", "tokens_per_s")
 
 
@@ -199,7 +201,18 @@ def _gate_values(
         f"{'meets' if improved else 'below'} the required +{min_improvement:.4f})"
     )
     failed = False
+    # Latency is per question: a batch's time over its size when answered in batches. Between
+    # versions answered differently (an OpenVINO version answers all questions at once) it does
+    # not compare, so a latency guard fails closed; the speed probe compares speed unbatched.
+    sizes = (candidate.get("batch_size"), active.get("batch_size"))
     for name, limit in sorted(guards.items()):
+        if name in TIMED_GUARDS and None not in sizes and float(sizes[0]) != float(sizes[1]):  # type: ignore[arg-type]
+            failed = True
+            reasons.append(
+                f"guard {name} not comparable: the versions were answered in batches of {sizes[0]:.0f} and "
+                f"{sizes[1]:.0f}; judge speed with ATALAIA_GATE_MAX_PREFILL_SLOWDOWN / ATALAIA_GATE_MAX_DECODE_SLOWDOWN"
+            )
+            continue
         cand, act = float(candidate[name]), float(active[name])
         worse = (act - cand) if name in HIGHER_IS_BETTER else (cand - act)
         allowed = limit * abs(act) if name in RELATIVE_GUARDS else limit

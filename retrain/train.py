@@ -419,8 +419,8 @@ def train_lora(
     base_model_dir
         The model to fine-tune: a float model folder (``settings.generator_path`` or a
         registered version's merged folder), a quantized folder, whose int8 weights are
-        dequantized to float32 first, or an ONNX Runtime GenAI version, trained from its float32
-        merge (:func:`retrain.quantize.training_folder`).
+        dequantized to float32 first, or an exported (ONNX Runtime or OpenVINO GenAI) version,
+        trained from its float32 merge (:func:`retrain.quantize.training_folder`).
     dataset
         From :func:`retrain.dataset.build_dataset`.
     out_dir
@@ -455,7 +455,7 @@ def train_lora(
     from retrain.quantize import training_folder
 
     t0 = time.perf_counter()
-    # An ONNX Runtime version is trained from the float32 merge it keeps (ONNX weights cannot be).
+    # An exported version is trained from the float32 merge it keeps (ONNX or IR weights cannot be).
     base_model_dir, out_dir = training_folder(Path(base_model_dir)), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device, dtype_name = select_device()

@@ -95,8 +95,9 @@ class VersionedPerplexity:
         from atalaia.models.generator import Generator
 
         gen = Generator.load(folder, threads=self.settings.torch_threads)
-        # An exported version's logits shim (ONNX Runtime or OpenVINO GenAI) scores one unpadded sequence per call.
-        batch = 8 if gen.batches else 1
+        # An exported version's logits shim (ONNX Runtime or OpenVINO GenAI) ignores the attention
+        # mask: it scores one unpadded sequence per call. Only padded-batch backends get 8.
+        batch = 8 if gen.batches and gen.pads_batches else 1
         return PerplexityScorer(gen.model, gen.tokenizer, self.settings.perplexity_max_tokens, batch_size=batch)
 
     @property

@@ -219,6 +219,8 @@ class _OvLogits:
             out = handle.read_all()[0]
         # The last entry is the generated token's; before it, one per computed prompt position
         # up to the last prompt token (the very first token never has a log-probability).
+        if len(ids) < 2:
+            return []
         computed = [float(v) for v in list(out.generated_log_probs)[:-1]][-(len(ids) - 1) :]
         return [math.nan] * (len(ids) - 1 - len(computed)) + computed
 
@@ -262,6 +264,11 @@ class OvGenerator(TokenLoopGenerator):
     ) -> None:
         super().__init__(_OvLogits(path, _properties(threads), context_length), tokenizer, path)
         self._pipe = pipe
+        #: Held by whichever thread runs the serving pipeline. A closed stream's generation ends at
+        #: its next token while the model's lock (``_lock``) is already free: the next request's
+        #: generation waits here, in its own thread, rather than ``close()`` waiting (the server
+        #: closes streams on its event loop).
+        self._pipe_lock = threading.Lock()
         self._context_length = context_length
         self.precision = precision
 
@@ -345,7 +352,8 @@ class OvGenerator(TokenLoopGenerator):
 
         arr = np.asarray([ids], dtype=np.int64)
         inputs = openvino_genai.TokenizedInputs(ov.Tensor(arr), ov.Tensor(np.ones_like(arr)))
-        out = self._pipe.generate(inputs, config, _Streamer())
+        with self._pipe_lock:
+            out = self._pipe.generate(inputs, config, _Streamer())
         return [int(t) for t in out.tokens[0]]
 
     def _tokens(
@@ -355,7 +363,7 @@ class OvGenerator(TokenLoopGenerator):
 
         The pipeline does not stream the ``<|im_end|>`` that ends a reply; it is yielded from
         the pipeline's result, as the other backends yield it. Closing this iterator cancels the
-        pipeline at its next token and waits for it, so the model is free when it returns.
+        pipeline at its next token without waiting for it (see ``_pipe_lock``).
         """
         config = self._config(max_tokens, temperature, top_p)
         tokens: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -393,7 +401,6 @@ class OvGenerator(TokenLoopGenerator):
                     return
         finally:
             cancel.set()
-            worker.join()
 
     #: :meth:`chat_batch` runs the chats together on the continuous-batching pipeline, unpadded.
     batches = True
@@ -413,6 +420,8 @@ class OvGenerator(TokenLoopGenerator):
         import numpy as np
         import openvino as ov
 
+        if not conversations:
+            return []
         prompts = [self._prompt_ids(m) for m in conversations]
         for ids in prompts:
             self._check(len(ids), max_tokens, temperature, top_p)

@@ -1,7 +1,7 @@
-"""The ``auto`` serving format: float32 transformers or an ONNX Runtime GenAI export, chosen by measuring.
+"""The ``auto`` serving format: float32 transformers or an export (ONNX Runtime or OpenVINO GenAI), chosen by measuring.
 
 With ``ATALAIA_SERVING_FORMAT=auto``, ``atalaia models prepare`` exports the base model to each
-format of ``ATALAIA_SERVING_AUTO_CANDIDATES`` (cached, :func:`atalaia.models.ortgenai.prepare_ort`),
+format of ``ATALAIA_SERVING_AUTO_CANDIDATES`` (cached, :func:`atalaia.models.exports.prepare_export`),
 then measures them against float32 on this host, as :func:`retrain.quantize.quantize_for_host`
 does for int8:
 
@@ -57,7 +57,7 @@ class ServingChoice:
     Attributes
     ----------
     format
-        ``'float32'`` or an ORT format such as ``'ort-int4'``.
+        ``'float32'`` or an export format such as ``'ort-int4'`` or ``'ov-int8'``.
     path
         The folder served.
     reason
@@ -282,8 +282,8 @@ def choose_serving_format(
         ``probe(folders, settings, reference=...)``; default
         :func:`atalaia.models.speed.probe_folders` (tests pass a fake).
     export
-        ``export(settings, fmt)`` returning the prepared folder of an ORT format; default
-        :func:`atalaia.models.ortgenai.prepare_ort` into its cache folder.
+        ``export(settings, fmt)`` returning the prepared folder of an export format; default
+        :func:`atalaia.models.exports.prepare_export` into its cache folder.
     force
         Export and measure again.
 

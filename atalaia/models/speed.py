@@ -239,8 +239,9 @@ def measure_once(model: Any, input_ids: Any, decode_tokens: int) -> SpeedSample:
 def sample_speed(generator: Any, input_ids: Any, decode_tokens: int) -> SpeedSample:
     """One probe run of ``generator``: its own ``speed_sample`` when it has one, else :func:`measure_once`.
 
-    Backends whose model is not a transformers module (ONNX Runtime GenAI:
-    :meth:`atalaia.models.ortgenai.OrtGenerator.speed_sample`) time prefill and decode with their
+    Backends whose model is not a transformers module (ONNX Runtime GenAI and OpenVINO GenAI:
+    :meth:`atalaia.models.ortgenai.OrtGenerator.speed_sample`,
+    :meth:`atalaia.models.ovgenai.OvGenerator.speed_sample`) time prefill and decode with their
     own generator loop, so versions of either backend are probed the same way.
     """
     own = getattr(generator, "speed_sample", None)

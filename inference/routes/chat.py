@@ -94,7 +94,7 @@ class _ClosingStreamingResponse(StreamingResponse):
     Starlette cancels the streaming task when the client disconnects but neither closes the
     body iterator nor the generator stream behind it; they would be closed only when the
     garbage collector reached them (their frames can sit in reference cycles), and an
-    ONNX Runtime stream holds the model's lock until then, so the next request would wait.
+    ONNX Runtime or OpenVINO stream holds the model's lock until then, so the next request would wait.
     ``on_close`` runs before any background task, once the thread that ran the last ``next()``
     has returned (Starlette's thread pool waits for it even when cancelled), and must not block.
     """

@@ -139,3 +139,21 @@ def test_loss_curve_files(tmp_path: Path) -> None:
     assert (tmp_path / "loss_curve.csv").read_text().splitlines()[:2] == ["step,loss", "1,3.000000"]
     svg = loss_curve_svg([1.0])
     assert svg.count("<polyline") == 1
+
+
+def test_a_latency_guard_fails_closed_between_versions_answered_in_different_batches() -> None:
+    """An OpenVINO version answers every holdout question at once (latency = batch time / n); a
+    transformers version one at a time: their latencies do not compare, so the guard refuses."""
+    from atalaia.settings import Settings
+    from retrain.evaluate import gate_scores
+
+    settings = Settings(gate_min_improvement=0.0, gate_guards={"latency_p50_ms": 0.5})
+    batched = {"rouge_l": 0.3, "latency_p50_ms": 100.0, "batch_size": 16.0}
+    alone = {"rouge_l": 0.2, "latency_p50_ms": 900.0, "batch_size": 1.0}
+    decision = gate_scores(batched, alone, settings)
+    assert not decision.promote
+    assert any("not comparable" in r and "ATALAIA_GATE_MAX_PREFILL_SLOWDOWN" in r for r in decision.reasons)
+    # Same batching: the guard compares as before.
+    assert gate_scores(batched, {**alone, "batch_size": 16.0}, settings).promote
+    # Scores stored before batch sizes were recorded compare as before too.
+    assert gate_scores({k: v for k, v in batched.items() if k != "batch_size"}, alone, settings).promote
