@@ -16,7 +16,6 @@ PosixPath('/m/smol-ort-int4')
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +105,7 @@ def prepare_export(base_dir: Path | str, out_dir: Path | str, fmt: str, *, force
     Path
         ``out_dir``.
     """
+    from atalaia.models.manifest import write_format_manifest
     from atalaia.models.prepare import read_manifest
 
     base, out = Path(base_dir), Path(out_dir)
@@ -121,8 +121,7 @@ def prepare_export(base_dir: Path | str, out_dir: Path | str, fmt: str, *, force
     export_model(base, out, fmt)
     # Record which base preparation this export came from (the cache key above).
     manifest = export_manifest(out)[1] | {"base": stamp}
-    manifest_file = out / _runtimes()[str(backend_of(fmt))].manifest
-    manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_format_manifest(out / _runtimes()[str(backend_of(fmt))].manifest, manifest)
     return out
 
 

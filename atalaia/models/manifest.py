@@ -1,4 +1,4 @@
-"""Reading the small JSON manifests that mark a model folder's format (quantized, ORT export)."""
+"""Reading and writing the small JSON manifests that mark a model folder's format (quantized, exported)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,8 @@ def read_format_manifest(file: Path, version: int, key: str, known: Iterable[str
     if manifest.get(key) not in known:
         raise ValueError(f"{file}: unknown {what} {key} {manifest.get(key)!r}; known: {known}")
     return manifest
+
+
+def write_format_manifest(file: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` to ``file`` as the readers above expect it (sorted, indented JSON)."""
+    file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

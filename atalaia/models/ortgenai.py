@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Generator as PyGenerator
@@ -36,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from atalaia.models.export_staging import finish_export, run_exporter, staging_folder
 from atalaia.models.manifest import read_format_manifest
 from atalaia.models.token_loop import TokenLoopGenerator
 
@@ -45,8 +43,6 @@ ORT_MANIFEST = "atalaia-ort.json"
 ORT_FORMAT = 1
 #: Precisions the builder exports for CPU, as recorded in ``model_versions.quantization``.
 PRECISIONS = ("int4", "int8", "fp32")
-#: Files copied from the source folder: the HF tokenizer serves the ids (see module docstring).
-_COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 class OrtExportError(RuntimeError):
@@ -121,48 +117,25 @@ def export_ort(
     import onnxruntime_genai as og
 
     src, out = Path(src_dir), Path(out_dir)
-    if not (src / "config.json").is_file():
-        raise OrtExportError(f"no model folder at {src} (config.json missing). Fix: run `atalaia models prepare`.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ort-", dir=out.parent))
-    # mkdtemp makes the folder private (0700); a model folder is read by services that may run
-    # as another user, like the other model folders (0755).
-    tmp.chmod(0o755)
-    logger.info("exporting %s to ONNX Runtime GenAI %s (about half a minute to a few minutes)", src, precision)
-    t0 = time.perf_counter()
-    try:
+    with staging_folder(src, out, "ort", OrtExportError) as tmp:
+        logger.info("exporting %s to ONNX Runtime GenAI %s (about half a minute to a few minutes)", src, precision)
+        t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(tmp)]
         cmd += ["-p", precision, "-e", "cpu", "-c", str(tmp / ".cache")]
         if extra_options:
             cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra_options.items())]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise OrtExportError(f"onnxruntime-genai builder timed out after {timeout_s:.0f} s on {src}") from exc
-        if proc.returncode != 0 or not (tmp / "model.onnx").is_file():
-            tail = (proc.stdout + proc.stderr)[-2000:]
-            raise OrtExportError(f"onnxruntime-genai builder failed on {src} (exit {proc.returncode}): {tail}")
+        what = f"onnxruntime-genai builder on {src}"
+        run_exporter(cmd, produced=tmp / "model.onnx", error=OrtExportError, what=what, timeout_s=timeout_s)
         shutil.rmtree(tmp / ".cache", ignore_errors=True)
-        for name in _COPIED:
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
         _patch_genai_config(tmp / "genai_config.json")
-        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         manifest = {
             "format": ORT_FORMAT,
             "precision": precision,
             "extra_options": dict(extra_options or {}),
             "onnxruntime_genai_version": og.__version__,
-            "source": str(src),
             "export_s": round(time.perf_counter() - t0, 2),
-            "size_bytes": size,
         }
-        (tmp / ORT_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        manifest = finish_export(src, tmp, ORT_MANIFEST, manifest)
     logger.info("exported %s to ONNX Runtime GenAI %s at %s in %.1f s", src, precision, out, manifest["export_s"])
     return manifest
 

@@ -27,10 +27,7 @@ import math
 import os
 import queue
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Generator as PyGenerator
@@ -38,6 +35,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from atalaia.models.export_staging import finish_export, run_exporter, staging_folder
 from atalaia.models.generator import ChatResult
 from atalaia.models.manifest import read_format_manifest
 from atalaia.models.ov_convert import IR_NAME, PRECISIONS
@@ -47,8 +45,6 @@ logger = logging.getLogger(__name__)
 
 OV_MANIFEST = "atalaia-ov.json"
 OV_FORMAT = 1
-#: Files copied from the source folder: the HF tokenizer serves the ids (see module docstring).
-_COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 #: Compile properties: float32 activations. The CPU plugin's default on hosts with AVX512-BF16
 #: or AMX is bf16, measured slower to decode and further from float32's perplexity here.
 _PRECISION_HINT = "f32"
@@ -119,40 +115,20 @@ def export_ov(
     import openvino as ov
 
     src, out = Path(src_dir), Path(out_dir)
-    if not (src / "config.json").is_file():
-        raise OvExportError(f"no model folder at {src} (config.json missing). Fix: run `atalaia models prepare`.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ov-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from services running as another user
-    logger.info("exporting %s to OpenVINO %s (about half a minute)", src, precision)
-    t0 = time.perf_counter()
-    try:
+    with staging_folder(src, out, "ov", OvExportError) as tmp:
+        logger.info("exporting %s to OpenVINO %s (about half a minute)", src, precision)
+        t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "atalaia.models.ov_convert", str(src), str(tmp), precision]
         env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
-        except subprocess.TimeoutExpired as exc:
-            raise OvExportError(f"OpenVINO export timed out after {timeout_s:.0f} s on {src}") from exc
-        if proc.returncode != 0 or not (tmp / IR_NAME).is_file():
-            tail = (proc.stdout + proc.stderr)[-2000:]
-            raise OvExportError(f"OpenVINO export failed on {src} (exit {proc.returncode}): {tail}")
-        for name in _COPIED:
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
+        what = f"OpenVINO export of {src}"
+        run_exporter(cmd, produced=tmp / IR_NAME, error=OvExportError, what=what, timeout_s=timeout_s, env=env)
         manifest = {
             "format": OV_FORMAT,
             "precision": precision,
             "openvino_version": ov.get_version(),
-            "source": str(src),
             "export_s": round(time.perf_counter() - t0, 2),
-            "size_bytes": sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()),
         }
-        (tmp / OV_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        manifest = finish_export(src, tmp, OV_MANIFEST, manifest)
     logger.info("exported %s to OpenVINO %s at %s in %.1f s", src, precision, out, manifest["export_s"])
     return manifest
 
