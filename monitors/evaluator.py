@@ -108,9 +108,11 @@ class RuleEvaluator:
         self._series: dict[tuple[str, str], Series] = {}
         self._open: dict[tuple[str, str], OpenAlert] = {}
         self._max_samples = max_samples_per_series
-        #: Newest sample time per rule, over all its series: tells a stalled pipeline (every
-        #: series silent) from one idle series (on_no_data: keep).
-        self._last_seen: dict[str, datetime] = {}
+        #: Per rule, the newest sample time of its two most recently fed series, as
+        #: ``[(fingerprint, time), ...]`` newest first: tells a stalled pipeline (every series
+        #: silent) from one idle series while *another* flows (on_no_data: keep). A series
+        #: thinning out on its own (users paused) is no sign that it recovered.
+        self._last_seen: dict[str, list[tuple[str, datetime]]] = {}
 
     @staticmethod
     def _labels(rule: Rule, metric: MetricEvent) -> dict[str, str]:
@@ -164,14 +166,38 @@ class RuleEvaluator:
                     series.baseline = sum(series.baseline_values) / len(series.baseline_values)
                     series.baseline_values = []
             sample = (metric.source_ts, value)
-            seen = self._last_seen.get(rule.name)
-            if seen is None or sample[0] > seen:
-                self._last_seen[rule.name] = sample[0]
+            self._note_seen(rule.name, key[1], sample[0])
             # A late arrival is inserted in time order, so pruning from the left stays correct.
             # A sampled metric (scoring budget) stands for 1 / sample_fraction events.
             series.samples.insert(sample, weight=1.0 / metric.sample_fraction)
             while len(series.samples) > self._max_samples:
                 series.samples.popleft()
+
+    def _note_seen(self, rule: str, fp: str, ts: datetime) -> None:
+        """Keep the newest sample times of the rule's two most recently fed series."""
+        latest = self._last_seen.get(rule)
+        if latest and latest[0][0] == fp:  # the common case, on every sample: the newest series again
+            if ts > latest[0][1]:
+                latest[0] = (fp, ts)
+            return
+        seen = [(f, t) for f, t in latest or [] if f != fp]
+        mine = max([t for f, t in self._last_seen.get(rule, []) if f == fp] + [ts])
+        self._last_seen[rule] = sorted([*seen, (fp, mine)], key=lambda item: item[1], reverse=True)[:2]
+
+    def _others_flow(self, rule: str, fp: str, horizon: datetime, now: datetime) -> bool:
+        """Whether a series of ``rule`` other than ``fp`` had a sample in ``[horizon, now]``.
+
+        >>> from datetime import UTC
+        >>> ev = RuleEvaluator([])
+        >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+        >>> ev._note_seen("r", "v1", t0)
+        >>> ev._others_flow("r", "v1", t0 - timedelta(seconds=60), t0)  # only itself
+        False
+        >>> ev._note_seen("r", "v2", t0 + timedelta(seconds=5))
+        >>> ev._others_flow("r", "v1", t0, t0 + timedelta(seconds=10)), ev._others_flow("r", "v2", t0, t0)
+        (True, True)
+        """
+        return any(f != fp and horizon <= t <= now for f, t in self._last_seen.get(rule, []))
 
     def restore(
         self,
@@ -203,7 +229,7 @@ class RuleEvaluator:
         """Currently pending or firing alerts, keyed by (rule, fingerprint)."""
         return dict(self._open)
 
-    def _value(self, rule: Rule, series: Series, now: datetime) -> tuple[float, bool, bool]:
+    def _value(self, rule: Rule, series: Series, fp: str, now: datetime) -> tuple[float, bool, bool]:
         """(value, breached, clear) of one series at ``now``; no data follows ``rule.on_no_data``."""
         horizon = now - timedelta(seconds=rule.window_s)
         if series.detector is not None:
@@ -218,9 +244,7 @@ class RuleEvaluator:
             if rule.on_no_data == "alert":
                 return math.nan, True, False
             if rule.on_no_data == "keep":
-                seen = self._last_seen.get(rule.name)
-                others_flow = seen is not None and horizon <= seen <= now
-                return math.nan, False, others_flow
+                return math.nan, False, self._others_flow(rule.name, fp, horizon, now)
             return math.nan, False, True
         # Kept up to date as samples come and go: the cost does not grow with the window.
         value = series.samples.value(rule.aggregation, rule.window_s, rule.share_above)
@@ -239,7 +263,7 @@ class RuleEvaluator:
             rule_name, fp = key
             rule = self.rules[rule_name]
             series = self._series[key]
-            value, breached, clear = self._value(rule, series, now)
+            value, breached, clear = self._value(rule, series, fp, now)
             shown = None if math.isnan(value) else value
             current = self._open.get(key)
             if current is None and breached:

@@ -165,6 +165,23 @@ def test_keep_resolves_an_idle_series_while_the_rule_gets_data_elsewhere() -> No
     assert [(a.state, a.labels["model_version"]) for a in out] == [("resolved", "v1")]
 
 
+def test_keep_holds_a_series_that_thins_out_on_its_own() -> None:
+    """Users pausing (fewer than min_samples left in the window, the rule's newest sample its own)
+    is no recovery: the alert stays until values come back or another series flows."""
+    spec = {"name": "r", "metric": "latency_ms", "window": 60, "threshold": 10, "for": 5, "min_samples": 5}
+    ev = RuleEvaluator([Rule.model_validate(spec)])
+    states: list[str] = []
+    for i in range(12):
+        ev.observe(metric(100.0, T0 + timedelta(seconds=i)))
+        states += [a.state for a in ev.evaluate(T0 + timedelta(seconds=i))]
+    assert states == ["pending", "firing"]
+    ev.observe(metric(100.0, T0 + timedelta(seconds=50)))
+    # From 72 s fewer than 5 samples are left in the window, the newest (50 s) in it until 110 s.
+    for seconds in (72, 100, 109):
+        assert ev.evaluate(T0 + timedelta(seconds=seconds)) == []
+    assert [a.state for a in ev.open_alerts().values()] == ["firing"]
+
+
 def test_no_data_resolves_when_the_rule_says_so() -> None:
     ev, _ = _fire("resolve")
     assert [a.state for a in ev.evaluate(T0 + timedelta(minutes=2))] == ["resolved"]
