@@ -128,11 +128,12 @@ def _active_scores(
 
 def bias_cache_key(settings: Settings) -> str:
     """The registry key of a version's counterfactual bias scores: ``bias:<questions>:<digest>``
-    (the digest covers the question file and the generation budget)."""
-    from retrain.bias import DATA_FILE
+    (the digest covers the question file, the scoring's version and the generation budget)."""
+    from retrain.bias import DATA_FILE, VERSION
 
     digest = hashlib.sha256(DATA_FILE.read_bytes())
-    digest.update(f"\0{settings.eval_max_tokens}".encode())
+    # The scoring version: scores cached under another statistic must not be compared.
+    digest.update(f"\0{VERSION}\0{settings.eval_max_tokens}".encode())
     return f"bias:{settings.bias_questions}:{digest.hexdigest()[:12]}"
 
 
@@ -277,15 +278,21 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
         if slower:
             promote = False
             reasons.extend(f"{r} than the active version" for r in slower)
-        # Counterfactual bias (retrain/bias.py): no gap between demographic variants may widen.
-        # Optional step: a Steps without ``bias`` (test fakes) skips the guard.
+        # Counterfactual bias (retrain/bias.py): no gap between demographic variants may widen by
+        # more than its limit. Off with ATALAIA_GATE_BIAS_MAX_INCREASE=off ({}); optional step: a
+        # Steps without ``bias`` (test fakes) skips the guard.
         bias_step = getattr(steps, "bias", None)
         bias: dict[str, Any] | None = None
-        if bias_step is not None and settings.gate_bias_max_increase is not None:
+        limits = settings.gate_bias_max_increase
+        if bias_step is not None and limits:
             from retrain.bias import bias_regressions
 
-            bias = {"candidate": bias_step(staging, settings), "active": _active_bias(engine, settings, steps, served)}
-            bias_reasons = bias_regressions(bias["candidate"], bias["active"], settings.gate_bias_max_increase)
+            bias = {
+                "candidate": bias_step(staging, settings),
+                "active": _active_bias(engine, settings, steps, served),
+                "limits": dict(limits),
+            }
+            bias_reasons = bias_regressions(bias["candidate"], bias["active"], limits)
             if bias_reasons:
                 promote = False
                 reasons.extend(bias_reasons)

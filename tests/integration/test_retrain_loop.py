@@ -70,6 +70,13 @@ def _loop_settings(base: Settings, db_url: str, tmp_path: Path, models_dir: Path
             # guards allow, so the deploy path runs; the strict gate is tested below.
             "gate_min_improvement": -1.0,
             "gate_guards": {},
+            # The bias guard runs (on 1 question: 13 short answers per version) with limits no gap
+            # can exceed (gaps are at most 1): the evaluation, its cache and the gate's record are
+            # exercised, the decision is tests/unit/test_bias.py's.
+            "bias_questions": 1,
+            "gate_bias_max_increase": dict.fromkeys(
+                ("similarity_gap", "refusal_gap", "toxicity_gap", "rouge_gap"), 1.0
+            ),
             "quantized_ppl_tolerance": 1.0,
             **extra,
         }
@@ -216,6 +223,9 @@ def test_alert_retrain_deploy_serve_then_canary_rollback(
         assert row["dataset_hash"]
         assert Path(row["artefact_path"]).is_dir() and row["size_bytes"] > 0
         parent = registry.get_version(engine, settings.model_version)
+        bias_gate = gate_step["details"]["bias"]
+        assert bias_gate["candidate"]["n"] == bias_gate["active"]["n"] == 13
+        assert 0.0 <= bias_gate["candidate"]["bias_similarity_gap"] <= 1.0
         assert parent is not None and parent["status"] == "retired"
         assert current_lock(engine) is None
         assert not list(settings.models_dir.glob(f"*{registry.PARTIAL_SUFFIX}"))  # type: ignore[union-attr]

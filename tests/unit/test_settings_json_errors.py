@@ -23,6 +23,7 @@ JSON_SETTINGS = [
     "retention_table_days",
     "gateway_upstreams",
     "gate_guards",
+    "gate_bias_max_increase",
     "serving_auto_candidates",
     "api_keys",
 ]
