@@ -8,7 +8,8 @@ samples with ``--baseline`` samples of its parent (drawn from the same distribut
 canary's best case, where the parent's earlier window is not the degraded one), the new version
 taking all requests; it stops at the first ``rollback`` and otherwise ends in ``pass``. New:
 :func:`retrain.canary.concurrent_compare` on a split (``--share`` of requests to the candidate),
-both arms from the same period, stopping at ``promote``/``rollback``; no verdict by the end is
+both arms from the same period, stopping at ``promote``/``rollback``; no verdict by the end, or
+once both arms have ``--max-samples`` (the sample budget, ``ATALAIA_CANARY_MAX_SAMPLES``), is
 ``timeout`` (the parent is kept).
 
 Usage::
@@ -49,7 +50,15 @@ def _old(
     return "pass", total
 
 
-def _new(rng: random.Random, cand_mean: float, total: int, look: int, share: float, min_events: int) -> tuple[str, int]:
+def _new(
+    rng: random.Random,
+    cand_mean: float,
+    total: int,
+    look: int,
+    share: float,
+    min_events: int,
+    max_samples: int | None = None,
+) -> tuple[str, int]:
     cand: list[float] = []
     par: list[float] = []
     for n in range(look, total + 1, look):
@@ -66,8 +75,9 @@ def _new(rng: random.Random, cand_mean: float, total: int, look: int, share: flo
             max_drop=MAX_DROP,
             max_latency_ratio=MAX_LATENCY_RATIO,
             max_toxicity_increase=MAX_TOXICITY_INCREASE,
+            max_samples=max_samples,
         ).decision
-        if verdict in ("promote", "rollback"):
+        if verdict in ("promote", "rollback", "timeout"):
             return verdict, n
     return "timeout", total
 
@@ -80,6 +90,7 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.2)
     parser.add_argument("--baseline", type=int, default=500, help="old canary: parent samples")
     parser.add_argument("--min-events", type=int, default=30)
+    parser.add_argument("--max-samples", type=int, default=None, help="new canary: sample budget per arm")
     args = parser.parse_args()
     print("| candidate | canary | promote/pass | rollback | timeout | median requests to promote or rollback |")
     print("|---|---|---|---|---|---|")
@@ -89,7 +100,7 @@ def main() -> None:
             outcomes = [
                 _old(rng, mean, args.requests, args.look_every, args.baseline, args.min_events)
                 if name.startswith("old")
-                else _new(rng, mean, args.requests, args.look_every, args.share, args.min_events)
+                else _new(rng, mean, args.requests, args.look_every, args.share, args.min_events, args.max_samples)
                 for _ in range(args.streams)
             ]
             counts = {

@@ -2,18 +2,24 @@
 
 Two ways, by ``ATALAIA_CANARY_SHARE``:
 
-- **Traffic split** (share > 0): the run publishes a ``canary`` model event; inference serves the
-  candidate beside its parent to that share of callers (:mod:`inference.routing`, or in shadow
-  with ``ATALAIA_CANARY_MODE=shadow``), and both are scored live in the same period.
-  :func:`concurrent_compare` runs an anytime-valid sequential test (:mod:`retrain.sequential`) on
-  the difference of each metric's mean, candidate minus parent, over the same period: ``promote``
-  once every metric is not worse than its margin with confidence, ``rollback`` as soon as one is
-  worse than its margin with confidence, and ``timeout`` (the parent is kept: fail closed) when
-  ``ATALAIA_CANARY_WINDOW_S`` ends without a verdict. The margins: ``canary_max_drop`` (relative,
-  of the parent's mean) for ROUGE-L and reference similarity, ``canary_max_toxicity_increase``
-  (absolute) for toxicity, ``canary_max_latency_ratio - 1`` (relative) for the speed metrics.
+- **Traffic split** (share > 0, the default 0.1): the run publishes a ``canary`` model event;
+  inference serves the candidate beside its parent to that share of callers
+  (:mod:`inference.routing`, or in shadow with ``ATALAIA_CANARY_MODE=shadow``), and both are scored
+  live in the same period. :func:`concurrent_compare` runs an anytime-valid sequential test
+  (:mod:`retrain.sequential`) on the difference of each metric's mean, candidate minus parent,
+  over the same period: ``promote`` once every metric is not worse than its margin with
+  confidence, ``rollback`` as soon as one is worse than its margin with confidence, and
+  ``timeout`` (the parent is kept: fail closed) when the split reaches its horizon without a
+  verdict. The horizon counts samples, so that low traffic takes longer instead of failing: it is
+  reached once both arms have ``ATALAIA_CANARY_MAX_SAMPLES`` samples of every metric still
+  undecided, or at the latest after ``ATALAIA_CANARY_MAX_S`` (72 h). The confidence sequence
+  holds at any stopping time, so ending on a sample count (or on the clock) does not weaken the
+  verdicts reached before. The margins: ``canary_max_drop`` (relative, of the parent's mean) for
+  ROUGE-L and reference similarity, ``canary_max_toxicity_increase`` (absolute) for toxicity,
+  ``canary_max_latency_ratio - 1`` (relative) for the speed metrics.
 - **Deploy at once** (share 0): the new version serves everything, and :func:`compare` judges
-  its live metrics against the parent's before the deploy, as below.
+  its live metrics against the parent's before the deploy, as below, for
+  ``ATALAIA_CANARY_WINDOW_S``.
 
 Speed is judged per phase, from the inference events (cache hits excluded), so that answer
 length does not decide: time to first token per prompt token (the prefill, plus retrieval and
@@ -32,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Engine, select
@@ -66,8 +73,9 @@ _SPEED_LABELS = {
 @dataclass
 class CanaryVerdict:
     """``rollback`` (regression), ``pass`` (no regression, or the window ran out) or ``wait``; with a
-    traffic split also ``promote`` (not worse, with confidence) and ``timeout`` (no verdict in the
-    window: the parent is kept)."""
+    traffic split also ``promote`` (not worse, with confidence) and ``timeout`` (no verdict by the
+    horizon, the sample budget or the time limit: the parent is kept).
+    """
 
     decision: Literal["pass", "rollback", "wait", "promote", "timeout"]
     reasons: list[str] = field(default_factory=list)
@@ -76,6 +84,9 @@ class CanaryVerdict:
     #: Traffic split only: per metric, the confidence interval on candidate - parent, its margin,
     #: the samples per arm and the metric's outcome (``ok``, ``worse``, ``undecided``).
     tests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Traffic split only: samples per arm (``candidate``, ``parent``) of each metric the parent has,
+    #: judged yet or not: the progress towards the sample budget.
+    samples: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _mean(values: list[float]) -> float:
@@ -274,6 +285,8 @@ def concurrent_compare(
     max_latency_ratio: float,
     max_toxicity_increase: float,
     window_over: bool = False,
+    max_samples: int | None = None,
+    window: str = "the canary window",
 ) -> CanaryVerdict:
     """Sequential verdict on samples of the candidate and its parent from the same period.
 
@@ -281,7 +294,10 @@ def concurrent_compare(
     ``mean(candidate) - mean(parent)`` at level ``alpha / k`` (``k`` the metrics that can be
     judged: the error bound holds for all of them together, at every check). ``rollback`` when
     any metric is worse than its margin; ``promote`` when every metric with parent samples is
-    not worse than its margin; otherwise ``wait``, or ``timeout`` once ``window_over``.
+    not worse than its margin; otherwise ``wait``, or ``timeout`` (the parent is kept) at the
+    horizon: once both arms have ``max_samples`` (at least ``min_events``) samples of every
+    metric still undecided, or once ``window_over`` (``window`` names that limit in the reason).
+    The reason of a timeout says which limit ended the canary and the samples of each arm.
 
     Examples
     --------
@@ -299,16 +315,33 @@ def concurrent_compare(
     'wait'
     >>> concurrent_compare({"rougeL": same["rougeL"][:10]}, parent, window_over=True, **kw).decision
     'timeout'
+
+    A candidate within noise of the margin stays undecided; the sample budget ends it, and the
+    reason gives each arm's samples:
+
+    >>> close = {"rougeL": [rng.gauss(0.36, 0.1) for _ in range(200)]}
+    >>> concurrent_compare(close, parent, **kw).decision
+    'wait'
+    >>> ended = concurrent_compare(close, parent, max_samples=200, **kw)
+    >>> ended.decision, ended.samples
+    ('timeout', {'rougeL': {'candidate': 200, 'parent': 2000}})
+    >>> limit, counts = ended.reasons[0].split(" on ")
+    >>> print(limit)
+    no verdict at the sample budget of 200 per arm (ATALAIA_CANARY_MAX_SAMPLES)
+    >>> print(counts)
+    rougeL (candidate 200 / parent 2000 samples); the parent is kept
     """
     verdict = CanaryVerdict("wait")
     by_speed = any(len(parent.get(n, [])) >= min_events for n in SPEED_METRICS)
     metrics = [m for m in SEQUENTIAL_METRICS if not (m[0] == LATENCY and by_speed)]
     level = alpha / len(metrics)
-    pending, worse = [], []
+    pending: list[str] = []
+    worse: list[str] = []
     for name, higher, kind in metrics:
         cand_v, par_v = candidate.get(name, []), parent.get(name, [])
         if len(par_v) < max(min_events, 2):
             continue  # the parent has no such metric in this period: nothing to compare with
+        verdict.samples[name] = {"candidate": len(cand_v), "parent": len(par_v)}
         verdict.baseline[name] = _mean(par_v)
         if cand_v:
             verdict.live[name] = _mean(cand_v)
@@ -350,13 +383,30 @@ def concurrent_compare(
     elif verdict.tests and not pending:
         verdict.decision = "promote"
         verdict.reasons = [f"not worse than the parent beyond the margins on {', '.join(verdict.tests)}"]
-    elif window_over:
+    elif (budget := _budget_reached(verdict.samples, pending, max_samples, min_events)) or window_over:
         verdict.decision = "timeout"
-        what = ", ".join(pending) if pending else "any metric"
-        verdict.reasons = [f"canary window over without a verdict on {what}; the parent is kept"]
+        counts = ", ".join(
+            f"{n} (candidate {verdict.samples[n]['candidate']} / parent {verdict.samples[n]['parent']} samples)"
+            for n in pending
+        )
+        if budget:
+            limit = f"no verdict at the sample budget of {max_samples} per arm (ATALAIA_CANARY_MAX_SAMPLES)"
+        else:
+            limit = f"{window} ended without a verdict"
+        verdict.reasons = [f"{limit} on {counts or 'any metric'}; the parent is kept"]
     else:
         verdict.reasons = [f"waiting for evidence on {', '.join(pending) if pending else 'any metric'}"]
     return verdict
+
+
+def _budget_reached(
+    samples: dict[str, dict[str, int]], pending: list[str], max_samples: int | None, min_events: int
+) -> bool:
+    """Whether both arms have the sample budget of every undecided metric (none undecided: no)."""
+    if max_samples is None or not pending:
+        return False
+    budget = max(max_samples, min_events)
+    return all(min(samples[n]["candidate"], samples[n]["parent"]) >= budget for n in pending)
 
 
 def canary_state(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -369,14 +419,14 @@ def check_split_canary(engine: Engine, settings: Settings, row: dict[str, Any]) 
     """The sequential verdict of a running traffic split: both versions' samples since it started."""
     state = canary_state(row)
     assert state is not None and row["parent"]
-    from datetime import datetime
-
     started = as_utc(datetime.fromisoformat(state["started_at"]))
-    # Both arms over the same period; the parent has (1 - share) / share times more samples.
-    limit = settings.canary_baseline_events * 20
+    # Both arms over the same period; the parent has (1 - share) / share times more samples. Twice
+    # the budget, so that a metric some answers lack (time per token of one-token answers) still
+    # reaches it.
+    limit = max(settings.canary_baseline_events * 20, 2 * settings.canary_max_samples)
     candidate = _samples(engine, row["version"], after=started, limit=limit)
     parent = _samples(engine, row["parent"], after=started, limit=limit)
-    over = (utcnow() - started).total_seconds() >= settings.canary_window_s
+    over = (utcnow() - started).total_seconds() >= settings.canary_max_s
     return concurrent_compare(
         candidate,
         parent,
@@ -386,7 +436,22 @@ def check_split_canary(engine: Engine, settings: Settings, row: dict[str, Any]) 
         max_latency_ratio=settings.canary_max_latency_ratio,
         max_toxicity_increase=settings.canary_max_toxicity_increase,
         window_over=over,
+        max_samples=settings.canary_max_samples,
+        window=f"the time limit of {settings.canary_max_s / 3600:g} h (ATALAIA_CANARY_MAX_S)",
     )
+
+
+def horizon(settings: Settings, started_at: str) -> dict[str, Any]:
+    """When a traffic split started at ``started_at`` (ISO 8601) ends without a verdict: the sample
+    budget per arm and the time limit (shown by the dashboard and the report).
+
+    Examples
+    --------
+    >>> horizon(Settings(canary_max_samples=400, canary_max_s=7200), "2026-01-01T00:00:00+00:00")
+    {'max_samples': 400, 'max_s': 7200.0, 'ends_by': '2026-01-01T02:00:00+00:00'}
+    """
+    ends = as_utc(datetime.fromisoformat(started_at)) + timedelta(seconds=settings.canary_max_s)
+    return {"max_samples": settings.canary_max_samples, "max_s": settings.canary_max_s, "ends_by": ends.isoformat()}
 
 
 def start_canary(settings: Settings, engine: Engine, version: str, path: str, parent: str, reason: str) -> ModelEvent:
@@ -401,16 +466,18 @@ def start_canary(settings: Settings, engine: Engine, version: str, path: str, pa
         canary_mode=settings.canary_mode,
     )
     publish_model_event(settings, event)
+    started = utcnow().isoformat()
     registry.update_metrics(
         engine,
         version,
         {
             "canary": {
                 "state": "running",
-                "started_at": utcnow().isoformat(),
+                "started_at": started,
                 "share": settings.canary_share,
                 "mode": settings.canary_mode,
                 "parent": parent,
+                "horizon": horizon(settings, started),
             }
         },
     )
@@ -454,7 +521,14 @@ def settle_canary(settings: Settings, version: str, engine: Engine | None = None
         "baseline": verdict.baseline,
     }
     if split is not None:
-        summary.update(state=split, tests=verdict.tests, checked_at=utcnow().isoformat())
+        # The horizon as this check applied it (settings are read at every check).
+        summary.update(
+            state=split,
+            tests=verdict.tests,
+            samples=verdict.samples,
+            horizon=horizon(settings, split["started_at"]),
+            checked_at=utcnow().isoformat(),
+        )
         if verdict.decision == "wait":
             registry.update_metrics(engine, version, {"canary_progress": summary})
             return verdict

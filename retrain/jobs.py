@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from typing import Any
 
 from atalaia.events import utcnow
 from atalaia.settings import load_settings
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 RETRAIN_JOB = "retrain-now"
 PERIODIC_JOB = "retrain-periodic"
 CANARY_PREFIX = "canary:"
+CANARY_SWEEP_JOB = "canary-sweep"
 EVIDENTLY_JOB = "evidently-report"
 BIAS_JOB = "bias-evaluation"
 
@@ -99,18 +101,51 @@ def schedule_canary_for_latest_deploy() -> None:
     scheduler = get_running_scheduler()
     if run is None or not run["candidate_version"] or scheduler is None:
         return
-    if utcnow() - as_utc(run["finished_at"]) > timedelta(seconds=settings.canary_window_s):
+    # Past both limits the canary has nothing left to decide (a traffic split runs up to
+    # canary_max_s, a deploy at once canary_window_s); within them the first check settles it.
+    if utcnow() - as_utc(run["finished_at"]) > timedelta(seconds=max(settings.canary_window_s, settings.canary_max_s)):
         return
+    _add_canary_job(scheduler, run["candidate_version"], settings.canary_interval_s)
+
+
+def _add_canary_job(scheduler: Any, version: str, interval_s: float) -> None:
     scheduler.add_job(
         "retrain.jobs:canary_check",
         "interval",
-        seconds=settings.canary_interval_s,
-        id=CANARY_PREFIX + run["candidate_version"],
+        seconds=interval_s,
+        id=CANARY_PREFIX + version,
         replace_existing=True,
-        kwargs={"version": run["candidate_version"]},
+        kwargs={"version": version},
         coalesce=True,
         max_instances=1,
     )
+
+
+def resume_canaries() -> list[str]:
+    """Add a canary job for every running traffic split that has none; the versions added.
+
+    A split started by a run outside the scheduler (``atalaia retrain --now`` from a shell) gets
+    no job from :func:`schedule_canary_for_latest_deploy`, and without checks it would never end:
+    the scheduler runs this at start and every ``ATALAIA_CANARY_INTERVAL_S``.
+    """
+    from atalaia.storage.db import get_engine
+    from retrain.canary import canary_state
+    from retrain.registry import list_versions
+    from retrain.scheduler import get_running_scheduler
+
+    settings = load_settings()
+    scheduler = get_running_scheduler()
+    if scheduler is None:
+        return []
+    added = []
+    for row in list_versions(get_engine(settings.database_url)):
+        version = str(row["version"])
+        if canary_state(row) is not None and scheduler.get_job(CANARY_PREFIX + version) is None:
+            _add_canary_job(scheduler, version, settings.canary_interval_s)
+            added.append(version)
+    if added:
+        log.info("canary checks resumed", extra={"versions": added})
+    return added
 
 
 def canary_check(version: str) -> str:

@@ -364,7 +364,12 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
             )
             d.update(
                 version=version,
-                canary={"share": settings.canary_share, "mode": settings.canary_mode},
+                canary={
+                    "share": settings.canary_share,
+                    "mode": settings.canary_mode,
+                    "max_samples": settings.canary_max_samples,
+                    "max_s": settings.canary_max_s,
+                },
                 event_id=str(event.event_id),
             )
         shutil.rmtree(Path(trained.merged_dir), ignore_errors=True)
@@ -372,7 +377,8 @@ def _run(settings: Settings, engine: Engine, steps: Steps, recorder: RunRecorder
         return RunOutcome(
             recorder.run_id,
             "deployed",
-            f"canary: {100 * settings.canary_share:g}% of callers ({settings.canary_mode})",
+            f"canary: {100 * settings.canary_share:g}% of callers ({settings.canary_mode}) until a verdict, at most "
+            f"{settings.canary_max_samples} samples per arm or {settings.canary_max_s / 3600:g} h",
             version,
             {"candidate": candidate_scores, "active": active_scores},
         )

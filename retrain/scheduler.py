@@ -16,7 +16,7 @@ from typing import Any
 
 from atalaia.events import AlertEvent, utcnow
 from atalaia.settings import Settings
-from retrain.jobs import BIAS_JOB, PERIODIC_JOB, RETRAIN_JOB
+from retrain.jobs import BIAS_JOB, CANARY_SWEEP_JOB, PERIODIC_JOB, RETRAIN_JOB
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,14 @@ def start_scheduler(settings: Settings) -> Any:
     _install_retention(settings, scheduler)
     _install_evidently(settings, scheduler)
     _install_cron(scheduler, "retrain.jobs:bias_evaluation", BIAS_JOB, settings.bias_cron)
+    # Traffic splits started outside the scheduler (a run from a shell) get their checks too.
+    scheduler.add_job(
+        "retrain.jobs:resume_canaries",
+        "interval",
+        seconds=settings.canary_interval_s,
+        id=CANARY_SWEEP_JOB,
+        replace_existing=True,
+    )
     jobs = [(job.id, str(job.next_run_time)) for job in scheduler.get_jobs()]
     log.info("scheduler started", extra={"jobs": jobs})
     return scheduler

@@ -37,8 +37,11 @@ def canary_summaries(conn: Connection, since: datetime | None = None) -> list[di
     Each entry: ``candidate``, ``parent``, ``share``, ``mode``, ``state`` (``running`` or
     ``ended``), ``started_at``, ``ended_at``, ``decision`` (``promote``, ``rollback``,
     ``timeout``, or ``wait`` while running), ``reasons``, ``tests`` (per metric: difference,
-    confidence bounds, margin, samples, outcome) and ``requests`` (answers per version in the
-    period, with ``shadow`` the candidate's shadow answers).
+    confidence bounds, margin, samples, outcome), ``samples`` (per metric the parent has: the
+    samples of each arm, ``candidate`` and ``parent``, judged yet or not), ``horizon`` (when it
+    ends without a verdict: ``max_samples`` per arm, ``max_s``, ``ends_by``; empty for canaries
+    from before it was recorded) and ``requests`` (answers per version in the period, with
+    ``shadow`` the candidate's shadow answers).
     """
     rows = conn.execute(select(t.model_versions.c.version, t.model_versions.c.metrics)).all()
     out = []
@@ -56,6 +59,8 @@ def canary_summaries(conn: Connection, since: datetime | None = None) -> list[di
         if started is None or (since is not None and started < since):
             continue
         summary = final if "decision" in final else progress
+        # The latest check's horizon (settings are read at every check), else the one at the start.
+        horizon = summary.get("horizon") or state.get("horizon") or {}
         parent = str(state.get("parent") or "")
         out.append(
             {
@@ -69,6 +74,8 @@ def canary_summaries(conn: Connection, since: datetime | None = None) -> list[di
                 "decision": summary.get("decision", "wait"),
                 "reasons": summary.get("reasons", []),
                 "tests": summary.get("tests", {}),
+                "samples": summary.get("samples", {}),
+                "horizon": horizon if isinstance(horizon, dict) else {},
                 "requests": _requests(conn, (str(version), parent), started, ended or utcnow()),
             }
         )

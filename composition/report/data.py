@@ -334,7 +334,10 @@ def summary_of(data: ReportData) -> dict[str, Any]:
         },
         "deploys": [{"ts": d.ts.isoformat(), "version": d.version, "kind": d.kind} for d in data.deploys],
         "canaries": [
-            {k: c[k] for k in ("candidate", "parent", "share", "mode", "state", "decision", "requests")}
+            {
+                k: c[k]
+                for k in ("candidate", "parent", "share", "mode", "state", "decision", "requests", "samples", "horizon")
+            }
             for c in data.canaries
         ],
         "runs": [

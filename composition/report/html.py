@@ -375,9 +375,23 @@ def _runs_table(runs: Sequence[Run]) -> str:
     )
 
 
+def _canary_horizon(c: dict[str, Any]) -> str:
+    """Each arm's samples per metric and where the canary ends without a verdict (sample budget
+    per arm, time limit): the progress of a split that has not decided yet."""
+    samples = ", ".join(
+        f"{name} {n.get('candidate', 0)} / {n.get('parent', 0)}" for name, n in (c.get("samples") or {}).items()
+    )
+    horizon = c.get("horizon") or {}
+    parts = [f"samples candidate / parent: {samples}"] if samples else []
+    if horizon.get("max_samples") and horizon.get("ends_by"):
+        ends = _when(datetime.fromisoformat(str(horizon["ends_by"])))
+        parts.append(f"horizon (no verdict: parent kept) {horizon['max_samples']} samples per arm or {ends} UTC")
+    return "; ".join(parts)
+
+
 def _canaries_table(canaries: Sequence[dict[str, Any]]) -> str:
     """The split (share, mode, requests per version) and the verdict of each canary, with each
-    metric's confidence interval on candidate - parent."""
+    metric's confidence interval on candidate - parent, the samples of each arm and the horizon."""
     if not canaries:
         return "<p class='muted'>No canary with a traffic split in this period.</p>"
     rows = []
@@ -392,11 +406,13 @@ def _canaries_table(canaries: Sequence[dict[str, Any]]) -> str:
             f"margin {_fmt(v.get('margin'))} → {escape(str(v.get('outcome')))}"
             for name, v in (c.get("tests") or {}).items()
         )
-        verdict = c["decision"] if c["state"] != "running" else f"running ({c['decision']})"
+        verdict = escape(c["decision"] if c["state"] != "running" else f"running ({c['decision']})")
+        if progress := _canary_horizon(c):
+            verdict += f"<br><span class='muted canary-horizon'>{escape(progress)}</span>"
         rows.append(
             f"<tr class='canary decision-{escape(str(c['decision']))}'>"
             f"<td><code>{escape(c['candidate'])}</code></td><td><code>{escape(c['parent'])}</code></td>"
-            f"<td>{escape(split)}</td><td class='num'>{escape(counts)}</td><td>{escape(verdict)}</td>"
+            f"<td>{escape(split)}</td><td class='num'>{escape(counts)}</td><td>{verdict}</td>"
             f"<td class='muted'>{tests}</td><td>{escape('; '.join(c.get('reasons') or []))}</td></tr>"
         )
     return (

@@ -159,6 +159,14 @@ function renderCanaries() {
       const bounds = `[${fmt(test.lower)}, ${fmt(test.upper)}]`;
       li.append(el("div", { class: "canary-test" }, `${name}: ${fmt(test.difference)} ${bounds} margin ${fmt(test.margin)}, ${test.outcome}`));
     }
+    // Progress towards the horizon: each arm's samples, and where a split without a verdict ends.
+    const samples = Object.entries(c.samples || {}).map(([name, n]) => `${name} ${n.candidate} / ${n.parent}`);
+    if (samples.length) li.append(el("div", { class: "canary-samples" }, `samples candidate / parent: ${samples.join(", ")}`));
+    const h = c.horizon || {};
+    if (c.state === "running" && h.max_samples && h.ends_by) {
+      const ends = new Date(h.ends_by).toLocaleString([], { hour12: false });
+      li.append(el("div", { class: "canary-horizon" }, `ends without a verdict at ${h.max_samples} samples per arm or at ${ends}`));
+    }
     if (c.reasons && c.reasons.length) li.append(el("div", { class: "canary-reason" }, c.reasons.join("; ")));
     return li;
   });

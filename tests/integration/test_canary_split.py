@@ -155,7 +155,9 @@ def test_the_canary_splits_traffic_promotes_a_better_and_rolls_back_a_worse_cand
             "cache_enabled": False,
             "canary_share": 0.5,
             "canary_min_events": 8,
-            "canary_window_s": 3600,
+            # The horizon stays out of the way: the test sends traffic until the test decides.
+            "canary_max_s": 3600,
+            "canary_max_samples": 1000,
             # The test is about quality; both arms run interleaved on one shared CI machine, whose
             # timing noise would need far more requests to bound the speed metrics at 1.5x.
             "canary_max_latency_ratio": 2.0,
@@ -193,6 +195,12 @@ def test_the_canary_splits_traffic_promotes_a_better_and_rolls_back_a_worse_cand
             row = registry.get_version(engine, v_broken)
             assert row is not None and row["status"] == "rolled_back"
             assert row["metrics"]["canary"]["decision"] == "rollback"
+            # Each arm's samples and the horizon are recorded with the verdict (dashboard, report).
+            samples = row["metrics"]["canary"]["samples"]["rougeL"]
+            assert (
+                samples["candidate"] >= settings.canary_min_events and samples["parent"] >= settings.canary_min_events
+            )
+            assert row["metrics"]["canary"]["horizon"]["max_samples"] == 1000
         except AssertionError:
             print(log_text(settings, "serve")[-4000:])
             print(log_text(settings, "worker")[-3000:])

@@ -78,6 +78,9 @@ def _loop_settings(base: Settings, db_url: str, tmp_path: Path, models_dir: Path
                 ("similarity_gap", "refusal_gap", "toxicity_gap", "rouge_gap"), 1.0
             ),
             "quantized_ppl_tolerance": 1.0,
+            # Deploy at once: these tests follow a deploy into the served version and a canary
+            # rollback out of it; the traffic split (the default) is test_canary_split.py's.
+            "canary_share": 0.0,
             **extra,
         }
     )
@@ -220,12 +223,12 @@ def test_alert_retrain_deploy_serve_then_canary_rollback(
         assert row["quantization"] == ("float32" if slower else "int8-weight-only"), record
         gate_step = next(s for s in run["steps"] if s["name"] == "gate")
         assert set(gate_step["details"]["speed"]["ratios"]["candidate"]) == {"prefill_ratio", "decode_ratio"}
-        assert row["dataset_hash"]
-        assert Path(row["artefact_path"]).is_dir() and row["size_bytes"] > 0
-        parent = registry.get_version(engine, settings.model_version)
         bias_gate = gate_step["details"]["bias"]
         assert bias_gate["candidate"]["n"] == bias_gate["active"]["n"] == 13
         assert 0.0 <= bias_gate["candidate"]["bias_similarity_gap"] <= 1.0
+        assert row["dataset_hash"]
+        assert Path(row["artefact_path"]).is_dir() and row["size_bytes"] > 0
+        parent = registry.get_version(engine, settings.model_version)
         assert parent is not None and parent["status"] == "retired"
         assert current_lock(engine) is None
         assert not list(settings.models_dir.glob(f"*{registry.PARTIAL_SUFFIX}"))  # type: ignore[union-attr]

@@ -87,6 +87,19 @@ def test_a_run_starts_a_canary_instead_of_a_deploy(settings: Settings, published
     assert registry.get_version(engine, settings.model_version)["status"] == "active"  # type: ignore[index]
 
 
+def test_a_traffic_split_is_the_default(tmp_path: Path, published: list[ModelEvent]) -> None:
+    s = Settings(home=tmp_path / "default", retrain_min_feedback=5, retrain_cooldown_s=0)
+    assert (s.canary_share, s.canary_mode, s.canary_max_samples, s.canary_max_s) == (0.1, "split", 1000, 72 * 3600)
+    s.generator_path.mkdir(parents=True)
+    (s.generator_path / "config.json").write_text("{}")
+    upgrade(s.database_url)
+    version = _start(s, published)
+    assert [(e.type, e.canary_share) for e in published] == [("canary", 0.1)]
+    row = registry.get_version(get_engine(s.database_url), version)
+    state = canary.canary_state(row)
+    assert state is not None and state["horizon"]["max_samples"] == 1000 and state["horizon"]["max_s"] == 259_200
+
+
 def test_a_worse_candidate_is_rolled_back_on_the_same_periods_metrics(
     settings: Settings, published: list[ModelEvent]
 ) -> None:
@@ -123,18 +136,61 @@ def test_a_candidate_as_good_as_its_parent_is_promoted(settings: Settings, publi
     assert registry.get_version(engine, settings.model_version)["status"] == "retired"  # type: ignore[index]
 
 
-def test_no_verdict_in_the_window_keeps_the_parent(settings: Settings, published: list[ModelEvent]) -> None:
+def test_no_verdict_by_the_time_limit_keeps_the_parent(settings: Settings, published: list[ModelEvent]) -> None:
     version = _start(settings, published)
     rng = random.Random(3)
     _metrics(settings, settings.model_version, "rougeL", _rouge(rng, 0.4, 100), timedelta(seconds=1))
     _metrics(settings, version, "rougeL", _rouge(rng, 0.4, 5), timedelta(seconds=1))
     assert canary.settle_canary(settings, version).decision == "wait"
-    over = settings.model_copy(update={"canary_window_s": 0.001})
+    # The deploy-at-once window does not end a split: low traffic only makes it take longer.
+    assert canary.settle_canary(settings.model_copy(update={"canary_window_s": 0.001}), version).decision == "wait"
+    over = settings.model_copy(update={"canary_max_s": 0.001})
     verdict = canary.settle_canary(over, version)
     assert verdict.decision == "timeout" and "parent is kept" in verdict.reasons[0]
+    assert "ATALAIA_CANARY_MAX_S" in verdict.reasons[0], verdict.reasons
+    assert "rougeL (candidate 5 / parent 100 samples)" in verdict.reasons[0], verdict.reasons
     assert published[-1].type == "rollback" and published[-1].model_version == settings.model_version
     row = registry.get_version(get_engine(settings.database_url), version)
     assert row is not None and row["status"] == "rolled_back" and "timeout" in row["metrics"]["rollback_reason"]
+    assert row["metrics"]["canary"]["samples"] == {"rougeL": {"candidate": 5, "parent": 100}}
+
+
+def test_no_verdict_at_the_sample_budget_keeps_the_parent(settings: Settings, published: list[ModelEvent]) -> None:
+    budget = settings.model_copy(update={"canary_max_samples": 150})
+    version = _start(budget, published)
+    rng = random.Random(5)
+    # A candidate right at the margin (10 % below 0.4) stays undecided however long it runs.
+    _metrics(settings, settings.model_version, "rougeL", _rouge(rng, 0.4, 600), timedelta(seconds=1))
+    _metrics(settings, version, "rougeL", _rouge(rng, 0.36, 100), timedelta(seconds=1))
+    waiting = canary.settle_canary(budget, version)
+    assert waiting.decision == "wait" and waiting.samples == {"rougeL": {"candidate": 100, "parent": 600}}
+    row = registry.get_version(get_engine(settings.database_url), version)
+    assert row is not None and row["metrics"]["canary_progress"]["samples"]["rougeL"]["candidate"] == 100
+    assert row["metrics"]["canary_progress"]["horizon"]["max_samples"] == 150
+    _metrics(settings, version, "rougeL", _rouge(rng, 0.36, 60), timedelta(seconds=2))
+    verdict = canary.settle_canary(budget, version)
+    assert verdict.decision == "timeout", verdict
+    assert verdict.reasons == [
+        "no verdict at the sample budget of 150 per arm (ATALAIA_CANARY_MAX_SAMPLES) on rougeL "
+        "(candidate 160 / parent 600 samples); the parent is kept"
+    ]
+    assert published[-1].type == "rollback" and published[-1].model_version == settings.model_version
+    row = registry.get_version(get_engine(settings.database_url), version)
+    assert row is not None and row["status"] == "rolled_back" and "sample budget" in row["metrics"]["rollback_reason"]
+
+
+def test_a_verdict_before_the_horizon_ends_the_split(settings: Settings, published: list[ModelEvent]) -> None:
+    # A large budget and time limit: a clear difference decides long before either.
+    roomy = settings.model_copy(update={"canary_max_samples": 100_000, "canary_max_s": 10 * 86_400})
+    worse = _start(roomy, published)
+    rng = random.Random(6)
+    _metrics(settings, settings.model_version, "rougeL", _rouge(rng, 0.4, 500), timedelta(seconds=1))
+    _metrics(settings, worse, "rougeL", _rouge(rng, 0.2, 60), timedelta(seconds=1))
+    assert canary.settle_canary(roomy, worse).decision == "rollback"
+    better = _start(roomy, published)
+    _metrics(settings, better, "rougeL", _rouge(rng, 0.45, 300), timedelta(seconds=3))
+    _metrics(settings, settings.model_version, "rougeL", _rouge(rng, 0.4, 800), timedelta(seconds=3))
+    assert canary.settle_canary(roomy, better).decision == "promote"
 
 
 def test_share_zero_keeps_the_deploy_at_once(settings: Settings, published: list[ModelEvent]) -> None:
@@ -177,6 +233,7 @@ def test_dashboard_and_report_show_the_split_and_the_verdict(settings: Settings,
         (running,) = canary_summaries(conn)
     assert running["state"] == "running" and running["decision"] == "wait" and running["share"] == 0.2
     assert running["requests"] == {version: 3, settings.model_version: 5, "shadow": 1}
+    assert running["horizon"]["max_samples"] == settings.canary_max_samples and running["horizon"]["ends_by"]
 
     rng = random.Random(4)
     _metrics(settings, settings.model_version, "rougeL", _rouge(rng, 0.4, 400), timedelta(seconds=1))
@@ -186,6 +243,7 @@ def test_dashboard_and_report_show_the_split_and_the_verdict(settings: Settings,
         (ended,) = canary_summaries(conn)
     assert ended["state"] == "ended" and ended["decision"] == "rollback"
     assert ended["tests"]["rougeL"]["outcome"] == "worse"
+    assert ended["samples"]["rougeL"] == {"candidate": 100, "parent": 400}
 
     app = FastAPI()
     app.state.engine = engine
@@ -198,3 +256,32 @@ def test_dashboard_and_report_show_the_split_and_the_verdict(settings: Settings,
     section = page.split('<section id="canaries">')[1].split("</section>")[0]
     assert "20% split" in section and "rollback" in section, section
     assert "3 / 5 (1 shadow)" in section
+    assert "samples candidate / parent: rougeL 100 / 400" in section, section
+    assert f"horizon (no verdict: parent kept) {settings.canary_max_samples} samples per arm or " in section, section
+
+
+def test_a_split_started_outside_the_scheduler_gets_its_checks(
+    settings: Settings, published: list[ModelEvent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retrain import jobs, scheduler
+
+    class Scheduler:
+        """Stands in for APScheduler: the jobs by id."""
+
+        def __init__(self) -> None:
+            self.jobs: dict[str, dict[str, object]] = {}
+
+        def get_job(self, job_id: str) -> object:
+            return self.jobs.get(job_id)
+
+        def add_job(self, func: str, trigger: str, **kwargs: object) -> None:
+            self.jobs[str(kwargs["id"])] = {"func": func, **kwargs}
+
+    fake = Scheduler()
+    monkeypatch.setattr(jobs, "load_settings", lambda: settings)
+    monkeypatch.setattr(scheduler, "get_running_scheduler", lambda: fake)
+    version = _start(settings, published)  # as `atalaia retrain --now` from a shell: no job added
+    assert jobs.resume_canaries() == [version]
+    job = fake.jobs[jobs.CANARY_PREFIX + version]
+    assert job["func"] == "retrain.jobs:canary_check" and job["kwargs"] == {"version": version}
+    assert jobs.resume_canaries() == []  # it has its job now

@@ -16,13 +16,14 @@ from atalaia.settings import Settings
 from atalaia.storage import tables as t
 from atalaia.storage.db import get_engine, upgrade
 from retrain import canary, registry
-from retrain.jobs import BIAS_JOB, EVIDENTLY_JOB, PERIODIC_JOB, RETRAIN_JOB
+from retrain.jobs import BIAS_JOB, CANARY_SWEEP_JOB, EVIDENTLY_JOB, PERIODIC_JOB, RETRAIN_JOB
 from retrain.scheduler import build_scheduler, request_retrain, start_scheduler, wants_retrain
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = Settings(home=tmp_path / "home", canary_min_events=10, canary_window_s=600)
+    # The deploy-at-once canary (share 0): the new version serves everything within the window.
+    s = Settings(home=tmp_path / "home", canary_min_events=10, canary_window_s=600, canary_share=0)
     upgrade(s.database_url)
     return s
 
@@ -123,7 +124,7 @@ def test_jobs_live_in_the_database_and_survive_a_restart(settings: Settings) -> 
         # Requested for later: the run must be stored, not started, in this test.
         request_retrain(scheduler, "alert:rouge", when=utcnow() + timedelta(hours=1))
         ids = {job.id for job in scheduler.get_jobs()}
-        assert {PERIODIC_JOB, RETRAIN_JOB, RETENTION_JOB} <= ids
+        assert {PERIODIC_JOB, RETRAIN_JOB, RETENTION_JOB, CANARY_SWEEP_JOB} <= ids
     finally:
         scheduler.shutdown(wait=False)
     time.sleep(0.2)
@@ -134,6 +135,8 @@ def test_jobs_live_in_the_database_and_survive_a_restart(settings: Settings) -> 
         assert set(jobs) >= {PERIODIC_JOB, RETRAIN_JOB}
         assert jobs[RETRAIN_JOB].kwargs == {"trigger": "alert:rouge"}
         assert jobs[RETRAIN_JOB].func_ref == "retrain.jobs:alert_retrain"
+        # The sweep that gives traffic splits started outside the scheduler their checks.
+        assert jobs[CANARY_SWEEP_JOB].func_ref == "retrain.jobs:resume_canaries"
         assert jobs[PERIODIC_JOB].next_run_time.hour == 3
         # The retention job (ATALAIA_RETENTION_CRON, default 02:15 UTC) lives there too.
         assert jobs[RETENTION_JOB].func_ref == "atalaia.privacy:retention_job"

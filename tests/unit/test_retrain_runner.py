@@ -104,7 +104,9 @@ class FakeSteps:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = Settings(home=tmp_path / "home", retrain_min_feedback=5, retrain_cooldown_s=0)
+    # Deploy at once (share 0): these tests are about the run's steps and its deploy; the traffic
+    # split a run starts by default is tested in test_canary_split.py.
+    s = Settings(home=tmp_path / "home", retrain_min_feedback=5, retrain_cooldown_s=0, canary_share=0)
     assert s.models_dir is not None
     base = s.generator_path
     base.mkdir(parents=True)
