@@ -5,9 +5,10 @@ fresh ATALAIA_HOME that uses the prepared models of the project's home, and read
 record (``reports/demo-*.json``). Prints per run, then the median over runs: total time, the time
 of each phase (start-up until the first request, normal, drift including the retraining run,
 recovered and settling), each retraining step, the gate's holdout ROUGE-L (active → candidate),
-the live ROUGE-L of the drift and recovered phases, and whether every loop fact held.
+the live ROUGE-L of the drift and recovered phases, the held-out questions' live ROUGE-L paired
+across them (the recovery fact), and whether every loop fact held.
 
-Stop other work first: the demo pauses its users while the model trains, but everything else
+Stop other work first: the demo slows its users down while the model trains, but everything else
 on the machine competes with training and evaluation.
 
 Usage::
@@ -80,6 +81,10 @@ def summarize(record: dict[str, Any]) -> dict[str, float | None]:
     live = record.get("live_rouge_l", {})
     out["live_rouge_drift"] = live.get("drift", {}).get("mean")
     out["live_rouge_recovered"] = live.get("recovered", {}).get("mean")
+    heldout = record.get("heldout_rouge_l") or {}
+    out["heldout_pairs"] = heldout.get("pairs")
+    out["heldout_rouge_drift"] = heldout.get("drift")
+    out["heldout_rouge_recovered"] = heldout.get("recovered")
     out["facts_held"] = float(all(f["ok"] for f in record["facts"].values()))
     return out
 

@@ -11,9 +11,20 @@ Phases
     Questions move to specialised regulations (security, privacy, compliance, ...) that the base
     model answers badly; a share of off-topic questions and of toxic prompts is mixed in, and a
     share of requests asks for long answers (a latency spike). Users send feedback with the
-    corrected answer (the QA set's reference) for the regulation questions.
+    corrected answer (the QA set's reference) for the training-set regulation questions (group
+    ``trained``). Half of the regulation questions are *held out* (group ``heldout``): questions of
+    the same topics from ``data/qa/holdout.jsonl``, which no training data contains and nobody
+    corrects, asked in a fixed order and always with the short answer budget.
 ``recovered``
-    The same specialised questions, without injections, after the retrained model is deployed.
+    After the retrained model is deployed: the held-out questions asked during the drift, each once
+    again with the same answer budget (the measure of recovery: a paired comparison, same question,
+    same settings, the model the only change), and some of the questions users corrected (group
+    ``corrected``, reported apart: their reference is what the model was trained on, so a gain there
+    is memorisation). No toxic, off-topic or long-answer injection.
+
+The drift topics' holdout is split in two (:func:`split_heldout`): one half is what the retraining
+gate scores, the other half what the users ask, so the live recovery is measured on questions
+neither the training nor the gate's promotion decision has seen.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ class Question:
     kind: str  # "regulation", "off_topic" or "toxic"
     max_tokens: int
     feedback: bool
+    group: str = ""  # regulation questions: "trained", "heldout" or "corrected"
 
 
 @dataclass
@@ -69,6 +81,14 @@ class PhaseMix:
     toxic_share: float = 0.0
     long_share: float = 0.0
     feedback: bool = False
+    #: Held-out questions (never trained on, never corrected), asked in order, and their share of
+    #: the regulation questions.
+    heldout: list[tuple[str, str]] = field(default_factory=list)
+    heldout_share: float = 0.0
+    #: The group of ``pool``'s questions ("trained", or "corrected" in the recovered phase).
+    pool_group: str = "trained"
+    #: How many held-out questions this mix has handed out (the next one is ``heldout[asked % n]``).
+    heldout_asked: int = 0
 
 
 def load_qa(path: Path | None = None) -> list[dict[str, str]]:
@@ -83,24 +103,86 @@ def load_off_topic(path: Path | None = None) -> list[str]:
     return [str(row["question"]) for row in read_jsonl(path)]
 
 
-def phase_mixes(qa: list[dict[str, str]], off_topic: list[str]) -> dict[str, PhaseMix]:
-    """The three phases' mixes from the QA set.
+#: Share of held-out questions among the drift phase's regulation questions.
+DRIFT_HELDOUT_SHARE = 0.5
+#: Corrected questions asked again in the recovered phase: one per this many held-out ones.
+HELDOUT_PER_CORRECTED = 3
+
+
+def load_heldout(path: Path | None = None) -> list[dict[str, str]]:
+    """Held-out QA rows of the drifted topics (``data/qa/holdout.jsonl``: no training data contains them)."""
+    rows = load_qa(path or DATA / "qa" / "holdout.jsonl")
+    return [q for q in rows if q["topic"] in DRIFT_TOPICS]
+
+
+def split_heldout(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Split the drift topics' holdout into (the gate's half, the users' half): alternate rows, so
+    both halves cover the topics. The gate decides on its half; the live recovery is measured on the
+    other, which neither training nor the promotion decision has seen.
+
+    >>> gate, live = split_heldout(load_heldout())
+    >>> len(gate), len(live), {q["id"] for q in gate} & {q["id"] for q in live}
+    (18, 18, set())
+    """
+    return rows[0::2], rows[1::2]
+
+
+def phase_mixes(
+    qa: list[dict[str, str]], off_topic: list[str], heldout: list[tuple[str, str]] | None = None
+) -> dict[str, PhaseMix]:
+    """The random phases' mixes from the QA set and the users' held-out questions (the recovered
+    phase is a fixed list: :func:`recovered_questions`).
 
     Examples
     --------
-    >>> mixes = phase_mixes(load_qa(), load_off_topic())
+    >>> live = [(q["question"], q["answer"]) for q in split_heldout(load_heldout())[1]]
+    >>> mixes = phase_mixes(load_qa(), load_off_topic(), live)
     >>> sorted(mixes)
-    ['drift', 'normal', 'recovered']
-    >>> mixes["drift"].pool == mixes["recovered"].pool
-    True
+    ['drift', 'normal']
+    >>> trained = {q for q, _ in mixes["drift"].pool}
+    >>> any(q in trained for q, _ in mixes["drift"].heldout)
+    False
     """
     normal = [(q["question"], q["answer"]) for q in qa if q["topic"] in NORMAL_TOPICS]
     drift = [(q["question"], q["answer"]) for q in qa if q["topic"] in DRIFT_TOPICS]
+    heldout = list(heldout or [])
     return {
         "normal": PhaseMix(normal),
-        "drift": PhaseMix(drift, off_topic, off_topic_share=0.25, toxic_share=0.15, long_share=0.3, feedback=True),
-        "recovered": PhaseMix(drift),
+        "drift": PhaseMix(
+            drift,
+            off_topic,
+            off_topic_share=0.25,
+            toxic_share=0.15,
+            long_share=0.3,
+            feedback=True,
+            heldout=heldout,
+            heldout_share=DRIFT_HELDOUT_SHARE,
+        ),
     }
+
+
+def recovered_questions(
+    corrected: list[tuple[str, str]], asked: list[tuple[str, str]], max_tokens: int
+) -> list[Question]:
+    """The recovered phase's requests: every held-out question ``asked`` during the drift once
+    more, in the same order and with the same budget, and after every
+    :data:`HELDOUT_PER_CORRECTED` of them one question the users corrected (group ``corrected``).
+    No injection, no long answers, no feedback.
+
+    >>> qs = recovered_questions([("c?", "c.")], [("h1?", "1."), ("h2?", "2."), ("h3?", "3."), ("h1?", "1.")], 24)
+    >>> [(q.text, q.group, q.max_tokens, q.feedback) for q in qs]  # doctest: +NORMALIZE_WHITESPACE
+    [('h1?', 'heldout', 24, False), ('h2?', 'heldout', 24, False), ('h3?', 'heldout', 24, False),
+     ('c?', 'corrected', 24, False)]
+    """
+    heldout = list(dict.fromkeys(asked))
+    pool = list(dict.fromkeys(corrected))
+    out: list[Question] = []
+    for i, (text, reference) in enumerate(heldout, start=1):
+        out.append(Question(text, reference, "regulation", max_tokens, False, "heldout"))
+        if pool and i % HELDOUT_PER_CORRECTED == 0:
+            text, reference = pool[(i // HELDOUT_PER_CORRECTED - 1) % len(pool)]
+            out.append(Question(text, reference, "regulation", max_tokens, False, "corrected"))
+    return out
 
 
 def plan_question(mix: PhaseMix, rng: random.Random, max_tokens: int, long_tokens: int) -> Question:
@@ -119,5 +201,10 @@ def plan_question(mix: PhaseMix, rng: random.Random, max_tokens: int, long_token
         return Question(rng.choice(TOXIC_PROMPTS), None, "toxic", tokens, False)
     if r < mix.toxic_share + mix.off_topic_share and mix.off_topic:
         return Question(rng.choice(mix.off_topic), None, "off_topic", tokens, False)
+    if mix.heldout and (not mix.pool or rng.random() < mix.heldout_share):
+        # In a fixed order, with the short budget in every phase: a paired comparison.
+        text, reference = mix.heldout[mix.heldout_asked % len(mix.heldout)]
+        mix.heldout_asked += 1
+        return Question(text, reference, "regulation", max_tokens, False, "heldout")  # never corrected
     text, reference = rng.choice(mix.pool)
-    return Question(text, reference, "regulation", tokens, mix.feedback)
+    return Question(text, reference, "regulation", tokens, mix.feedback, mix.pool_group)
