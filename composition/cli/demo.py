@@ -785,6 +785,7 @@ def loop_facts(
     phases: list[tuple[str, datetime]],
     first_version: str,
     unsent: dict[str, str] | None = None,
+    scores: tuple[ItemScores, ItemScores] | None = None,
 ) -> dict[str, tuple[bool, str]]:
     """Did the loop close? Each fact: ``(holds, what was measured)``, read from the database.
 
@@ -797,10 +798,11 @@ def loop_facts(
 
     ``unsent`` (a run without references: ``demo_item`` → reference) scores the held-out answers
     after the run instead of reading the worker's live ROUGE-L, which such a run does not have.
+    ``scores``: :func:`phase_items`' result when the caller has it already.
     """
     facts: dict[str, tuple[bool, str]] = {}
     recovered_span = _phase_span(phases, "recovered")
-    scores = phase_items(engine, phases, first_version, unsent)
+    scores = scores or phase_items(engine, phases, first_version, unsent)
     if scores is not None:
         holds, text = recovery_fact(*scores)
         if unsent is not None:
@@ -891,7 +893,9 @@ def _finish(
         out.print(table)
     path = build_report(engine, settings, since=since)
     unsent = None if state.references else {question_key(q): ref for q, ref in state.heldout_asked + state.corrected}
-    facts = loop_facts(engine, summary, state.phases, state.first_version, unsent)
+    # Read (and, without references, scored) once: for the facts and for the run record.
+    scores = phase_items(engine, state.phases, state.first_version, unsent)
+    facts = loop_facts(engine, summary, state.phases, state.first_version, unsent, scores)
     facts["report"] = (path.is_file(), str(path))
     out.rule("[bold]Did the loop close?")
     for name, (ok, what) in facts.items():
@@ -910,7 +914,7 @@ def _finish(
         "database_url": redact_url(settings.database_url),
         "live_rouge_l": {name: {"mean": m, "n": n} for name, (m, n) in phase_rouge(engine, state.phases).items()},
         # The recovery fact's numbers: held-out questions answered in both phases (paired).
-        "heldout_rouge_l": heldout_pairs(*(phase_items(engine, state.phases, state.first_version, unsent) or ({}, {}))),
+        "heldout_rouge_l": heldout_pairs(*(scores or ({}, {}))),
         "runs": [
             {
                 "run_id": run["run_id"],
